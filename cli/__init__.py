@@ -1,0 +1,1 @@
+"""probret.cli: thin command-line layer (parsing, progress, output, exit codes)."""

@@ -1,0 +1,80 @@
+"""The ``probret`` command: a click group whose subcommands live in their own modules and are
+imported lazily, so ``probret search`` never pays for (or needs) torch."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from probret.engine.errors import ProbretError
+
+# name -> "module:attribute"; a subcommand's module is imported only when it is invoked.
+SUBCOMMANDS = {
+    "synth": ("probret.cli.synth_cmd:synth", "Generate a procedural video world (mp4 + MSRVTT-format annotations)."),
+    "train": ("probret.cli.train_cmd:train", "Fine-tune a retrieval model (same as probret-train)."),
+    "eval": ("probret.cli.eval_cmd:eval_cmd", "Evaluate a checkpoint on a dataset split."),
+    "export": ("probret.cli.export_cmd:export", "Export a checkpoint to an ONNX / TensorRT bundle."),
+    "index": ("probret.cli.search_cmd:index", "Index a folder of videos."),
+    "search": ("probret.cli.search_cmd:search", "Rank the videos of a folder for text queries."),
+    "demo": ("probret.cli.demo_cmd:demo", "Run the end-to-end demo on a procedural world."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name, (target, _) in SUBCOMMANDS.items() if _importable(target))
+
+    def get_command(self, ctx, name):
+        if name not in SUBCOMMANDS:
+            return None
+        target, _ = SUBCOMMANDS[name]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("probret.cli."):
+                return None  # subcommand not built yet
+            raise click.ClickException(
+                f"'probret {name}' needs the Python package '{exc.name}', which is not installed; "
+                f"install the extra it belongs to, e.g. pip install 'probret[train,export]'"
+            ) from exc
+        return getattr(module, attr)
+
+
+def _importable(target: str) -> bool:
+    module_name = target.split(":")[0]
+    return importlib.util.find_spec(module_name) is not None
+
+
+def run_guarded(command: click.Command, args=None, prog_name=None) -> None:
+    """Invoke a click command; a ProbretError becomes one stderr line and its exit code."""
+    try:
+        command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ProbretError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="probret")
+def _group():
+    """probret: probabilistic text-video retrieval (train, export, search)."""
+
+
+def cli(args=None) -> None:
+    """Console entry point of ``probret``."""
+    run_guarded(_group, args=args, prog_name="probret")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""probret.export: checkpoint -> ONNX / TensorRT bundle with parity gates."""
