@@ -17,10 +17,12 @@ import click
 @click.option("--out", default=None, help="Run directory (overrides train.out).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved state.")
+@click.option("--stop-after", type=int, default=None,
+              help="Save and exit after this many steps of the full schedule (resume later with --resume).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.lr_head=3e-5 --set model.head.alpha=1.0 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(config_path, data_root, dataset, method, out, max_steps, resume, overrides, quiet):
+def train(config_path, data_root, dataset, method, out, max_steps, resume, stop_after, overrides, quiet):
     """Fine-tune a probabilistic text-video retrieval model."""
     from probret.train.config import apply_overrides, load_config
     from probret.train.trainer import train as run_training
@@ -33,7 +35,7 @@ def train(config_path, data_root, dataset, method, out, max_steps, resume, overr
                  f"train.out={json.dumps(out)}" if out else None,
                  f"train.max_steps={max_steps}" if max_steps is not None else None]
     config = apply_overrides(config, [s for s in shortcuts if s] + list(overrides))
-    result = run_training(config, resume=resume, progress=not quiet)
+    result = run_training(config, resume=resume, progress=not quiet, stop_after=stop_after)
     best = result.best
     summary = {"out": str(result.out), "steps": result.steps, "best_step": best.get("step"),
                "selection_metric": best.get("metric"), "best_value": best.get("value"),

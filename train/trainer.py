@@ -116,7 +116,14 @@ class _JsonlLog:
             fh.write(json.dumps(event, default=float) + "\n")
 
 
-def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Run (or, with ``resume``, continue) training.
+
+    ``stop_after``: save everything and return once this many optimizer steps are done, as if the
+    job had been pre-empted there; the schedule is still the one of the full run, so a later
+    ``resume=True`` finishes exactly as an uninterrupted run would (used for time-limited
+    cluster jobs and by the resume test)."""
     rank, world, local_rank = _dist_info()
     t = config.train
     device = resolve_device(t.device)
@@ -249,8 +256,23 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
                     save_all(last_metrics)
                 if world > 1:
                     dist.barrier()
+            if stop_after is not None and step >= stop_after:
+                break
             if step >= total_steps or micro_in_epoch >= micro_per_epoch:
                 break
+        if stop_after is not None and step >= stop_after and step < total_steps:
+            if micro_in_epoch >= micro_per_epoch:
+                epoch, micro_in_epoch = epoch + 1, 0
+            if is_main:
+                if evaluated_at != step:
+                    save_all(last_metrics)
+                log.info("stopped after step %d of %d; continue with --resume", step, total_steps)
+                jsonl.write(event="stopped", step=step)
+            bar.close()
+            if world > 1:
+                dist.barrier()
+                dist.destroy_process_group()
+            return TrainResult(out, step, best, last_metrics)
         if micro_in_epoch >= micro_per_epoch:
             epoch += 1
             micro_in_epoch = 0

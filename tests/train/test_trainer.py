@@ -1,0 +1,123 @@
+"""End-to-end training on the procedural world with a tiny random-initialised CLIP (seconds)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from probret.engine.metrics import retrieval_metrics
+from probret.train.checkpoint import load_checkpoint
+from probret.train.config import ExperimentConfig, apply_overrides
+from probret.train.datasets import load_split
+from probret.train.evaluate import evaluate
+from probret.train.trainer import train
+
+torch.set_num_threads(1)
+
+
+def tiny_config(world, out, method="meanp", **train_overrides):
+    overrides = [
+        "model.backbone=test-vit-tiny", "model.pretrained=null", f"model.method={method}", "model.num_frames=4",
+        "data.dataset=procedural", f"data.root={world}", "data.num_workers=0",
+        f"train.out={out}", "train.batch_size=4", "train.max_steps=6", "train.eval_every=3",
+        "train.lr_backbone=1e-4", "train.lr_head=1e-3", "train.log_every=1", "train.eval_batch_size=16",
+    ] + [f"train.{k}={json.dumps(v)}" for k, v in train_overrides.items()]
+    return apply_overrides(ExperimentConfig(), overrides)
+
+
+@pytest.mark.parametrize("method", ["meanp", "spem"])
+def test_training_writes_checkpoints_logs_and_reloads_identically(tiny_world, tmp_path, method):
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_world, out, method), progress=False)
+    assert result.steps == 6
+    for name in ("best", "last"):
+        assert (out / name / "config.json").is_file() and (out / name / "model.safetensors").is_file()
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "eval"] == [3, 6]
+    assert all(np.isfinite(e["loss"]) for e in events if e["event"] == "train")
+
+    model, config = load_checkpoint(out / "last")
+    assert config["model"]["method"] == method and config["versions"]["probret"]
+    split = load_split("procedural", tiny_world, "val")
+    again = evaluate(model, split, block=7, seed=3)
+    model2, _ = load_checkpoint(out / "last")
+    np.testing.assert_array_equal(again.sims, evaluate(model2, split, block=7, seed=3).sims)
+    # the val metrics logged at step 6 are those of the saved last checkpoint
+    logged = [e for e in events if e["event"] == "eval"][-1]["metrics"]
+    recomputed = evaluate(model, split, block=256, seed=0).metrics
+    assert logged["t2v"]["R1"] == pytest.approx(recomputed["t2v"]["R1"])
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_world, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_world, straight, "xpool", eval_every=100), progress=False)
+    interrupted = tmp_path / "interrupted"
+    first = train(tiny_config(tiny_world, interrupted, "xpool", eval_every=100), progress=False, stop_after=4)
+    assert first.steps == 4
+    second = train(tiny_config(tiny_world, interrupted, "xpool", eval_every=100), progress=False, resume=True)
+    assert second.steps == 6
+    from safetensors.torch import load_file
+
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(interrupted / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tiny_world, tmp_path):
+    from probret.engine.errors import DataError, ModelError
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_world, out, max_steps=3), progress=False)
+    with pytest.raises(DataError, match="--resume"):
+        train(tiny_config(tiny_world, out, max_steps=3), progress=False)
+    with pytest.raises(ModelError, match="nothing to resume"):
+        train(tiny_config(tiny_world, tmp_path / "fresh", max_steps=3), progress=False, resume=True)
+
+
+def test_cli_train_then_eval_save_sims_recomputes_the_same_metrics(tiny_world, tmp_path):
+    from probret.cli.eval_cmd import eval_cmd
+    from probret.cli.train_cmd import train as train_cmd
+
+    config_path = tmp_path / "c.json"
+    config_path.write_text(json.dumps(tiny_config(tiny_world, tmp_path / "run", "tmass").to_dict()))
+    runner = CliRunner()
+    res = runner.invoke(train_cmd, ["--config", str(config_path), "--max-steps", "3", "--quiet",
+                                    "--set", "model.head.num_samples=4"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["steps"] == 3
+    sims_dir = tmp_path / "sims"
+    res = runner.invoke(eval_cmd, [str(tmp_path / "run" / "best"), "--data", str(tiny_world), "--split", "test",
+                                   "--json", "--save-sims", str(sims_dir), "--quiet", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout[res.stdout.index("{"):])
+    sims = np.load(sims_dir / "sims.npy")
+    index = np.load(sims_dir / "text_video_index.npy")
+    assert sims.shape == (payload["texts"], payload["videos"])
+    recomputed = retrieval_metrics(sims, index)
+    for direction in ("t2v", "v2t"):
+        for key, value in payload["metrics"][direction].items():
+            assert recomputed[direction][key] == pytest.approx(value), (direction, key)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_gloo(tiny_world, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    config_path = tmp_path / "c.json"
+    config_path.write_text(json.dumps(tiny_config(tiny_world, tmp_path / "ddp", "xpool", max_steps=2, eval_every=2).to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "probret.cli.train_cmd",
+                           "--config", str(config_path), "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
+    events = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "eval" for e in events)
