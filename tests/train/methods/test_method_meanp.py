@@ -1,0 +1,65 @@
+"""meanP (CLIP4Clip): video = normalize(mean of normalized frames), cosine score, symmetric InfoNCE."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from probret.train.methods import TextFeatures, create_head
+from probret.train.methods.meanp import MeanPHead
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest and does not fight other jobs for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _text(n, d, g):
+    sentence, tokens = torch.randn(n, d, generator=g), torch.randn(n, 3, d, generator=g)
+    return TextFeatures(sentence, tokens, torch.ones(n, 3, dtype=torch.bool))
+
+
+def test_score_equals_manual_computation_with_unequal_counts():
+    g = torch.Generator().manual_seed(0)
+    head = create_head("meanp", embed_dim=8, num_frames=3)
+    assert isinstance(head, MeanPHead) and head.name == "meanp" and head.config_dict() == {}
+    text, frames = _text(3, 8, g), torch.randn(5, 3, 8, generator=g) * 7
+    out = head.score(text, frames)
+    assert out.scores.shape == (3, 5) and out.uncertainty is None
+    for i in range(3):
+        for j in range(5):
+            v = sum(frames[j, k] / frames[j, k].norm() for k in range(3)) / 3
+            expected = torch.dot(text.sentence[i], v) / (text.sentence[i].norm() * v.norm())
+            torch.testing.assert_close(out.scores[i, j], expected, atol=1e-6, rtol=1e-5)
+    split = head.pair_side(text, head.video_side(frames)).scores
+    torch.testing.assert_close(split, out.scores)
+
+
+def test_loss_is_symmetric_cross_entropy():
+    g = torch.Generator().manual_seed(1)
+    head = MeanPHead(8, 3)
+    text, frames = _text(4, 8, g), torch.randn(4, 3, 8, generator=g)
+    scale = torch.tensor(30.0)
+    logits = scale * head.score(text, frames).scores
+    target = torch.arange(4)
+    expected = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    torch.testing.assert_close(head.loss(text, frames, logit_scale=scale)["loss"], expected)
+
+
+def test_loss_decreases_in_30_steps():
+    g = torch.Generator().manual_seed(2)
+    head = MeanPHead(16, 4)
+    sent = torch.randn(8, 16, generator=g).requires_grad_()
+    frames = torch.randn(8, 4, 16, generator=g).requires_grad_()
+    opt = torch.optim.Adam([sent, frames], lr=5e-2)
+    loss = lambda: head.loss(TextFeatures(sent, sent[:, None], torch.ones(8, 1, dtype=torch.bool)), frames,
+                             logit_scale=torch.tensor(10.0))["loss"]
+    first = loss().item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * first

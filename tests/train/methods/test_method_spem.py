@@ -1,0 +1,211 @@
+"""SPEM (paper 000, equations in spem.py): both sides Gaussian, means anchored, variance decreasing
+in similarity, sampled + boundary symmetric contrastive loss, best-of-M / mean / expected scoring."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from probret.train.methods import DEFAULT_METHOD, TextFeatures, create_head
+from probret.train.methods.base import l2n, symmetric_infonce
+from probret.train.methods.spem import SimilarityModulator, SPEMHead, boundary_cos, sample_cos
+from probret.train.methods.xpool import XPoolHead
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest and does not fight other jobs for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+D, T = 8, 4
+
+
+def _text(n, g):
+    sentence, tokens = torch.randn(n, D, generator=g), torch.randn(n, 2, D, generator=g)
+    return TextFeatures(sentence, tokens, torch.ones(n, 2, dtype=torch.bool))
+
+
+def _head(g, **kw):
+    head = create_head("spem", embed_dim=D, num_frames=T, **kw)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return head
+
+
+def test_default_method_and_config():
+    assert DEFAULT_METHOD == "spem"
+    head = create_head("spem", embed_dim=D, num_frames=T)
+    assert head.config_dict()["inference"] == "best_of_m" and head.config_dict()["alpha"] == 1.2
+    assert head.config.scale_v > head.config.scale_t  # moderate video, controlled text
+    with pytest.raises(ValueError):
+        create_head("spem", embed_dim=D, num_frames=T, inference="median")
+
+
+def test_variance_is_non_increasing_in_every_similarity():
+    g = torch.Generator().manual_seed(0)
+    mod = SimilarityModulator(T + 1, D, scale=0.5)
+    with torch.no_grad():
+        mod.a.copy_(3 * torch.randn(mod.a.shape, generator=g))  # any weights, even negative raw a
+        mod.b.copy_(torch.randn(D, generator=g))
+    s = 2 * torch.rand(200, T + 1, generator=g) - 1
+    higher = s + torch.rand(200, T + 1, generator=g) * (torch.rand(200, T + 1, generator=g) < 0.5)
+    assert (mod(higher) <= mod(s) + 1e-7).all() and (mod(s) > 0).all()
+    # sorting preserves the order: S <= S' elementwise -> sort(S) <= sort(S') elementwise
+    sf = torch.randn(200, T, generator=g)
+    sf2 = sf + torch.rand(200, T, generator=g)
+    assert (sf.sort(-1, descending=True).values <= sf2.sort(-1, descending=True).values).all()
+    # scale is the relative radius at zero similarity with b = 0
+    fresh = SimilarityModulator(T + 1, D, scale=0.5)
+    torch.testing.assert_close(fresh(torch.zeros(1, T + 1)).norm(dim=-1), torch.tensor([0.5]))
+
+
+def test_variance_grows_as_frames_turn_away_from_the_text():
+    head = SPEMHead(D, T)  # fresh init: identity fusion, positive slopes
+    t = torch.zeros(1, D)
+    t[0, 0] = 1.0
+    other = torch.zeros(D)
+    other[1] = 1.0
+    sigmas = []
+    for angle in (0.1, 0.6, 1.2):  # frames at growing angle from the text
+        f = torch.cos(torch.tensor(angle)) * t[0] + torch.sin(torch.tensor(angle)) * other
+        frames = (f + 0.01 * torch.arange(D)).expand(1, T, D)
+        _, _, sig_t, sig_v = head.distributions(t, head.video_side(frames))
+        sigmas.append((sig_t.norm(), sig_v.norm()))
+    assert sigmas[0][0] < sigmas[1][0] < sigmas[2][0] and sigmas[0][1] < sigmas[1][1] < sigmas[2][1]
+
+
+def test_means_anchored_zero_noise_gives_the_means():
+    g = torch.Generator().manual_seed(1)
+    head = _head(g, num_samples=3)
+    text, frames = _text(3, g), torch.randn(5, T, D, generator=g)
+    video = head.video_side(frames)
+    mu_t, mu_v, sig_t, sig_v = head.distributions(text.sentence, video)
+    torch.testing.assert_close(mu_t[:, 0], l2n(text.sentence))
+    torch.testing.assert_close(mu_v, l2n(head.fusion.pair_side(text.sentence, video)))
+    zero = {"eps_t": torch.zeros(3, 3, D), "eps_v": torch.zeros(3, 5, D)}
+    best = head.score(text, frames, noise=zero)
+    head.config.inference = "mean"
+    mean = head.score(text, frames)
+    v = head.fusion.pair_side(text.sentence, video)
+    torch.testing.assert_close(mean.scores, F.cosine_similarity(text.sentence[:, None], v, dim=-1))  # = X-Pool's
+    torch.testing.assert_close(best.scores, mean.scores)
+    torch.testing.assert_close(best.uncertainty, sig_t.norm(dim=-1) + sig_v.norm(dim=-1))
+
+
+def test_boundary_points_lie_at_sigma_toward_the_other_mean():
+    g = torch.Generator().manual_seed(2)
+    mu_t, mu_v = l2n(torch.randn(3, 1, D, generator=g)), l2n(torch.randn(3, 4, D, generator=g))
+    sig_t, sig_v = 0.1 * torch.rand(3, 4, D, generator=g), 0.3 * torch.rand(3, 4, D, generator=g)
+    u = l2n(mu_v - mu_t)
+    t_b, v_b = mu_t + sig_t * u, mu_v - sig_v * u
+    torch.testing.assert_close(boundary_cos(mu_t, sig_t, mu_v, sig_v), F.cosine_similarity(t_b, v_b, dim=-1))
+    torch.testing.assert_close(((t_b - mu_t) / sig_t).norm(dim=-1), torch.ones(3, 4))  # Mahalanobis 1
+    iso = torch.full((3, 4, 1), 0.2)  # isotropic sigma: Euclidean distance sigma, along u
+    torch.testing.assert_close((iso * u).norm(dim=-1), torch.full((3, 4), 0.2))
+    assert (F.cosine_similarity(v_b - mu_v, mu_t - mu_v, dim=-1) > 0).all()
+
+
+def test_losses_are_symmetric_in_the_modalities():
+    g = torch.Generator().manual_seed(3)
+    mu_a, mu_b = l2n(torch.randn(4, 4, D, generator=g)), l2n(torch.randn(4, 4, D, generator=g))
+    s_a, s_b = torch.rand(4, 4, D, generator=g), torch.rand(4, 4, D, generator=g)
+    e_a, e_b = torch.randn(4, 1, D, generator=g), torch.randn(1, 4, D, generator=g)
+    sims = sample_cos(mu_a, s_a, e_a, mu_b, s_b, e_b)
+    torch.testing.assert_close(sims, sample_cos(mu_b, s_b, e_b, mu_a, s_a, e_a))
+    torch.testing.assert_close(boundary_cos(mu_a, s_a, mu_b, s_b), boundary_cos(mu_b, s_b, mu_a, s_a))
+    # video as "text" and text as "video": the pair axes swap, the symmetric loss does not change
+    tr = lambda x: x.transpose(0, 1)
+    swapped = sample_cos(tr(mu_b), tr(s_b), tr(e_b), tr(mu_a), tr(s_a), tr(e_a))
+    torch.testing.assert_close(swapped, sims.t())
+    torch.testing.assert_close(symmetric_infonce(10 * swapped), symmetric_infonce(10 * sims))
+    bnd = boundary_cos(mu_a, s_a, mu_b, s_b)
+    torch.testing.assert_close(symmetric_infonce(10 * tr(boundary_cos(tr(mu_b), tr(s_b), tr(mu_a), tr(s_a)))),
+                               symmetric_infonce(10 * bnd))
+
+
+def test_loss_matches_equations_and_reduces_to_xpool_without_variance():
+    g = torch.Generator().manual_seed(4)
+    head = _head(g, alpha=1.2)
+    b, scale = 3, torch.tensor(12.0)
+    text, frames = _text(b, g), torch.randn(b, T, D, generator=g)
+    noise = head.draw_noise(b, b, generator=g, training=True)
+    assert noise["eps_t"].shape == noise["eps_v"].shape == (1, b, D) and noise["dropout"].shape == (b, b, D)
+    out = head.loss(text, frames, logit_scale=scale, noise=noise)
+    mu_t, mu_v, sig_t, sig_v = head.distributions(text.sentence, head.video_side(frames), noise["dropout"])
+    s_s, s_b = torch.empty(b, b), torch.empty(b, b)
+    for i in range(b):
+        for j in range(b):
+            t_s = mu_t[i, 0] + sig_t[i, j] * noise["eps_t"][0, i]
+            v_s = mu_v[i, j] + sig_v[i, j] * noise["eps_v"][0, j]
+            s_s[i, j] = F.cosine_similarity(t_s, v_s, dim=0)
+            u = (mu_v[i, j] - mu_t[i, 0]) / (mu_v[i, j] - mu_t[i, 0]).norm()
+            s_b[i, j] = F.cosine_similarity(mu_t[i, 0] + sig_t[i, j] * u, mu_v[i, j] - sig_v[i, j] * u, dim=0)
+    ce = lambda s: 0.5 * (F.cross_entropy(scale * s, torch.arange(b)) + F.cross_entropy(scale * s.t(), torch.arange(b)))
+    torch.testing.assert_close(out["loss_sample"], ce(s_s), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["loss_boundary"], ce(s_b), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["loss"], ce(s_s) + 1.2 * ce(s_b), atol=1e-5, rtol=1e-4)
+    # zero variance: both terms are X-Pool's loss, so L = (1 + alpha) * L_xpool
+    flat = SPEMHead(D, T, SPEMHead.Config(scale_t=0.0, scale_v=0.0))
+    xpool = XPoolHead(D, T)
+    xpool.fusion.load_state_dict(head.fusion.state_dict())
+    flat.fusion.load_state_dict(head.fusion.state_dict())
+    l_xpool = xpool.loss(text, frames, logit_scale=scale, noise={"dropout": noise["dropout"]})["loss"]
+    torch.testing.assert_close(flat.loss(text, frames, logit_scale=scale, noise=noise)["loss"], 2.2 * l_xpool)
+
+
+def test_gradients_reach_the_modulators_and_the_fusion():
+    g = torch.Generator().manual_seed(5)
+    head = _head(g)
+    text, frames = _text(4, g), torch.randn(4, T, D, generator=g)
+    head.loss(text, frames, logit_scale=torch.tensor(10.0), generator=g)["loss"].backward()
+    for name in ("sigma_t.a", "sigma_t.b", "sigma_v.a", "sigma_v.b", "fusion.q_proj.weight", "fusion.k_proj.weight"):
+        grad = dict(head.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_score_best_of_m_expected_split_and_determinism():
+    g = torch.Generator().manual_seed(6)
+    head = _head(g, num_samples=6)
+    text, frames = _text(3, g), torch.randn(5, T, D, generator=g)  # N_t != N_v
+    noise = head.draw_noise(3, 5, generator=torch.Generator().manual_seed(8))
+    assert noise["eps_t"].shape == (6, 3, D) and noise["eps_v"].shape == (6, 5, D)
+    assert "dropout" not in noise
+    out = head.score(text, frames, generator=torch.Generator().manual_seed(8))
+    assert out.scores.shape == (3, 5) and out.uncertainty.shape == (3, 5) and (out.uncertainty > 0).all()
+    torch.testing.assert_close(head.score(text, frames, noise=noise).scores, out.scores)  # explicit == drawn
+    torch.testing.assert_close(head.pair_side(text, head.video_side(frames), noise=noise).scores, out.scores)
+    head.train()  # no dropout at scoring
+    torch.testing.assert_close(head.score(text, frames, noise=noise).scores, out.scores)
+    # reference: materialise every sample, pair the m-th text sample with the m-th video sample
+    mu_t, mu_v, sig_t, sig_v = head.distributions(text.sentence, head.video_side(frames))
+    t_s = mu_t[None] + sig_t[None] * noise["eps_t"][:, :, None]  # (M, N_t, N_v, D)
+    v_s = mu_v[None] + sig_v[None] * noise["eps_v"][:, None]
+    ref = F.cosine_similarity(t_s, v_s, dim=-1)
+    torch.testing.assert_close(out.scores, ref.amax(0), atol=1e-5, rtol=1e-4)
+    single = head.score(text, frames, noise={k: v[:1] for k, v in noise.items()}).scores
+    assert (out.scores >= single - 1e-6).all()  # best of M >= one sample
+    head.config.inference = "expected"
+    expected = head.score(text, frames, noise=noise).scores
+    torch.testing.assert_close(expected, ref.mean(0), atol=1e-5, rtol=1e-4)
+    assert (out.scores >= expected - 1e-6).all()
+
+
+def test_loss_decreases_in_30_steps():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    head = SPEMHead(16, T)
+    text = TextFeatures(torch.randn(8, 16, generator=g), torch.zeros(8, 1, 16), torch.ones(8, 1, dtype=torch.bool))
+    frames = torch.randn(8, T, 16, generator=g)
+    fixed = head.draw_noise(8, 8, generator=torch.Generator().manual_seed(9), training=True)
+    scale = torch.tensor(10.0)
+    first = head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"].item()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        head.loss(text, frames, logit_scale=scale, generator=g)["loss"].backward()
+        opt.step()
+    assert head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"].item() < 0.7 * first

@@ -1,0 +1,176 @@
+"""SPEM: similarity-aware probabilistic embeddings, video AND text as Gaussians (Huang et al., poster;
+paper 000). The poster gives the four modules but no equations; the equations below are ours, built
+from T-MASS (paper 001), whose numbers we cite, and every gap is resolved in the list that follows.
+
+Cross-modal attentive fusion ("query-guided transformer"): X-Pool (xpool.py), v = v_{t,v}.
+Distribution projection (means anchored to the deterministic features), per (text, video) pair:
+    mu_t = t / |t|,   mu_v = v_{t,v} / |v_{t,v}|
+Similarity-guided variance adaptation (cf. T-MASS Eqs. 6-7), separately for each modality m:
+    s      = [sort_desc(S_1..S_T'), s_v],  S_i = cos(t, f_i) (frame level), s_v = cos(t, v) (video level)
+    sigma_m = scale_m / sqrt(D) * exp(b_m - softplus(A_m) s)        A_m: D x (T'+1), b_m: D
+Sampled and boundary embeddings (cf. T-MASS Eqs. 5, 8), u = (mu_v - mu_t) / |mu_v - mu_t|:
+    t_s = mu_t + sigma_t * eps_t,      v_s = mu_v + sigma_v * eps_v,      eps ~ N(0, I)
+    t_b = mu_t + sigma_t * u,          v_b = mu_v - sigma_v * u           (each toward the other mean)
+Semantic distribution contrastive loss (cf. T-MASS Eq. 9):
+    L = InfoNCE_sym(logit_scale * cos(t_s, v_s)) + alpha * InfoNCE_sym(logit_scale * cos(t_b, v_b))
+Inference (cf. T-MASS Eq. 10), M samples per side, the m-th text sample paired with the m-th video one:
+    best_of_m: max_m cos(t_s^m, v_s^m)   |   mean: cos(mu_t, mu_v)   |   expected: mean_m cos(t_s^m, v_s^m)
+    uncertainty = |sigma_t| + |sigma_v|  (expected noise radii relative to the unit-norm means)
+
+Choices:
+  * Means are unit-normalised so that scale_m has a meaning: with eps ~ N(0, I_D), |sigma * eps|
+    is about scale_m * exp(b - softplus(A) s), i.e. scale_m is the sample's distance from its mean,
+    relative to the mean's norm, at zero similarity. Scores are cosines, so this loses nothing.
+  * Defaults scale_v = 0.5, scale_t = 0.1: the poster's "moderate video uncertainty ... controlled
+    text variance" (Discussion). A sample then keeps cos ~0.89 (video) / ~0.995 (text) with its mean.
+  * "Wide when alignment is poor, narrow when good" is enforced, not hoped for: the weights
+    softplus(A) are >= 0 and the sorted frame similarities are non-decreasing in every S_i, so
+    every sigma_{m,d} is non-increasing in every similarity feature. Initialisation: b = 0 and
+    softplus(A) = 2 / (T'+1), i.e. sigma = scale * exp(-2 * mean(s)) at start. No clamp; the
+    similarities are not detached (as T-MASS).
+  * Frame similarities are sorted (descending) before the modulator: the variance should depend on
+    how many frames match and how well, not on where in the clip the match is (T-MASS's W uses the
+    raw temporal order; sort_frame_sims=False restores it).
+  * Variances are per pair (the similarities are), so the text Gaussian is pair-conditioned, as
+    T-MASS's radius. Training uses every pair of the B x B batch with its own sigmas (train = test).
+  * Boundary point = the reparameterisation with eps := u. It lies on the Mahalanobis-1 contour
+    (|(x - mu) / sigma| = 1), T-MASS's "surface" (Eq. 8 with R = sigma); typical samples lie
+    further out (|eps| ~ sqrt(D)). Both sides, toward each other: (t_b, v_b) is the pair's closest
+    approach, so the boundary loss pushes uncertain negatives apart by a margin that grows with
+    their sigmas, and pulls positives together.
+  * Noise: text-only eps_t (M, N_t, D) and video-only eps_v (M, N_v, D), so each can be an export
+    input on its own side. Training draws M = 1 (one sample per text and per video per step, as
+    T-MASS). Pairing m with m costs M cosines per pair; max over all M^2 combinations would add more
+    optimism (see below) for M times the cost.
+  * Best of M is the default (T-MASS Eq. 10, DESIGN.md), but a caveat: max_m of a noisy cosine is
+    biased upward by about 1.9 std (M = 20), the std grows with sigma, and sigma is largest for poorly
+    aligned pairs, so the bonus goes to uncertain pairs, while the shrink |mu|/|mu + sigma eps| takes
+    from them. The single-sample training loss sees the shrink (and, through log-sum-exp over
+    negatives, a soft version of the bonus), never the hard max. "expected" is the Monte-Carlo
+    mean of what the loss trains on, "mean" ignores sigma at inference (ranks like X-Pool with
+    SPEM-trained features). Which ranks best is an empirical question: benchmark all three.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.xpool import XPoolFusion, draw, pair_cos
+
+INIT_SLOPE = 2.0  # total weight softplus(A).sum(-1) at initialisation
+
+
+def sample_cos(mu_a, sig_a, eps_a, mu_b, sig_b, eps_b) -> Tensor:
+    """cos(mu_a + sig_a * eps_a, mu_b + sig_b * eps_b), broadcast over leading axes; symmetric in a <-> b."""
+    return pair_cos(mu_a + sig_a * eps_a, mu_b + sig_b * eps_b)
+
+
+def boundary_cos(mu_a, sig_a, mu_b, sig_b) -> Tensor:
+    """cos of the two boundary points facing each other; symmetric in a <-> b."""
+    u = l2n(mu_b - mu_a)
+    return pair_cos(mu_a + sig_a * u, mu_b - sig_b * u)
+
+
+class SimilarityModulator(nn.Module):
+    """sigma = scale / sqrt(D) * exp(b - softplus(A) s): positive, per dimension, non-increasing in s."""
+
+    def __init__(self, n_features: int, dim: int, scale: float):
+        super().__init__()
+        self.scale = scale / math.sqrt(dim)
+        self.a = nn.Parameter(torch.full((dim, n_features), math.log(math.expm1(INIT_SLOPE / n_features))))
+        self.b = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, s: Tensor) -> Tensor:  # (..., F) -> (..., D)
+        return self.scale * torch.exp(self.b - s @ F.softplus(self.a).t())
+
+
+class SPEMHead(RetrievalHead):
+    name = "spem"
+
+    @dataclass
+    class Config:
+        scale_v: float = 0.5  # relative noise radius of the video Gaussian at zero similarity
+        scale_t: float = 0.1  # same for the text Gaussian
+        alpha: float = 1.2  # weight of the boundary loss (T-MASS's support weight)
+        num_samples: int = 20  # M at inference
+        inference: str = "best_of_m"  # "best_of_m" | "mean" | "expected"
+        sort_frame_sims: bool = True
+        num_heads: int = 1  # X-Pool fusion
+        dropout: float = 0.3
+
+    def __init__(self, embed_dim: int, num_frames: int, config=None):
+        super().__init__(embed_dim, num_frames, config)
+        c = self.config
+        if c.inference not in ("best_of_m", "mean", "expected"):
+            raise ValueError(f"spem: inference must be best_of_m, mean or expected, got {c.inference!r}")
+        if c.scale_v < 0 or c.scale_t < 0 or c.num_samples < 1:
+            raise ValueError("spem: scale_v and scale_t must be >= 0 and num_samples >= 1")
+        self.fusion = XPoolFusion(embed_dim, c.num_heads, c.dropout)
+        self.sigma_t = SimilarityModulator(num_frames + 1, embed_dim, c.scale_t)
+        self.sigma_v = SimilarityModulator(num_frames + 1, embed_dim, c.scale_v)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def distributions(self, text: Tensor, video: dict[str, Tensor], dropout: Tensor | None = None):
+        """text (N_t, D) raw -> mu_t (N_t, 1, D), mu_v, sigma_t, sigma_v (N_t, N_v, D)."""
+        mu_t = l2n(text)[:, None]
+        mu_v = l2n(self.fusion.pair_side(text, video, dropout))
+        s_f = torch.einsum("ad,ntd->ant", mu_t[:, 0], video["frames"])  # frame level (N_t, N_v, T')
+        if self.config.sort_frame_sims:
+            s_f = s_f.sort(-1, descending=True).values
+        s = torch.cat([s_f, (mu_t * mu_v).sum(-1, keepdim=True)], -1)  # + video level
+        return mu_t, mu_v, self.sigma_t(s), self.sigma_v(s)
+
+    def draw_noise(self, n_text, n_video, *, generator=None, training=False):
+        like = self.fusion.q_proj.weight
+        if not training and self.config.inference == "mean":
+            return {}
+        m = 1 if training else self.config.num_samples
+        noise = {"eps_t": draw("gaussian", (m, n_text, self.embed_dim), generator, like),
+                 "eps_v": draw("gaussian", (m, n_video, self.embed_dim), generator, like)}
+        if training:
+            noise.update(self.fusion.draw_dropout(n_text, n_video, generator, like))
+        return noise
+
+    # -- scoring -------------------------------------------------------------------------------
+    def video_side(self, frames: Tensor) -> dict[str, Tensor]:
+        return {**self.fusion.video_side(frames), "frames": l2n(frames)}
+
+    def pair_side(self, text: TextFeatures, video: dict[str, Tensor], *, noise=None, generator=None) -> ScoreOutput:
+        mu_t, mu_v, sig_t, sig_v = self.distributions(text.sentence, video)
+        uncertainty = sig_t.norm(dim=-1) + sig_v.norm(dim=-1)
+        if self.config.inference == "mean":
+            return ScoreOutput(pair_cos(mu_t, mu_v), uncertainty)
+        noise = self._noise(noise, mu_v.shape[0], mu_v.shape[1], generator, False)
+        eps_t, eps_v = noise["eps_t"], noise["eps_v"]
+        # one (N_t, N_v, D) temporary at a time, never (M, N_t, N_v, D)
+        sims = torch.stack([sample_cos(mu_t, sig_t, eps_t[m][:, None], mu_v, sig_v, eps_v[m][None])
+                            for m in range(eps_t.shape[0])])
+        scores = sims.amax(0) if self.config.inference == "best_of_m" else sims.mean(0)
+        return ScoreOutput(scores, uncertainty)
+
+    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
+        return self.pair_side(text, self.video_side(frames), noise=noise, generator=generator)
+
+    # -- training ------------------------------------------------------------------------------
+    def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
+        b = frames.shape[0]
+        noise = self._noise(noise, b, b, generator, True)
+        mu_t, mu_v, sig_t, sig_v = self.distributions(text.sentence, self.video_side(frames), noise.get("dropout"))
+        s_s = sample_cos(mu_t, sig_t, noise["eps_t"][0][:, None], mu_v, sig_v, noise["eps_v"][0][None])
+        s_b = boundary_cos(mu_t, sig_t, mu_v, sig_v)
+        l_s = symmetric_infonce(logit_scale * s_s)
+        l_b = symmetric_infonce(logit_scale * s_b)
+        with torch.no_grad():  # logged: relative noise radii of positive and negative pairs
+            pos = torch.eye(b, dtype=torch.bool, device=mu_v.device)
+            r_t, r_v = sig_t.norm(dim=-1), sig_v.norm(dim=-1)
+            neg = ~pos if b > 1 else pos
+            logs = {"radius_t_pos": r_t[pos].mean(), "radius_v_pos": r_v[pos].mean(),
+                    "radius_t_neg": r_t[neg].mean(), "radius_v_neg": r_v[neg].mean()}
+        return {"loss": l_s + self.config.alpha * l_b, "loss_sample": l_s.detach(),
+                "loss_boundary": l_b.detach(), **logs}
