@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from probret.engine.metrics import dual_softmax, retrieval_metrics
+from probret.engine.metrics import dual_softmax_metrics, retrieval_metrics
 from probret.train.data import EvalVideos
 from probret.train.datasets import RetrievalSplit
 from probret.train.methods.base import TextFeatures
@@ -85,7 +85,7 @@ def evaluate(model, split: RetrievalSplit, *, batch_size: int = 64, block: int =
             # all-zero features score arbitrarily.
             sims[:, sorted(failed)] = np.nanmin(sims) - 1.0
         metrics = retrieval_metrics(sims, index, relevant=relevant)
-        dsl_metrics = retrieval_metrics(dual_softmax(sims), index, relevant=relevant) if dsl else None
+        dsl_metrics = dual_softmax_metrics(sims, index, relevant=relevant) if dsl else None
         unc = out.uncertainty.numpy().astype(np.float32) if out.uncertainty is not None else None
         return EvalResult(metrics, sims, index, unc, list(failed.values()), dsl_metrics)
     finally:

@@ -1,0 +1,195 @@
+"""engine/tokenizer.py: same ids as open_clip's SimpleTokenizer, torch-free."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from probret.engine.tokenizer import Tokenizer, default_vocab_path, get_tokenizer
+
+N_GENERATED = 3000
+
+# Ids computed with open_clip 3.3.0's open_clip.tokenize (context 77), so these run without torch.
+GOLDEN = {
+    "a man playing guitar": [49406, 320, 786, 1629, 5084, 49407],
+    "": [49406, 49407],
+    "Hello &amp; World!!! \U0001F600": [49406, 3306, 261, 1002, 995, 7334, 49407],
+    "it's I'LL": [49406, 585, 568, 328, 1342, 49407],
+    "caf\u00c3\u00a9 na\u00efve": [49406, 15304, 1097, 35689, 563, 49407],
+}
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer()
+
+
+# ---------------------------------------------------------------------------------------------
+# string generator
+# ---------------------------------------------------------------------------------------------
+_WORDS = (
+    "a man woman dog playing guitar red blue ball video of the is running jumping cooking in on "
+    "kitchen street night day car boat bird singing dancing person people two three children "
+    "tennis soccer basketball NBA U.S.A. McDonald's rock'n'roll e-mail x-ray iPhone GPU 4K 3D"
+).split()
+_PUNCT = list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") + ["...", "--", "!!", "?!", "’", "‘", "“", "”", "«", "»", "…", "—", "–", "·", "•", "¿", "¡", "§", "©", "®", "™", "°", "±", "×", "÷", "€", "£", "¥", "¢"]
+_ACCENTS = ["é", "è", "ê", "ë", "ñ", "ü", "ö", "ä", "å", "ø", "æ", "ç", "ß", "œ", "e\u0301", "a\u0308", "n\u0303",
+            "İ", "ı", "ſ", "Ω", "µ", "ﬁ", "ﬀ", "Ǆ", "ǅ", "ẞ", "Å", "K", "ª", "º", "ˆ", "ˇ", "¨"]
+_SCRIPTS = [(0x0391, 0x03C9), (0x0410, 0x044F), (0x05D0, 0x05EA), (0x0627, 0x064A), (0x0905, 0x0939),
+            (0x0E01, 0x0E2E), (0x3041, 0x3096), (0x30A1, 0x30FA), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3),
+            (0xFF01, 0xFF5E), (0x2160, 0x2188), (0x0660, 0x0669), (0x2460, 0x24FF), (0x1D400, 0x1D7FF)]
+_EMOJI = ["😀", "👍", "👍🏽", "🎸", "🐶", "❤️", "❤", "✨", "🇫🇷", "🇯🇵", "1️⃣", "#️⃣", "👨\u200d👩\u200d👧\u200d👦",
+          "🏳️\u200d🌈", "🧑🏿\u200d🚀", "☕", "⚽", "🀄", "🫠", "🪿"]
+_ENTITIES = ["&amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&apos;", "&nbsp;", "&#x1F600;", "&#128512;", "&eacute;",
+             "&amp;amp;", "&amp;amp;amp;", "&amp;lt;", "&#xD800;", "&#0;", "&bogus;", "&amp", "&copy", "&#65",
+             "&hellip;", "&mdash;", "&#x2028;"]
+_SPACES = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", "\u200b", "\x0b", "\x0c", "\u2028", "\u1680"]
+_CONTROL = ["\x00", "\x07", "\x1b", "\x7f", "\u0085", "\ufeff", "\u00ad", "\u200d", "\u202e", "\ufffd", "\ud800", "\udcff"]
+_MOJIBAKE = ["cafÃ©", "Ã¼ber", "â€™", "â€œquotedâ€\x9d", "Ã\xa0 la", "ÐŸÑ€Ð¸Ð²ÐµÑ‚", "æ—¥æœ¬", "ðŸ˜€", "Ã©tÃ©"]
+_SPECIAL = ["<start_of_text>", "<end_of_text>", "<START_OF_TEXT>", "<ſtart_of_text>", "<|endoftext|>", "</w>", "<end_of_text"]
+_CONTRACTIONS = ["'s", "'S", "'t", "'re", "'VE", "'m", "'ll", "'d", "'D", "’s", "n't", "'", "''", "'ſ"]
+
+
+def _random_codepoint(rng: random.Random) -> str:
+    while True:
+        cp = rng.choice([rng.randrange(0x20, 0x250), rng.randrange(0x250, 0x3000),
+                         rng.randrange(0x3000, 0x10000), rng.randrange(0x10000, 0x110000)])
+        if not 0xD800 <= cp <= 0xDFFF:
+            return chr(cp)
+
+
+def _fragment(rng: random.Random) -> str:
+    kind = rng.randrange(14)
+    if kind == 0:
+        w = rng.choice(_WORDS)
+        return rng.choice([w, w.upper(), w.capitalize()])
+    if kind == 1:
+        return "".join(rng.choice(_PUNCT) for _ in range(rng.randint(1, 4)))
+    if kind == 2:
+        return rng.choice([str(rng.randrange(10 ** rng.randint(1, 8))), f"{rng.random() * 100:.2f}", "1,000", "2024-01-31", "½", "²", "٣"])
+    if kind == 3:
+        return "".join(rng.choice(_ACCENTS + ["a", "e", "o"]) for _ in range(rng.randint(1, 6)))
+    if kind == 4:
+        lo, hi = rng.choice(_SCRIPTS)
+        return "".join(chr(rng.randint(lo, hi)) for _ in range(rng.randint(1, 12)))
+    if kind == 5:
+        return "".join(rng.choice(_EMOJI) for _ in range(rng.randint(1, 3)))
+    if kind == 6:
+        return rng.choice(_ENTITIES)
+    if kind == 7:
+        return rng.choice(_SPACES)
+    if kind == 8:
+        return rng.choice(_CONTROL)
+    if kind == 9:
+        return rng.choice(_MOJIBAKE)
+    if kind == 10:
+        return rng.choice(_SPECIAL)
+    if kind == 11:
+        return rng.choice(_WORDS) + rng.choice(_CONTRACTIONS)
+    if kind == 12:
+        return "".join(_random_codepoint(rng) for _ in range(rng.randint(1, 6)))
+    return rng.choice(_WORDS) * rng.randint(2, 6)  # long repeated runs (BPE on long words)
+
+
+def generate_strings(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = ["", " ", "\n\t ", "&amp;", "<start_of_text>", "😀" * 40, "a " * 200, "x" * 500]
+    while len(out) < n:
+        r = rng.random()
+        if r < 0.03:
+            out.append("")
+        elif r < 0.08:  # very long: always truncated at 77
+            out.append(" ".join(_fragment(rng) for _ in range(rng.randint(80, 250))))
+        else:
+            sep = rng.choice(["", " ", " ", " ", rng.choice(_SPACES)])
+            out.append(sep.join(_fragment(rng) for _ in range(rng.randint(1, 18))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------
+def test_golden_ids(tok):
+    for text, ids in GOLDEN.items():
+        row = tok([text])[0]
+        assert row.dtype == np.int64 and row.shape == (77,)
+        assert row[: len(ids)].tolist() == ids
+        assert not row[len(ids):].any()
+
+
+def test_shape_padding_truncation(tok):
+    out = tok(["", "a b c", "word " * 100])
+    assert out.shape == (3, 77) and out.dtype == np.int64
+    assert out[0, :2].tolist() == [tok.sot_token_id, tok.eot_token_id] and not out[0, 2:].any()
+    assert out[2, 0] == tok.sot_token_id and out[2, -1] == tok.eot_token_id  # truncated: EOT at the end
+    assert (out[2, 1:-1] != 0).all()
+    assert tok.truncated(["", "a b c", "word " * 100]).tolist() == [False, False, True]
+    # exactly filling the context is not truncation: 75 single-token words + SOT + EOT
+    assert tok.truncated(["a " * 75, "a " * 76]).tolist() == [False, True]
+    ids, cut = tok.encode_batch(["a " * 75, "a " * 76])
+    assert cut.tolist() == [False, True] and ids[0, -1] == ids[1, -1] == tok.eot_token_id
+    short = Tokenizer(context_length=8)
+    assert short(["a b c d e f g h i"]).tolist() == [[49406, 320, 321, 322, 323, 324, 325, 49407]]
+    assert tok("single string").shape == (1, 77)
+    assert tok(["x"], context_length=5).shape == (1, 5)
+    with pytest.raises(TypeError):
+        tok([None])
+
+
+def test_decode_roundtrip(tok):
+    text = "a man playing guitar, café 日本 😀!"
+    assert tok.decode(tok(text)[0]) == "a man playing guitar , café 日本 😀!"
+
+
+def test_vocab_file_and_cache():
+    assert default_vocab_path().is_file()
+    assert get_tokenizer(77) is get_tokenizer(77)
+    assert get_tokenizer(32).context_length == 32
+    assert Tokenizer().vocab_size == 49408
+
+
+def test_no_torch_import():
+    code = "import sys, probret.engine.tokenizer as t; t.Tokenizer()(['hi']); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_matches_open_clip_on_generated_strings(tok):
+    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    texts = generate_strings(N_GENERATED, seed=1234)
+    t0 = time.perf_counter()
+    ref77 = open_clip_tokenizer.tokenize(texts).numpy()
+    t1 = time.perf_counter()
+    ours77, cut77 = tok.encode_batch(texts)
+    t2 = time.perf_counter()
+    bad = [i for i in range(len(texts)) if not np.array_equal(ref77[i], ours77[i])]
+    assert not bad, f"{len(bad)} mismatches, first: {texts[bad[0]]!r}: {ref77[bad[0]].tolist()} vs {ours77[bad[0]].tolist()}"
+
+    # truncation flags agree with open_clip's own token counts (a full row is either exactly
+    # 77 tokens or truncated: only those need open_clip's untruncated length)
+    simple = open_clip_tokenizer._tokenizer
+    full = np.flatnonzero(ref77[:, -1] != 0)
+    expect_cut = np.zeros(len(texts), dtype=bool)
+    expect_cut[full] = [len(simple.encode(texts[i])) + 2 > 77 for i in full]
+    assert np.array_equal(cut77, expect_cut)
+    assert cut77.sum() > 100 and (~cut77).sum() > 1000  # the generator covers both cases
+
+    # short context (the test-vit-* configs use 32): truncation puts EOT at the last position
+    sub = texts[:1000]
+    ref32 = open_clip_tokenizer.tokenize(sub, context_length=32).numpy()
+    ours32, cut32 = tok.encode_batch(sub, context_length=32)
+    assert np.array_equal(ref32, ours32)
+    assert np.array_equal(cut32, tok.truncated(sub, context_length=32))
+    assert cut32.sum() > cut77[:1000].sum()
+    print(f"open_clip {t1 - t0:.2f}s, probret {t2 - t1:.2f}s for {len(texts)} strings")
+
+
+def test_matches_open_clip_get_tokenizer(tok):
+    open_clip = pytest.importorskip("open_clip")
+    texts = generate_strings(300, seed=7)
+    ref = open_clip.get_tokenizer("ViT-B-32")(texts).numpy()
+    assert np.array_equal(ref, tok(texts))
