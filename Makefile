@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.probret-installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv demo-model
 
 $(STAMP): pyproject.toml requirements/torch-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+# Rebuild the shipped demo model (train/pretrained/demo-spem) from configs/demo-spem.json.
+demo-model: $(STAMP)
+	$(PY) -m probret.train.demo_model
 
 clean-venv:
 	rm -rf $(VENV)

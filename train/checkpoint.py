@@ -60,8 +60,12 @@ def _atomic_dir(target: Path, write) -> None:
         raise
 
 
-def save_checkpoint(path: str | Path, model, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (a RetrievalModel) to the checkpoint directory ``path``."""
+def save_checkpoint(path: str | Path, model, *, extra: dict[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` (a RetrievalModel) to the checkpoint directory ``path``.
+
+    ``dtype=torch.float16`` stores floating-point weights in half precision (the shipped demo
+    model uses it to stay a few MB); loading casts them back to the model's dtype."""
     model_config = asdict(model.config)
     model_config["head"] = model.head.config_dict()  # resolved: defaults written out explicitly
     backbone = model.backbone
@@ -82,7 +86,12 @@ def save_checkpoint(path: str | Path, model, *, extra: dict[str, Any] | None = N
 
     def write(tmp: Path):
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        if dtype is None:
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        else:
+            state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+                     for k, v in model.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "dtype": str(dtype)})
 
     _atomic_dir(Path(path), write)
     return Path(path)
