@@ -1,0 +1,500 @@
+"""Run an export bundle without torch: ONNX Runtime / TensorRT sessions and the four-step pipeline.
+
+    rt = BundleRuntime(load_bundle("bundle/"), device="auto")
+    text = rt.encode_text(["a red circle moves left"])         # tokenizer + text graph
+    frames = rt.encode_videos(pixels)                            # (N_v, T', 3, H, W) -> (N_v, T', D)
+    video = rt.video_side(frames)                                # per-video tensors: store these
+    scores, uncertainty = rt.score(text, video)                  # (N_t, N_v) each
+
+Devices (``device=``):
+
+* ``"auto"``: the bundle's TensorRT engines when it has them and TensorRT + a CUDA GPU are usable;
+  otherwise ONNX Runtime with the provider chain TensorRT -> CUDA -> CPU, keeping only the
+  providers that are installed *and* have a GPU to run on;
+* ``"tensorrt"``: the bundle's engines (or ORT's TensorRT provider when it has none); an error if
+  TensorRT or a GPU is missing;
+* ``"cuda"``: ORT's CUDA provider (error if unusable); ``"cpu"``: ORT's CPU provider.
+
+The provider each graph actually runs on is logged (logger ``probret.engine.runtime``) and kept in
+``BundleRuntime.providers``.
+
+Noise (sampling methods, bundles exported with ``--sampling noise-input``): ``draw_noise`` draws
+every noise input from ONE ``numpy.random.Generator(numpy.random.PCG64(seed))``, in manifest
+order: ``uniform`` -> ``rng.random(shape, dtype=float32)``, ``gaussian`` ->
+``rng.standard_normal(shape, dtype=float32)``, then multiplied by ``scale`` (when not 1). The
+arrays are banks shared by every query and every video, so scores never depend on how queries
+and videos are batched. The export's PyTorch reference uses exactly these numbers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from probret.engine.bundle import Bundle, load_bundle
+from probret.engine.errors import ModelError
+
+__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise",
+           "provider_chain", "tensorrt_status", "open_runtime"]
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+
+
+# --------------------------------------------------------------------------------------------
+# noise
+# --------------------------------------------------------------------------------------------
+def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarray]:
+    """The noise banks of a pair graph: {input name: float32 array}, drawn in ``specs`` order from
+    one ``np.random.Generator(np.random.PCG64(seed))`` (module docstring)."""
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    out = {}
+    for spec in specs:
+        shape = tuple(int(s) for s in spec["shape"])
+        dist = spec["distribution"]
+        if dist == "uniform":
+            x = rng.random(shape, dtype=np.float32)
+        elif dist == "gaussian":
+            x = rng.standard_normal(shape, dtype=np.float32)
+        else:
+            raise ModelError(f"unknown noise distribution {dist!r} for {spec.get('name')}")
+        scale = float(spec.get("scale", 1.0))
+        if scale != 1.0:
+            x = x * np.float32(scale)
+        out[spec["name"]] = x
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# hardware detection (no torch)
+# --------------------------------------------------------------------------------------------
+_cuda_count: int | None = None
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the driver reports (0 without a driver or a GPU). Uses libcuda via
+    ctypes, so it needs neither torch nor cuda-python. ``CUDA_VISIBLE_DEVICES=""`` gives 0."""
+    global _cuda_count
+    if _cuda_count is not None:
+        return _cuda_count
+    count = 0
+    names = ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda"), "nvcuda.dll"]
+    for name in [n for n in names if n]:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if lib.cuInit(0) == 0:
+                n = ctypes.c_int(0)
+                if lib.cuDeviceGetCount(ctypes.byref(n)) == 0:
+                    count = n.value
+        except Exception:  # noqa: BLE001 - a broken driver means "no GPU"
+            count = 0
+        break
+    _cuda_count = count
+    return count
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason): TensorRT >= 10 importable, CUDA runtime bindings importable, and a GPU."""
+    try:
+        import tensorrt as trt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install (missing libnvinfer)
+        return False, (f"TensorRT is not installed ({type(exc).__name__}: {exc}); install it with "
+                       "pip install 'tensorrt>=10' on a machine with an NVIDIA GPU and driver")
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if major < 10:
+        return False, f"TensorRT {trt.__version__} is installed but probret needs TensorRT >= 10"
+    try:
+        _cudart()
+    except ImportError as exc:
+        return False, f"the CUDA runtime bindings are missing ({exc}); install cuda-python (pip install cuda-python)"
+    if cuda_device_count() < 1:
+        return False, "no CUDA GPU is visible (no NVIDIA driver, no device, or CUDA_VISIBLE_DEVICES hides them)"
+    return True, f"TensorRT {trt.__version__}, {cuda_device_count()} GPU(s)"
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu)") from exc
+    return ort
+
+
+def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None) -> list:
+    """ONNX Runtime providers for ``device``: TensorRT -> CUDA -> CPU filtered by what is installed
+    and whether a GPU exists. Raises ModelError when an explicitly asked-for device is unusable."""
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    ort = _ort()
+    available = set(ort.get_available_providers())
+    gpu = cuda_device_count() > 0
+    trt_ok = "TensorrtExecutionProvider" in available and gpu and _trt_libs_present()
+    cuda_ok = "CUDAExecutionProvider" in available and gpu
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if not cuda_ok:
+            raise ModelError(_missing("cuda", available, gpu))
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt_provider = ("TensorrtExecutionProvider", _trt_options(trt_cache))
+    if device == "tensorrt":
+        if not trt_ok:
+            raise ModelError(_missing("tensorrt", available, gpu))
+        return [trt_provider, "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chain: list = []
+    if trt_ok:
+        chain.append(trt_provider)
+    if cuda_ok:
+        chain.append("CUDAExecutionProvider")
+    return chain + ["CPUExecutionProvider"]
+
+
+def _trt_libs_present() -> bool:
+    if ctypes.util.find_library("nvinfer"):
+        return True
+    try:
+        import tensorrt  # noqa: F401  (the pip wheel ships libnvinfer next to it)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _trt_options(cache: str | Path | None) -> dict:
+    cache = Path(cache) if cache else Path(os.environ.get("PROBRET_CACHE", Path.home() / ".cache" / "probret")) / "ort-trt"
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": False}
+
+
+def _missing(device: str, available: set, gpu: bool) -> str:
+    provider = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[device]
+    if not gpu:
+        return f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu (or auto)"
+    if provider not in available:
+        return (f"--device {device}: this onnxruntime has no {provider} (installed: {', '.join(sorted(available))}); "
+                "install onnxruntime-gpu")
+    return f"--device {device}: TensorRT libraries are not installed (pip install 'tensorrt>=10')"
+
+
+# --------------------------------------------------------------------------------------------
+# sessions
+# --------------------------------------------------------------------------------------------
+class OrtGraph:
+    """One ONNX graph in an ONNX Runtime session. ``run(feeds) -> {output name: array}``."""
+
+    def __init__(self, path: str | Path, providers: list, *, name: str = "", threads: int | None = None):
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise ModelError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
+        self.name = name or Path(path).stem
+        self.provider = self.session.get_providers()[0]
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.inputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.inputs if n not in feeds]
+        if missing:
+            raise ModelError(f"graph {self.name}: missing input(s) {missing}")
+        arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.inputs}
+        return dict(zip(self.output_names, self.session.run(self.output_names, arrays)))
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+              "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+class TrtGraph:
+    """A serialized TensorRT 10 engine (a ``.plan`` in the bundle), run with named I/O tensors.
+
+    Needs ``tensorrt`` >= 10, ``cuda-python`` (runtime bindings) and a CUDA GPU; raises
+    ModelError at construction otherwise. Device buffers are allocated per call (simple, safe
+    with any batch size inside the engine's optimisation profile)."""
+
+    def __init__(self, path: str | Path, *, name: str = "", profile: dict | None = None, device_id: int = 0):
+        ok, reason = tensorrt_status()
+        if not ok:
+            raise ModelError(f"{path}: cannot run a TensorRT engine: {reason}")
+        import tensorrt as trt
+
+        self._trt = trt
+        self._cudart = _cudart()
+        self.name = name or Path(path).stem
+        self.provider = "TensorRT"
+        self.profile = profile or {}
+        self._check(self._cudart.cudaSetDevice(device_id))
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
+            raise ModelError(f"{path}: TensorRT cannot deserialize this engine (built with another TensorRT "
+                             "version or GPU?); rebuild it with probret-export --trt on this machine")
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        self.inputs, self.output_names, self._dtypes = [], [], {}
+        for i in range(engine.num_io_tensors):
+            n = engine.get_tensor_name(i)
+            self._dtypes[n] = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
+                self.inputs.append(n)
+            else:
+                self.output_names.append(n)
+        err, self._stream = self._cudart.cudaStreamCreate()
+        self._check(err)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.inputs)
+
+    def _check(self, result) -> Any:
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            raise ModelError(f"TensorRT engine {self.name}: CUDA error {err}")
+        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cu = self._cudart
+        h2d = cu.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        buffers = []
+        try:
+            hosts = {}
+            for n in self.inputs:
+                arr = np.ascontiguousarray(feeds[n], dtype=self._dtypes[n])
+                hosts[n] = arr
+                if not self.context.set_input_shape(n, tuple(arr.shape)):
+                    raise ModelError(f"TensorRT engine {self.name}: input {n} shape {arr.shape} is outside the "
+                                     f"engine's optimisation profile {self.profile.get(n)}")
+                ptr = self._check(cu.cudaMalloc(max(arr.nbytes, 1)))
+                buffers.append(ptr)
+                self._check(cu.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self._stream))
+                self.context.set_tensor_address(n, int(ptr))
+            outs = {}
+            for n in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(n))
+                arr = np.empty(shape, dtype=self._dtypes[n])
+                ptr = self._check(cu.cudaMalloc(max(arr.nbytes, 1)))
+                buffers.append(ptr)
+                self.context.set_tensor_address(n, int(ptr))
+                outs[n] = (arr, ptr)
+            if not self.context.execute_async_v3(int(self._stream)):
+                raise ModelError(f"TensorRT engine {self.name}: execution failed")
+            for n, (arr, ptr) in outs.items():
+                self._check(cu.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes, d2h, self._stream))
+            self._check(cu.cudaStreamSynchronize(self._stream))
+            return {n: arr for n, (arr, _) in outs.items()}
+        finally:
+            for ptr in buffers:
+                cu.cudaFree(ptr)
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+# --------------------------------------------------------------------------------------------
+class BundleRuntime:
+    """The four graphs of a bundle behind four calls (module docstring). Sessions open lazily."""
+
+    def __init__(self, bundle: Bundle | str | Path, *, device: str = "auto", seed: int | None = None,
+                 threads: int | None = None, text_batch: int = 256, frame_batch: int = 256,
+                 video_batch: int = 256, pair_text_batch: int = 64, pair_video_batch: int = 1024,
+                 trt_cache: str | Path | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if device not in DEVICES:
+            raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        self.device = device
+        self.threads = threads
+        self._use_engines = self._want_engines(device)
+        self._trt_cache = trt_cache
+        self._providers: list | None = None
+        if not (self._use_engines and all(g in self.bundle.engines for g in self.bundle.graphs)):
+            self._ort_providers()  # an unusable explicit device fails here, at once
+        self._sessions: dict[str, Any] = {}
+        self.providers: dict[str, str] = {}
+        s = self.bundle.sampling
+        self.seed = int(seed if seed is not None else s.get("seed", 0) or 0)
+        self._noise_cache: dict[int, dict[str, np.ndarray]] = {}
+        self._tokenizer = None
+        self.batch = {"text": text_batch, "frame": frame_batch, "video": video_batch,
+                      "pair_text": pair_text_batch, "pair_video": pair_video_batch}
+        self._limit_batches_to_engines()
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _want_engines(self, device: str) -> bool:
+        if not self.bundle.engines or device in ("cpu", "cuda"):
+            return False
+        ok, reason = tensorrt_status()
+        if device == "tensorrt" and not ok:
+            raise ModelError(f"--device tensorrt: {reason}")
+        return ok
+
+    def _ort_providers(self) -> list:
+        if self._providers is None:
+            device = "auto" if self.device == "tensorrt" and self._use_engines else self.device
+            self._providers = provider_chain(device, trt_cache=self._trt_cache)
+        return self._providers
+
+    def _limit_batches_to_engines(self) -> None:
+        if not self._use_engines:
+            return
+        limits = {"text": ("text_encoder", "input_ids", 0), "frame": ("frame_encoder", "pixels", 0),
+                  "video": ("video_side", "frames", 0), "pair_text": ("pair_score", "text_sentence", 0)}
+        for key, (graph, tensor, axis) in limits.items():
+            prof = self.bundle.engines.get(graph, {}).get("profiles", {}).get(tensor)
+            if prof:
+                self.batch[key] = min(self.batch[key], int(prof[2][axis]))
+        pair = self.bundle.engines.get("pair_score", {}).get("profiles", {})
+        video_in = next((v for k, v in pair.items() if k.startswith("video_")), None)
+        if video_in:
+            self.batch["pair_video"] = min(self.batch["pair_video"], int(video_in[2][0]))
+
+    def session(self, name: str):
+        if name not in self._sessions:
+            engine = self.bundle.engine_path(name) if self._use_engines else None
+            sess = None
+            if engine is not None:
+                try:
+                    sess = TrtGraph(engine, name=name, profile=self.bundle.engines[name].get("profiles"))
+                except ModelError as exc:
+                    if self.device != "auto":
+                        raise
+                    log.warning("%s; running %s with ONNX Runtime instead", exc, name)
+            if sess is None:
+                sess = OrtGraph(self.bundle.graph_path(name), self._ort_providers(), name=name, threads=self.threads)
+            self._sessions[name] = sess
+            self.providers[name] = sess.provider
+            log.info("bundle %s: %s runs on %s", self.bundle.path, name, sess.provider)
+        return self._sessions[name]
+
+    # -- text ----------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from probret.engine.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer(self.bundle.tokenizer_file, context_length=self.bundle.context_length)
+        return self._tokenizer
+
+    def tokenize(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32 (N, L), truncated bool (N,)): the bundle's own vocabulary and context length."""
+        ids, cut = self.tokenizer.encode_batch(texts, self.bundle.context_length)
+        return ids.astype(np.int32), cut
+
+    def encode_text(self, texts: str | Sequence[str] | np.ndarray) -> dict[str, np.ndarray]:
+        """Texts (or token ids (N, L)) -> the text graph's outputs: text_sentence (N, D) and, for
+        token-level methods, text_tokens (N, L, D) and text_mask (N, L)."""
+        ids = texts if isinstance(texts, np.ndarray) else self.tokenize(texts)[0]
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        sess = self.session("text_encoder")
+        return self._batched(sess, {"input_ids": ids}, self.batch["text"])
+
+    # -- video ---------------------------------------------------------------------------------
+    def preprocess(self, frames_uint8: np.ndarray) -> np.ndarray:
+        """uint8 (T, H, W, 3) RGB -> float32 (T, 3, S, S) with the bundle's size / mean / std."""
+        from probret.engine.preprocess import preprocess_frames
+
+        p = self.bundle.preprocessing
+        size = p["image_size"]
+        size = size if isinstance(size, int) else int(size[0])
+        return preprocess_frames(frames_uint8, size=size, mean=p["mean"], std=p["std"])
+
+    def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) -> frame features (N, D)."""
+        sess = self.session("frame_encoder")
+        return self._batched(sess, {"pixels": np.asarray(pixels, dtype=np.float32)}, self.batch["frame"])["frame_features"]
+
+    def encode_videos(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (N_v, T', 3, H, W) -> frame features (N_v, T', D)."""
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim != 5:
+            raise ValueError(f"pixels must be (N_v, T, 3, H, W), got shape {pixels.shape}")
+        n, t = pixels.shape[:2]
+        return self.encode_frames(pixels.reshape(n * t, *pixels.shape[2:])).reshape(n, t, -1)
+
+    def video_side(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """Frame features (N_v, T', D) -> the per-video tensors (each N_v first) an index stores."""
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.ndim != 3 or frames.shape[1] != self.bundle.num_frames:
+            raise ValueError(f"frames must be (N_v, {self.bundle.num_frames}, D), got shape {frames.shape}")
+        return self._batched(self.session("video_side"), {"frames": frames}, self.batch["video"])
+
+    # -- scoring -------------------------------------------------------------------------------
+    def noise(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """The noise banks fed to the pair graph (empty unless the bundle is noise-input)."""
+        seed = self.seed if seed is None else int(seed)
+        if seed not in self._noise_cache:
+            self._noise_cache[seed] = draw_noise(self.bundle.noise_specs, seed)
+        return self._noise_cache[seed]
+
+    def score(self, text: dict[str, np.ndarray], video: dict[str, np.ndarray], *, seed: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (and uncertainty, or None) of every text against every video, (N_t, N_v) float32,
+        in blocks of (pair_text_batch x pair_video_batch)."""
+        sess = self.session("pair_score")
+        noise = self.noise(seed)
+        names = sess.input_names
+        text_in = [n for n in names if n.startswith("text_")]
+        video_in = [n for n in names if n.startswith("video_")]
+        for n in text_in + video_in:
+            if n not in (text if n.startswith("text_") else video):
+                raise ModelError(f"pair graph needs {n!r}, which the given {'text' if n.startswith('text_') else 'video'} features lack")
+        n_t = text[text_in[0]].shape[0]
+        n_v = video[video_in[0]].shape[0]
+        scores = np.empty((n_t, n_v), dtype=np.float32)
+        unc = np.empty((n_t, n_v), dtype=np.float32) if "uncertainty" in sess.output_names else None
+        bt, bv = max(1, self.batch["pair_text"]), max(1, self.batch["pair_video"])
+        for i in range(0, n_t, bt):
+            feeds_t = {n: text[n][i:i + bt] for n in text_in}
+            for j in range(0, n_v, bv):
+                feeds = {**feeds_t, **{n: video[n][j:j + bv] for n in video_in},
+                         **{n: noise[n] for n in names if n.startswith("noise_")}}
+                out = sess.run(feeds)
+                scores[i:i + bt, j:j + bv] = out["scores"]
+                if unc is not None:
+                    unc[i:i + bt, j:j + bv] = out["uncertainty"]
+        return scores, unc
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _batched(sess, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        n = next(iter(feeds.values())).shape[0]
+        if n == 0:
+            raise ValueError("empty batch")
+        batch = max(1, int(batch))
+        parts: dict[str, list[np.ndarray]] = {}
+        for i in range(0, n, batch):
+            out = sess.run({k: v[i:i + batch] for k, v in feeds.items()})
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v)
+        return {k: v[0] if len(v) == 1 else np.concatenate(v, 0) for k, v in parts.items()}
+
+
+def open_runtime(path: str | Path, *, device: str = "auto", **kwargs) -> BundleRuntime:
+    """``load_bundle`` (verifying every file) + ``BundleRuntime``."""
+    return BundleRuntime(load_bundle(path), device=device, **kwargs)
