@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo-spem.json"
 # The world the demo model is trained on; `probret demo` generates a fresh, smaller world of the
 # same kind with another seed, so what it shows is held-out data.
-WORLD_SETTINGS = {"videos": 600, "seed": 2024, "resolution": (64, 64), "difficulty": "medium"}
+WORLD_SETTINGS = {"videos": 600, "seed": 2024, "resolution": (64, 64), "difficulty": 0.25}
 
 
 def ship(checkpoint: str | Path, dest: str | Path = DEMO_CHECKPOINT) -> Path:
