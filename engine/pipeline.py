@@ -1,0 +1,377 @@
+"""The indexing pipeline: parallel decoding overlapped with batched inference (torch-free).
+
+    report = update_index(folder, runtime, writer, PipelineOptions())
+
+1. ``writer.scan(folder)`` says what is new, changed, removed (engine/index.py); removed files
+   drop out first.
+2. A thread pool decodes videos (PyAV releases the GIL while decoding, NumPy while resizing):
+   each task probes a file, plans its segments (:func:`plan_segments`) and decodes and
+   preprocesses up to ``chunk_segments`` of them; a long video continues in further tasks, so
+   memory stays bounded whatever its length. At most ``workers + 2`` tasks are in flight.
+3. The calling thread takes decoded segments as they complete and, whenever ``batch_segments``
+   are ready (or nothing else is coming), runs the frame encoder and the video-side graph on
+   the batch while the pool keeps decoding: the encoder does not wait for frames as long as
+   decoding keeps up (ONNX Runtime releases the GIL too).
+4. A video whose segments are all encoded is committed to the index with its tensors
+   (``frame_features``, the video-side outputs ``video_*``, and ``ann``, the query-independent
+   embedding of the ANN first stage). A file that fails to decode is recorded with its reason and
+   skipped; the rest is indexed.
+
+Segments: a video of duration d is cut into n = max(1, round(d / window)) equal windows (no
+short tail), each sampled with T' uniform frames (segment midpoints) like a whole clip at
+training time. ``window=0`` keeps one segment per video. With the default 30 s, clips up to 45 s
+are one segment, a 10-minute video twenty of 30 s.
+
+Resizing (``resize``): ``exact`` decodes full frames and resizes with the Pillow-exact bicubic of
+engine/preprocess.py (what training saw); ``decoder`` lets FFmpeg resize while converting
+(several times cheaper on large frames, within a few levels of Pillow, docs/decoding.md);
+``auto`` (default) uses ``decoder`` when the short side is more than twice the model's image
+size and ``exact`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from probret.engine.errors import VideoDecodeError
+from probret.engine.index import EncodedVideo, FileEntry, IndexWriter, ScanResult
+from probret.engine.preprocess import preprocess_frames
+from probret.engine.video import VideoInfo, probe_video, sample_frames
+
+__all__ = ["PipelineOptions", "IndexReport", "plan_segments", "decode_segments", "encode_segments",
+           "update_index", "RESIZE_MODES", "default_workers"]
+
+log = logging.getLogger(__name__)
+
+RESIZE_MODES = ("auto", "exact", "decoder")
+
+
+def default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+@dataclass
+class PipelineOptions:
+    """How to run (not what to store: the segment window and resize mode are index settings,
+    ``IndexSettings.window`` / ``.resize``, because the stored features depend on them)."""
+
+    workers: int = 0  # decoding threads; 0 = one per core (at most 8)
+    batch_segments: int = 16  # segments per encoder call
+    chunk_segments: int = 4  # segments decoded per task
+    retry_failed: bool = False
+    progress: bool = True
+
+
+@dataclass
+class IndexReport:
+    folder: str
+    index: str
+    total_videos: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # failed in this run
+    failed_before: list[tuple[str, str]] = field(default_factory=list)  # unchanged files that failed earlier
+    ignored: int = 0
+    encoded_videos: int = 0
+    encoded_segments: int = 0
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # decode (summed over threads), encode, head, write
+    compacted: bool = False
+
+    @property
+    def videos_per_s(self) -> float:
+        return self.encoded_videos / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": self.folder, "index": self.index, "videos": self.total_videos, "added": self.added,
+                "updated": self.updated, "removed": self.removed, "unchanged": self.unchanged,
+                "failed": [{"path": p, "error": e} for p, e in self.failed],
+                "failed_before": [{"path": p, "error": e} for p, e in self.failed_before],
+                "ignored_files": self.ignored, "encoded_videos": self.encoded_videos,
+                "encoded_segments": self.encoded_segments, "seconds": round(self.seconds, 3),
+                "videos_per_s": round(self.videos_per_s, 3),
+                "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()}, "compacted": self.compacted}
+
+
+def plan_segments(duration: float, window: float) -> list[tuple[float, float]]:
+    """Equal windows of about ``window`` seconds covering [0, duration] (module docstring)."""
+    duration = max(0.0, float(duration))
+    if window <= 0 or duration <= 0:
+        return [(0.0, duration)]
+    n = max(1, int(round(duration / float(window))))
+    edges = np.linspace(0.0, duration, n + 1)
+    return [(float(edges[i]), float(edges[i + 1])) for i in range(n)]
+
+
+def _use_decoder_resize(info: VideoInfo, size: int, resize: str) -> bool:
+    if resize == "decoder":
+        return True
+    if resize == "exact":
+        return False
+    return min(info.width, info.height) > 2 * size
+
+
+def decode_segments(path: str | Path, info: VideoInfo, segments: list[tuple[float, float]], *, num_frames: int,
+                    image_size: int, mean, std, resize: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(pixels float32 (n, T, 3, S, S), timestamps float64 (n, T)) of ``segments`` of one video."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    size = image_size if _use_decoder_resize(info, image_size, resize) else None
+    pix, ts = [], []
+    for start, end in segments:
+        # the video's last window runs to the end of the stream (None), so a header duration
+        # that is a little off never makes an empty window
+        s = sample_frames(path, num_frames, start=start if start > 0 else None,
+                          end=None if end >= info.duration or end <= start else end, size=size)
+        pix.append(preprocess_frames(s.frames, size=image_size, mean=mean, std=std))
+        ts.append(s.timestamps)
+    return np.stack(pix), np.stack(ts)
+
+
+def encode_segments(runtime, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Pixels (n, T, 3, S, S) -> every tensor the index stores per segment."""
+    frames = runtime.encode_videos(pixels)
+    video = runtime.video_side(frames)
+    return {"frame_features": frames, **video, "ann": ann_embedding(frames)}
+
+
+def ann_embedding(frames: np.ndarray) -> np.ndarray:
+    """The query-independent embedding of the ANN first stage: the unit-norm mean of the unit-norm
+    frame features (CLIP4Clip's meanP video embedding, the mean of the video Gaussians with the
+    query-conditioned pooling replaced by mean pooling)."""
+    f = np.asarray(frames, dtype=np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    m = f.mean(axis=1)
+    return (m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Partial:
+    entry: FileEntry
+    info: VideoInfo
+    segments: list[tuple[float, float]]
+    timestamps: np.ndarray
+    tensors: dict[str, np.ndarray] | None = None
+    missing: int = 0  # segments not yet encoded
+    failed: bool = False
+
+
+@dataclass
+class _Chunk:
+    partial: _Partial
+    lo: int
+    hi: int
+    pixels: np.ndarray
+
+
+class _Stages:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.t: dict[str, float] = {"decode": 0.0, "encode": 0.0, "head": 0.0, "write": 0.0}
+
+    def add(self, name: str, dt: float) -> None:
+        with self.lock:
+            self.t[name] = self.t.get(name, 0.0) + dt
+
+
+def update_index(folder: str | Path, runtime, writer: IndexWriter, options: PipelineOptions | None = None, *,
+                 say: Callable[[str], None] | None = None, scan: ScanResult | None = None) -> IndexReport:
+    """Bring the index up to date with ``folder`` (module docstring). Returns what was done."""
+    o = options or PipelineOptions()
+    say = say or (lambda msg: log.info(msg))
+    if writer.settings.resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {writer.settings.resize!r}")
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    scan = scan or writer.scan(folder, retry_failed=o.retry_failed)
+    report = IndexReport(folder=str(folder), index=str(writer.root), total_videos=scan.total_videos,
+                         removed=len(scan.removed), unchanged=scan.unchanged, failed_before=list(scan.failed_before),
+                         ignored=scan.ignored)
+    writer.remove(scan.removed)
+    todo = list(scan.todo)
+    changed = {e.path for e in scan.changed}
+    stages = _Stages()
+    if todo:
+        _run(folder, runtime, writer, o, todo, changed, report, stages)
+    report.compacted = writer.compact()
+    report.stages = dict(stages.t)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: list[FileEntry], changed: set[str],
+         report: IndexReport, stages: _Stages) -> None:
+    b = runtime.bundle
+    pre = b.preprocessing
+    size = pre["image_size"] if isinstance(pre["image_size"], int) else int(pre["image_size"][0])
+    mean, std, T = pre["mean"], pre["std"], b.num_frames
+    window, resize = float(writer.settings.window), writer.settings.resize
+    workers = o.workers or default_workers()
+    chunk = max(1, int(o.chunk_segments))
+    batch = max(1, int(o.batch_segments))
+    max_inflight = workers + 2
+
+    def first_task(entry: FileEntry):
+        t = time.perf_counter()
+        try:
+            path = folder / entry.path
+            info = probe_video(path)
+            segments = plan_segments(info.duration, window)
+            pixels, ts = decode_segments(path, info, segments[:chunk], num_frames=T, image_size=size, mean=mean,
+                                         std=std, resize=resize)
+            return info, segments, pixels, ts
+        finally:
+            stages.add("decode", time.perf_counter() - t)
+
+    def more_task(p: _Partial, lo: int, hi: int):
+        t = time.perf_counter()
+        try:
+            pixels, ts = decode_segments(folder / p.entry.path, p.info, p.segments[lo:hi], num_frames=T, image_size=size,
+                                         mean=mean, std=std, resize=resize)
+            return pixels, ts
+        finally:
+            stages.add("decode", time.perf_counter() - t)
+
+    from tqdm.auto import tqdm
+
+    # progress=True shows the bar when stderr is a terminal (tqdm's disable=None), never in logs
+    bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=None if o.progress else True,
+               dynamic_ncols=True, smoothing=0.1)
+    # work items, taken from the end: ("first", entry) or ("more", partial, lo, hi); a long video's
+    # continuation chunks go to the end so they run next, keeping few videos half-done at once
+    queue: list[tuple] = [("first", e) for e in reversed(todo)]
+    pending: dict[Future, tuple] = {}
+    ready: list[_Chunk] = []
+    done_videos: list[EncodedVideo] = []
+
+    def fail(entry: FileEntry, reason: str) -> None:
+        writer.add_failed(entry, reason)
+        report.failed.append((entry.path, reason))
+        bar.update(1)
+        bar.set_postfix(failed=len(report.failed), refresh=False)
+
+    def reason_of(exc: BaseException) -> str:
+        if isinstance(exc, VideoDecodeError):
+            return exc.reason
+        log.debug("unexpected error while decoding", exc_info=exc)
+        return f"{type(exc).__name__}: {exc}"
+
+    def flush_encoder() -> None:
+        take, n = [], 0
+        while ready and (n < batch or not take):
+            c = ready.pop(0)
+            if c.partial.failed:
+                continue
+            take.append(c)
+            n += c.hi - c.lo
+        if not take:
+            return
+        pixels = np.concatenate([c.pixels for c in take], axis=0)
+        t = time.perf_counter()
+        frames = runtime.encode_videos(pixels)
+        t1 = time.perf_counter()
+        video = runtime.video_side(frames)
+        tensors = {"frame_features": frames, **video, "ann": ann_embedding(frames)}
+        stages.add("encode", t1 - t)
+        stages.add("head", time.perf_counter() - t1)
+        report.encoded_segments += n
+        off = 0
+        for c in take:
+            p = c.partial
+            k = c.hi - c.lo
+            if p.tensors is None:
+                p.tensors = {name: np.empty((len(p.segments), *a.shape[1:]), dtype=np.float32) for name, a in tensors.items()}
+            for name, a in tensors.items():
+                p.tensors[name][c.lo:c.hi] = a[off:off + k]
+            off += k
+            p.missing -= k
+            if p.missing == 0:
+                done_videos.append(EncodedVideo(
+                    path=p.entry.path, size=p.entry.size, mtime_ns=p.entry.mtime_ns, duration=p.info.duration,
+                    fps=p.info.fps, width=p.info.width, height=p.info.height, segments=p.segments,
+                    timestamps=p.timestamps, tensors=p.tensors))
+        commit()
+
+    def commit() -> None:
+        if not done_videos:
+            return
+        t = time.perf_counter()
+        writer.add(done_videos)
+        stages.add("write", time.perf_counter() - t)
+        for v in done_videos:
+            if v.path in changed:
+                report.updated += 1
+            else:
+                report.added += 1
+        report.encoded_videos += len(done_videos)
+        bar.update(len(done_videos))
+        done_videos.clear()
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probret-decode")
+    try:
+        while queue or pending or ready:
+            while queue and len(pending) < max_inflight:
+                item = queue.pop()
+                if item[0] == "first":
+                    pending[pool.submit(first_task, item[1])] = item
+                elif not item[1].failed:
+                    pending[pool.submit(more_task, *item[1:])] = item
+            ready_segments = sum(c.hi - c.lo for c in ready if not c.partial.failed)
+            if ready_segments >= batch or (ready and not pending):
+                flush_encoder()
+                continue
+            if not pending:
+                break
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                kind, *args = pending.pop(fut)
+                exc = fut.exception()
+                if kind == "first":
+                    entry = args[0]
+                    if exc is not None:
+                        fail(entry, reason_of(exc))
+                        continue
+                    info, segments, pixels, ts = fut.result()
+                    p = _Partial(entry, info, segments, np.zeros((len(segments), T), np.float64), missing=len(segments))
+                    p.timestamps[:len(ts)] = ts
+                    ready.append(_Chunk(p, 0, len(ts), pixels))
+                    for lo in reversed(range(chunk, len(segments), chunk)):
+                        queue.append(("more", p, lo, min(lo + chunk, len(segments))))
+                else:
+                    p, lo, hi = args
+                    if p.failed:
+                        continue
+                    if exc is not None:
+                        p.failed = True
+                        fail(p.entry, reason_of(exc))
+                        continue
+                    pixels, ts = fut.result()
+                    p.timestamps[lo:hi] = ts
+                    ready.append(_Chunk(p, lo, hi, pixels))
+        commit()
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()

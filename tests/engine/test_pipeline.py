@@ -1,0 +1,297 @@
+"""engine/pipeline.py: segments, broken files, incremental updates, and kill -9 at any moment.
+
+A numpy stand-in for the model (``FakeRuntime``: per-frame channel means and stds) keeps these
+tests about the pipeline and the index; tests/engine/test_search.py and tests/cli/ run real
+bundles. The kill tests run the indexer in a subprocess and SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probret.engine.index import IndexReader, IndexSettings, IndexWriter
+from probret.engine.pipeline import PipelineOptions, decode_segments, plan_segments, update_index
+from probret.engine.video import probe_video
+
+COLORS = [(220, 30, 30), (30, 200, 60), (40, 80, 240), (240, 210, 30), (240, 240, 240), (160, 40, 210),
+          (20, 20, 20), (120, 120, 120), (0, 200, 200), (200, 100, 0)]
+SETTINGS = IndexSettings(bundle_sha256="f" * 64, num_frames=4, image_size=16, mean=(0.5, 0.5, 0.5),
+                         std=(0.25, 0.25, 0.25), window=3.0, resize="auto")
+
+
+class FakeBundle:
+    num_frames = 4
+    preprocessing = {"image_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    video_outputs = ["video_mean"]
+    has_uncertainty = False
+    context_length = 16
+    sha256 = "f" * 64
+    method = "fake"
+
+
+class FakeRuntime:
+    """encode_videos: per-frame channel mean and std (D = 6); video_side: the mean over frames."""
+
+    def __init__(self, delay: float = 0.0):
+        self.bundle = FakeBundle()
+        self.delay = delay
+        self.encoded: list[int] = []  # segments per encoder call
+
+    def encode_videos(self, pixels):
+        if self.delay:
+            time.sleep(self.delay)
+        self.encoded.append(len(pixels))
+        return np.concatenate([pixels.mean(axis=(3, 4)), pixels.std(axis=(3, 4))], -1).astype(np.float32)
+
+    def video_side(self, frames):
+        return {"video_mean": frames.mean(1)}
+
+
+def solid_video(path: Path, colors, *, seconds_each: float = 2.0, fps: int = 4, size=(32, 32)) -> Path:
+    from probret.train.world import encode_mp4
+
+    w, h = size
+    n = int(round(seconds_each * fps))
+    frames = np.concatenate([np.broadcast_to(np.array(c, np.uint8), (n, h, w, 3)) for c in colors])
+    encode_mp4(path, np.ascontiguousarray(frames), fps)
+    return path
+
+
+def make_folder(root: Path, n: int = 6, *, broken: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        solid_video(root / f"clip{i}.mp4", [COLORS[i % len(COLORS)]])
+    (root / "sub").mkdir(exist_ok=True)
+    solid_video(root / "sub" / "long.mp4", COLORS[:4], seconds_each=3.0)  # 12 s: four 3 s windows
+    (root / "README.txt").write_text("not a video\n")
+    if broken:
+        (root / "empty.mp4").write_bytes(b"")
+        (root / "notes.mp4").write_text("this is not a video\n" * 20)
+        (root / "random.mkv").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    return root
+
+
+def index_folder(folder, idx, runtime=None, settings=SETTINGS, **opts):
+    runtime = runtime or FakeRuntime()
+    with IndexWriter(idx, settings) as w:
+        return update_index(folder, runtime, w, PipelineOptions(progress=False, **opts)), runtime
+
+
+def stored(idx) -> dict[str, dict[str, np.ndarray]]:
+    with IndexReader(idx) as r:
+        out = {}
+        for i, v in enumerate(r.videos):
+            segs = np.arange(r.video_offsets[i], r.video_offsets[i + 1])
+            out[v.path] = {k: np.array(a) for k, a in r.gather(sorted(r.layout), segs).items()}
+        return out
+
+
+def test_plan_segments():
+    assert plan_segments(4.0, 30.0) == [(0.0, 4.0)]
+    assert plan_segments(44.0, 30.0) == [(0.0, 44.0)]  # up to 1.5 windows: one segment
+    assert plan_segments(50.0, 30.0) == [(0.0, 25.0), (25.0, 50.0)]  # equal windows, no short tail
+    assert len(plan_segments(600.0, 30.0)) == 20
+    assert plan_segments(600.0, 0.0) == [(0.0, 600.0)]
+    assert plan_segments(0.0, 30.0) == [(0.0, 0.0)]
+
+
+def test_indexes_good_files_and_reports_broken_ones(tmp_path):
+    folder = make_folder(tmp_path / "v")
+    idx = tmp_path / "idx"
+    report, rt = index_folder(folder, idx, batch_segments=3, chunk_segments=2)
+    assert report.added == 7 and report.total_videos == 10 and report.ignored == 1
+    failed = dict(report.failed)
+    assert set(failed) == {"empty.mp4", "notes.mp4", "random.mkv"}
+    assert all(isinstance(r, str) and r for r in failed.values())
+    assert report.encoded_segments == 6 + 4 == sum(rt.encoded)
+    assert max(rt.encoded) <= 3 + 1  # batches of about batch_segments
+    data = stored(idx)
+    # each clip's stored mean colour is its own colour (normalised as preprocess does)
+    for i in range(6):
+        want = (np.array(COLORS[i], np.float32) / 255 - 0.5) / 0.25
+        np.testing.assert_allclose(data[f"clip{i}.mp4"]["video_mean"][0, :3], want, atol=0.1)
+    # unchanged folder: nothing is encoded again, failures are remembered, not retried
+    report2, rt2 = index_folder(folder, idx)
+    assert rt2.encoded == [] and report2.added == report2.updated == 0 and report2.unchanged == 10
+    assert sorted(p for p, _ in report2.failed_before) == ["empty.mp4", "notes.mp4", "random.mkv"]
+    report3, rt3 = index_folder(folder, idx, retry_failed=True)
+    assert len(report3.failed) == 3 and rt3.encoded == []
+
+
+def test_long_video_is_indexed_as_windows(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    solid_video(folder / "long.mp4", COLORS[:4], seconds_each=3.0)
+    idx = tmp_path / "idx"
+    report, rt = index_folder(folder, idx, chunk_segments=1, batch_segments=3)
+    assert report.encoded_segments == 4
+    with IndexReader(idx) as r:
+        assert r.num_segments == 4
+        np.testing.assert_allclose(r.seg_start, [0, 3, 6, 9])
+        np.testing.assert_allclose(r.seg_end, [3, 6, 9, 12])
+        means = r.gather(["video_mean"], np.arange(4))["video_mean"][:, :3]
+        for k in range(4):
+            ts = r.timestamps(k)
+            assert ts.shape == (4,) and np.all((ts >= 3 * k) & (ts < 3 * k + 3))
+            want = (np.array(COLORS[k], np.float32) / 255 - 0.5) / 0.25
+            np.testing.assert_allclose(means[k], want, atol=0.15)  # each window sees its own colour
+
+
+def test_incremental_update_touches_only_changed_files(tmp_path):
+    folder = make_folder(tmp_path / "v", n=5, broken=False)
+    idx = tmp_path / "idx"
+    index_folder(folder, idx)
+    before = stored(idx)
+    solid_video(folder / "clip1.mp4", [COLORS[9]], seconds_each=3.0)  # changed content, size and mtime
+    solid_video(folder / "new.mp4", [COLORS[8]])
+    (folder / "clip3.mp4").unlink()
+    report, rt = index_folder(folder, idx)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, 4)
+    assert sum(rt.encoded) == 2
+    after = stored(idx)
+    assert sorted(after) == sorted(set(before) - {"clip3.mp4"} | {"new.mp4"})
+    for p in ("clip0.mp4", "clip2.mp4", "clip4.mp4", "sub/long.mp4"):
+        for k in before[p]:
+            np.testing.assert_array_equal(after[p][k], before[p][k])
+    assert not np.allclose(after["clip1.mp4"]["video_mean"], before["clip1.mp4"]["video_mean"])
+    # a touched file (same bytes, new mtime) is encoded again too: mtime is part of the rule
+    os.utime(folder / "clip0.mp4", ns=(time.time_ns(), time.time_ns()))
+    report, rt = index_folder(folder, idx)
+    assert report.updated == 1 and sum(rt.encoded) == 1
+
+
+def test_resize_modes_agree(tmp_path):
+    path = solid_video(tmp_path / "big.mp4", [COLORS[2], COLORS[3]], size=(160, 96))
+    info = probe_video(path)
+    kw = dict(num_frames=4, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    exact, ts1 = decode_segments(path, info, [(0.0, 4.0)], resize="exact", **kw)
+    fast, ts2 = decode_segments(path, info, [(0.0, 4.0)], resize="decoder", **kw)
+    auto, _ = decode_segments(path, info, [(0.0, 4.0)], resize="auto", **kw)  # 96 > 2 x 16: decoder
+    assert exact.shape == fast.shape == (1, 4, 3, 16, 16)
+    np.testing.assert_array_equal(ts1, ts2)
+    np.testing.assert_array_equal(auto, fast)
+    assert np.abs(exact - fast).max() < 0.2  # a few levels of 255, normalised by std 0.25
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9
+# --------------------------------------------------------------------------------------------
+DRIVER = textwrap.dedent("""
+    import importlib.util, os, signal, sys
+    spec = importlib.util.spec_from_file_location("pipeline_helpers", {helpers!r})
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    from probret.engine import index as I
+    from probret.engine.index import IndexWriter
+    from probret.engine.pipeline import PipelineOptions, update_index
+
+    folder, idx, mode, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    if mode == "kill-in-commit":
+        # die after the rows of the 3rd commit are written and fsynced, before SQLite commits
+        original, calls = IndexWriter.add, [0]
+        def add(self, videos):
+            calls[0] += 1
+            if calls[0] == 3:
+                I._Txn.__enter__ = lambda txn: os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, videos)
+        IndexWriter.add = add
+    with IndexWriter(idx, m.SETTINGS) as w:
+        update_index(folder, m.FakeRuntime(delay=delay), w, PipelineOptions(workers=1, batch_segments=1, progress=False))
+    print("finished")
+""")
+
+
+def _driver(tmp_path: Path, folder: Path, idx: Path, mode: str, delay: float) -> subprocess.Popen:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(helpers=str(Path(__file__).resolve())))
+    return subprocess.Popen([sys.executable, str(script), str(folder), str(idx), mode, str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _committed(idx: Path) -> int:
+    db = idx / "index.db"
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _check_resume(folder: Path, idx: Path, reference: dict, committed_before: dict) -> None:
+    """The killed index opens, holds its finished videos intact; resuming encodes exactly the
+    unfinished ones and ends equal to an index built without interruption."""
+    assert committed_before, "nothing was committed before the kill"
+    con = sqlite3.connect(idx / "index.db")
+    failed_before = con.execute("SELECT count(*) FROM videos WHERE status != 'ok'").fetchone()[0]
+    con.close()
+    for path, tensors in committed_before.items():
+        for k, a in tensors.items():
+            np.testing.assert_array_equal(a, reference[path][k])
+    report, rt = index_folder(folder, idx)  # a new writer gets the lock at once: the kernel freed it
+    segs_left = sum(len(reference[p]["video_mean"]) for p in reference if p not in committed_before)
+    assert sum(rt.encoded) == segs_left and report.encoded_videos == len(reference) - len(committed_before)
+    # finished videos and files that already failed are not decoded again
+    assert report.unchanged == len(committed_before) + failed_before
+    assert len(report.failed) == 3 - failed_before
+    final = stored(idx)
+    assert sorted(final) == sorted(reference)
+    for path, tensors in reference.items():
+        for k, a in tensors.items():
+            np.testing.assert_array_equal(final[path][k], a)
+
+
+@pytest.fixture(scope="module")
+def kill_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kill")
+    folder = make_folder(root / "v", n=8)
+    ref = root / "ref-idx"
+    index_folder(folder, ref)
+    return folder, stored(ref)
+
+
+def test_sigkill_while_encoding_then_resume(tmp_path, kill_world):
+    folder, reference = kill_world
+    idx = tmp_path / "idx"
+    proc = _driver(tmp_path, folder, idx, "slow", 0.25)
+    deadline = time.time() + 60
+    while _committed(idx) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, (out, err)
+    assert "finished" not in out
+    before = stored(idx)  # opens after the kill
+    assert 3 <= len(before) < len(reference)
+    _check_resume(folder, idx, reference, before)
+
+
+def test_sigkill_between_fsync_and_commit_then_resume(tmp_path, kill_world):
+    folder, reference = kill_world
+    idx = tmp_path / "idx"
+    proc = _driver(tmp_path, folder, idx, "kill-in-commit", 0.0)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (out, err)
+    with IndexReader(idx) as r:
+        rows = sum(r.shard_rows.values())
+        nbytes = 4 * 6 * 4  # frame_features row: T=4 x D=6 float32
+    f = idx / "shards" / "000001.frame_features.bin"
+    assert f.stat().st_size > rows * nbytes  # the uncommitted rows are on disk...
+    before = stored(idx)  # ...and invisible
+    assert len(before) == 2
+    _check_resume(folder, idx, reference, before)
+    assert f.stat().st_size == sum(len(t["video_mean"]) for t in reference.values()) * nbytes
