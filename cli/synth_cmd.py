@@ -1,0 +1,98 @@
+"""``probret synth OUT``: generate a procedural video world (see docs/world.md).
+
+Thin by design: parse and validate options, show a tqdm bar on stderr, print a short summary on
+stdout. Everything else is ``probret.train.world.generate_world`` (numpy + PyAV, no torch, so
+this command starts fast and works without the training extra).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from probret.engine.errors import DataError
+
+
+def _parse_resolution(value: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
+    if not m:
+        raise DataError(f"--resolution must look like WIDTHxHEIGHT (e.g. 112x112), got {value!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _parse_splits(value: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise DataError(f"--splits must be three comma-separated fractions train,val,test (e.g. 0.7,0.1,0.2), got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@click.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--videos", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of videos.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Everything is a function of the seed.")
+@click.option("--resolution", default="112x112", show_default=True, help="WIDTHxHEIGHT, even numbers >= 32.")
+@click.option("--frames", type=click.IntRange(min=4), default=32, show_default=True, help="Frames per video.")
+@click.option("--fps", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per second.")
+@click.option("--difficulty", default="medium", show_default=True,
+              help="easy, medium, hard, or a number in [0, 1] (0 = easy, 0.5 = medium, 1 = hard).")
+@click.option("--splits", default="0.7,0.1,0.2", show_default=True, help="train,val,test fractions.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes rendering videos (the output does not depend on it).")
+@click.option("--overwrite", is_flag=True, help="Replace a world already in OUT (other files there are kept).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def synth(out: Path, videos: int, seed: int, resolution: str, frames: int, fps: int, difficulty: str,
+          splits: str, workers: int, overwrite: bool, quiet: bool) -> None:
+    """Generate a procedural video world in OUT: real H.264 mp4 files plus MSRVTT-format
+    annotations (OUT/procedural_data.json, train/val/test.csv) and OUT/world.json (every
+    video's attributes and, for every caption, the videos it truly describes)."""
+    from tqdm import tqdm
+
+    from probret.train.world import generate_world, parse_difficulty
+
+    size = _parse_resolution(resolution)
+    fractions = _parse_splits(splits)
+    level = parse_difficulty(difficulty)  # fail on a bad value before touching OUT
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out} is not empty; pass --overwrite to replace the world in it")
+
+    bar = tqdm(total=videos, unit="video", desc="synth", disable=quiet, file=sys.stderr,
+               dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        summary = generate_world(out, videos=videos, seed=seed, resolution=size, frames=frames, fps=fps,
+                                 difficulty=level, splits=fractions, overwrite=overwrite, workers=workers,
+                                 progress=progress)
+    finally:
+        bar.close()
+
+    rate = summary.total_videos / summary.seconds if summary.seconds > 0 else float("inf")
+    click.echo(f"world: {summary.out_dir}  (seed {summary.seed}, difficulty {summary.difficulty}, "
+               f"{size[0]}x{size[1]}, {frames} frames @ {fps} fps)")
+    click.echo("videos: " + ", ".join(f"{k} {n}" for k, n in summary.videos.items())
+               + f"  (total {summary.total_videos})")
+    click.echo("captions: " + ", ".join(f"{k} {n}" for k, n in summary.captions.items()))
+    if summary.eval_unique:
+        click.echo("eval captions unique in their split: "
+                   + ", ".join(f"{k} {100 * f:.0f}%" for k, f in summary.eval_unique.items()))
+    click.echo(f"disk: {_human_bytes(summary.disk_bytes)}  time: {summary.seconds:.1f} s ({rate:.0f} videos/s)")
