@@ -46,6 +46,12 @@ def _atomic_dir(target: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)
+        # mkdtemp makes a private (0700) directory; a checkpoint is meant to be shared.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for child in tmp.iterdir():
+            os.chmod(child, 0o666 & ~umask)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
