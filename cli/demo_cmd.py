@@ -64,6 +64,7 @@ def demo(out, videos, seed, n_queries, top_k, model, device):
     from probret.engine.pipeline import PipelineOptions, update_index
     from probret.engine.runtime import BundleRuntime
     from probret.engine.search import Searcher
+    from probret.train.demo_model import WORLD_SETTINGS
     from probret.train.world import generate_world
 
     _setup_logging(False)
@@ -75,7 +76,10 @@ def demo(out, videos, seed, n_queries, top_k, model, device):
     folder = world / "videos"
     if not _world_ok(world, videos, seed):
         with tqdm(total=videos, desc="synth", unit="video", file=sys.stderr) as bar:
+            # Same kind of world as the demo model was trained on (train/demo_model.WORLD_SETTINGS),
+            # but another seed: every video shown here is unseen.
             generate_world(world, videos=videos, seed=seed, resolution=(64, 64), splits=(0.0, 0.0, 1.0),
+                           difficulty=WORLD_SETTINGS["difficulty"],
                            overwrite=True, progress=lambda done, total: bar.update(done - bar.n))
         click.echo(f"1. generated {videos} videos with known captions in {folder} ({time.time() - started:.1f} s)")
     else:

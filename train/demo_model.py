@@ -1,4 +1,4 @@
-"""The shipped demo model: a tiny SPEM trained from scratch on the procedural world.
+"""The shipped demo model (importing this module does not import torch): a tiny SPEM trained from scratch on the procedural world.
 
 It is what ``probret demo`` evaluates and what later ``probret search`` uses by default, so
 probret works offline out of the box. One command rebuilds it (about 10 minutes on 2 CPU cores):
@@ -21,8 +21,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "demo-spem"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo-spem.json"
@@ -33,6 +31,8 @@ WORLD_SETTINGS = {"videos": 600, "seed": 2024, "resolution": (64, 64), "difficul
 
 def ship(checkpoint: str | Path, dest: str | Path = DEMO_CHECKPOINT) -> Path:
     """Re-save a trained checkpoint with fp16 weights at ``dest``."""
+    import torch
+
     from probret.train.checkpoint import load_checkpoint, save_checkpoint
 
     model, config = load_checkpoint(checkpoint)
