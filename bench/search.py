@@ -1,0 +1,710 @@
+"""Search benchmark: query latency against its floors, and indexing against the encoder alone.
+
+    python bench/search.py --out bench/results/search.json           # full run (~8-10 min, 2 cores)
+    python bench/search.py --quick --out /tmp/search-quick.json       # CI-sized smoke run (~15 s)
+
+Everything is measured in ONE run and printed as ratios, so a noisy shared machine moves both
+sides of each ratio together (docs/benchmarks_search.md holds the table and the notes).
+
+**Query latency.** For the SPEM and T-MASS heads at d=512, T'=12 frames, M=20 samples, indexes
+of 1k / 10k / 100k videos (``--sizes``) are written with the real ``IndexWriter`` (one segment
+per video, every tensor the pipeline stores: frame features, the head's video-side outputs, the
+ANN embedding). The stored tensors are *real outputs of the head's exported video-side graph* on
+random frame features (a pool of ``--pool`` random videos, repeated to fill the index: random
+features are what the issue allows at these sizes, and they keep the values in range). The two
+models are random-weight SPEM / T-MASS checkpoints on a tiny open_clip config whose embedding
+width is 512 (``bench-d512``: 1-layer towers, the smallest path to real d=512 pair and
+video-side graphs), exported with ``probret.export`` exactly like ``probret-export`` does.
+Each query batch (1, 16, 256 distinct captions, ``--batches``) goes through
+``Searcher.search(..., ann=False)``: text encoding, exact scoring of every video by the
+bundle's pair graph (ONNX Runtime, CPU), ranking, top-10 with best instants. Timed warm (the
+index in the page cache, sessions open), median of repeats for short cells. A cell whose
+predicted time exceeds ``--budget`` seconds is *extrapolated* linearly in the number of videos
+from the same batch size at the largest smaller size (marked ``extrapolated`` everywhere).
+
+Against:
+  (a) **read floor**: the time to read every stored tensor the pair graph needs, once, through
+      fresh ``np.memmap``s of the shard files (a multi-threaded ``sum``; the fastest full read we
+      found): *cold* (pages evicted with ``posix_fadvise(DONTNEED)``, so from the disk) and
+      *warm* (page cache: the memory-bandwidth floor). Also printed: an analytic FLOP count of
+      the pair graph per (query, video) pair and the time that takes at this CPU's FP32 matmul
+      peak measured in the same run (the compute floor);
+  (b) **per-pair loop**: the PyTorch head's own ``score`` called once per (query, video) pair
+      (noise drawn per call, video side recomputed per call: the straightforward loop), timed
+      on ``--pair-sample`` pairs and *extrapolated* to queries x videos. Also the bundle's
+      pair graph called per pair (1 x 1 ONNX Runtime calls), the same way.
+
+**Indexing throughput.** A folder of procedural clips (``--index-videos`` clips of 10 s at
+320x240, train/world.py) indexed end to end with ``engine.pipeline.update_index`` (decode
+threads overlapped with batched encoding, writes, fsync) against the encoder alone on the same
+decoded frames: ``encode_videos`` + ``video_side`` + the ANN embedding on pre-decoded pixels, in
+the pipeline's batches of 16 segments. Model ``--index-model`` (default ``ViT-B-32:random``:
+ViT-B/32 size with random weights, zero-shot meanP, exported once and cached in the work dir).
+
+Work files (bundles, clips, exports) go to ``--workdir``; indexes are deleted after use unless
+``--keep``, and ``--reuse`` reuses indexes kept by an earlier run with the same bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+D, T, M = 512, 12, 20
+BENCH_BACKBONE = "bench-d512"
+#: A tiny open_clip config whose embedding width is 512: the heads are the real d=512 heads,
+#: the towers (which these measurements never time) cost next to nothing to build and export.
+BENCH_CONFIG = {"embed_dim": D,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+SHAPES = ["circle", "square", "triangle", "star"]
+MOTIONS = ["moves left", "moves right", "moves up", "moves down", "spins", "bounces", "grows", "shrinks"]
+BACKS = ["striped", "dark", "bright", "checkered"]
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def queries(n: int) -> list[str]:
+    out = []
+    for c in COLOURS:
+        for s in SHAPES:
+            for m in MOTIONS:
+                for b in BACKS:
+                    out.append(f"a {c} {s} {m} over a {b} background")
+    rng = np.random.default_rng(0)
+    rng.shuffle(out)
+    return out[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# machine
+# --------------------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("onnxruntime", "torch", "av"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "mem_gib": mem, "platform": platform.platform(),
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
+            "versions": versions}
+
+
+def sgemm_peak(n: int = 2048, reps: int = 3) -> float:
+    """FP32 matmul GFLOP/s of numpy's BLAS on all cores (best of ``reps``)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def pair_flops(method: str, d: int = D, t: int = T, m: int = M, heads: int = 1) -> int:
+    """Approximate FLOPs of the export form's pair side per (query, video) pair (export/forms.py):
+    a multiply-add counts 2, an elementwise op 1; per-query work (the query projection) excluded."""
+    j = heads * t
+    xpool = 2 * t * d + 2 * (j + 1) ** 2 + 2 * (j + 2) ** 2 + 2 * (j + 2) * d + 2 * d  # logits, LN quads, fused z
+    if method == "spem":
+        # l2n(z), frame sims, two (T'+1)->D modulators + exp, 7 (D x M) noise products + operands
+        return xpool + 3 * d + 2 * t * d + 4 * (t + 1) * d + 8 * d + 7 * 2 * d * m + 6 * d + 10 * m
+    if method == "tmass":
+        # frame sims, linear radius + exp, 3 (D x M) noise products + operands
+        return xpool + 2 * t * d + 2 * t * d + 2 * d + 3 * 2 * d * m + 5 * d + 10 * m
+    raise ValueError(method)
+
+
+# --------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------
+def register_bench_backbone(workdir: Path) -> None:
+    import open_clip
+
+    import probret.train.backbone  # noqa: F401  (registers probret's own configs first)
+
+    cfg_dir = workdir / "model_configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / f"{BENCH_BACKBONE}.json").write_text(json.dumps(BENCH_CONFIG, indent=2))
+    open_clip.add_model_config(cfg_dir)
+
+
+def head_bundle(workdir: Path, method: str) -> dict:
+    """A random-weight d=512 ``method`` checkpoint and its bundle (cached in the work dir)."""
+    import torch
+
+    from probret.engine.bundle import is_bundle, load_bundle
+    from probret.export.exporter import ExportOptions, export_checkpoint
+    from probret.train.checkpoint import load_checkpoint, save_checkpoint
+    from probret.train.config import ModelConfig
+    from probret.train.model import RetrievalModel
+
+    ckpt, out = workdir / f"ckpt-{method}-d{D}", workdir / f"bundle-{method}-d{D}"
+    exported = None
+    if not (is_bundle(out) and (ckpt / "model.safetensors").is_file()):
+        shutil.rmtree(out, ignore_errors=True)
+        torch.manual_seed(0)
+        model = RetrievalModel.from_config(ModelConfig(backbone=BENCH_BACKBONE, pretrained=None, method=method,
+                                                       num_frames=T, head={"num_samples": M}))
+        save_checkpoint(ckpt, model)
+        t = time.perf_counter()
+        export_checkpoint(ckpt, out, ExportOptions(benchmark_videos=4))
+        exported = time.perf_counter() - t
+    model, _ = load_checkpoint(ckpt)
+    model.eval()
+    bundle = load_bundle(out)
+    assert bundle.num_frames == T and bundle.manifest["embed_dim"] == D, bundle.manifest
+    assert bundle.sampling.get("samples") == M, bundle.sampling
+    return {"method": method, "ckpt": ckpt, "bundle": bundle, "model": model, "export_seconds": exported}
+
+
+# --------------------------------------------------------------------------------------------
+# indexes
+# --------------------------------------------------------------------------------------------
+def video_pool(rt, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` random videos: frame features and every tensor the pipeline would store for them."""
+    from probret.engine.pipeline import ann_embedding
+
+    frames = np.random.default_rng(seed).standard_normal((n, T, D), dtype=np.float32)
+    return {"frame_features": frames, **rt.video_side(frames), "ann": ann_embedding(frames)}
+
+
+def build_index(path: Path, rt, pool: dict[str, np.ndarray], n: int, *, batch: int = 1024) -> float:
+    from probret.engine.index import EncodedVideo, IndexSettings, IndexWriter
+
+    b = rt.bundle
+    size = b.preprocessing["image_size"]
+    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=T, image_size=size if isinstance(size, int) else size[0],
+                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]))
+    p = len(pool["frame_features"])
+    ts = np.linspace(0.0, 10.0, 2 * T + 1)[1::2][None]
+    t0 = time.perf_counter()
+    with IndexWriter(path, settings, model={"kind": "bundle", "spec": str(b.path), "bundle_sha256": b.sha256,
+                                            "method": b.method}, rebuild=True) as w:
+        for lo in range(0, n, batch):
+            vids = []
+            for i in range(lo, min(n, lo + batch)):
+                k = i % p
+                vids.append(EncodedVideo(path=f"v{i:07d}.mp4", size=1000 + i, mtime_ns=i, duration=10.0, fps=30.0,
+                                         width=320, height=240, segments=[(0.0, 10.0)], timestamps=ts,
+                                         tensors={name: a[k:k + 1] for name, a in pool.items()}))
+            w.add(vids)
+    return time.perf_counter() - t0
+
+
+def index_ok(path: Path, bundle, n: int) -> bool:
+    from probret.engine.index import read_header
+
+    h = read_header(path)
+    if not h or (h.get("settings") or {}).get("bundle_sha256") != bundle.sha256:
+        return False
+    from probret.engine.index import IndexReader
+
+    try:
+        with IndexReader(path) as r:
+            return len(r.videos) == n
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def shard_arrays(reader, names) -> list[np.ndarray]:
+    return [reader.tensor(int(sid), name) for sid in sorted(reader.shard_rows) for name in names
+            if reader.shard_rows[sid]]
+
+
+def shard_files(path: Path) -> list[Path]:
+    return sorted((path / "shards").glob("*.bin"))
+
+
+def evict(files) -> bool:
+    """Drop the files' pages from the page cache (they are clean: the writer fsynced them)."""
+    ok = True
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            ok = False
+        finally:
+            os.close(fd)
+    return ok
+
+
+def read_once(arrays, threads: int, chunk_bytes: int = 64 << 20) -> float:
+    """Seconds to read every byte of ``arrays`` once (threaded float32 sums of row chunks)."""
+    parts = []
+    for a in arrays:
+        flat = a.reshape(len(a), -1)
+        rows = max(1, chunk_bytes // max(1, flat.strides[0]))
+        parts += [flat[i:i + rows] for i in range(0, len(flat), rows)]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as ex:
+        total = sum(ex.map(lambda x: float(x.sum(dtype=np.float32)), parts))
+    dt = time.perf_counter() - t
+    if not np.isfinite(total):
+        raise RuntimeError("stored features hold non-finite values")
+    return dt
+
+
+def read_floor(path: Path, names, threads: int, cold: bool) -> dict:
+    from probret.engine.index import IndexReader
+
+    out = {}
+    if cold:
+        evicted = evict(shard_files(path))
+        with IndexReader(path) as r:
+            arrays = shard_arrays(r, names)
+            out["cold_s"] = read_once(arrays, threads)
+            out["evicted"] = evicted
+            del arrays
+    warm = []
+    for _ in range(3):
+        with IndexReader(path) as r:  # a fresh mapping each time, like a new search process
+            arrays = shard_arrays(r, names)
+            warm.append(read_once(arrays, threads))
+            nbytes = sum(a.nbytes for a in arrays)
+            del arrays
+    out["warm_s"] = min(warm[1:])  # the first pass may still fault pages in after a cold read
+    out["bytes"] = int(nbytes)
+    out["warm_gb_s"] = nbytes / out["warm_s"] / 1e9
+    if "cold_s" in out:
+        out["cold_gb_s"] = nbytes / out["cold_s"] / 1e9
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# query timing
+# --------------------------------------------------------------------------------------------
+def time_search(searcher, qs: list[str], *, min_total: float = 1.0, max_reps: int = 5) -> dict:
+    times = []
+    while True:
+        t = time.perf_counter()
+        res = searcher.search(qs, top_k=10, ann=False)
+        times.append(time.perf_counter() - t)
+        if sum(times) >= min_total or len(times) >= max_reps:
+            break
+    assert len(res) == len(qs) and all(len(r.hits) == 10 and not r.ann for r in res)
+    enc = min(_timed(lambda: searcher.encode_queries(qs)) for _ in range(2))
+    return {"seconds": statistics.median(times), "min_s": min(times), "reps": len(times), "encode_s": enc}
+
+
+def _loop_seconds(fn, sample: int, cap_s: float) -> tuple[float, int]:
+    """Seconds per call of ``fn(k)`` over up to ``sample`` calls (fewer when ``cap_s`` runs out)."""
+    t = time.perf_counter()
+    done = 0
+    for k in range(sample):
+        fn(k)
+        done += 1
+        if time.perf_counter() - t > cap_s:
+            break
+    return (time.perf_counter() - t) / done, done
+
+
+def pair_loop_reference(head: dict, rt, pool: dict[str, np.ndarray], qs: list[str], sample: int,
+                        cap_s: float = 8.0) -> dict:
+    """Seconds per (query, video) pair of (1) the PyTorch head's own ``score`` called per pair and
+    (2) the bundle's pair graph called per pair (1 x 1), on up to ``sample`` pairs each. Both are
+    timed with one thread and with all cores; the faster is the reference (tiny per-pair ops lose
+    to threading overhead, badly so on a loaded machine, and the reference should not be slowed
+    by a poor setting)."""
+    import torch
+
+    from probret.engine.runtime import BundleRuntime
+    from probret.train.methods.base import TextFeatures
+
+    model = head["model"]
+    rng = np.random.default_rng(1)
+    vids = rng.integers(0, len(pool["frame_features"]), sample)
+    out = {"pairs": sample, "torch": {}, "ort_1x1": {}}
+    default_threads = torch.get_num_threads()
+    with torch.no_grad():
+        tf = model.encode_text(model.backbone.tokenize(qs))
+        frames = torch.from_numpy(pool["frame_features"])
+        g = torch.Generator().manual_seed(0)
+        texts = [TextFeatures(tf.sentence[i:i + 1], tf.tokens[i:i + 1], tf.mask[i:i + 1]) for i in range(len(qs))]
+
+        def torch_pair(k):
+            j = int(vids[k])
+            model.head.score(texts[k % len(qs)], frames[j:j + 1], generator=g)
+
+        try:
+            for threads in sorted({1, default_threads}):
+                torch.set_num_threads(threads)
+                for k in range(3):  # warm-up
+                    torch_pair(k)
+                sec, done = _loop_seconds(torch_pair, sample, cap_s)
+                out["torch"][threads] = {"s_per_pair": sec, "pairs": done}
+        finally:
+            torch.set_num_threads(default_threads)
+    names = list(rt.bundle.video_outputs)
+    for threads, r in ((None, rt), (1, BundleRuntime(rt.bundle, device="cpu", threads=1))):
+        text = r.encode_text(qs)
+
+        def ort_pair(k, r=r, text=text):
+            i, j = k % len(qs), int(vids[k])
+            r.score({n: a[i:i + 1] for n, a in text.items()}, {n: pool[n][j:j + 1] for n in names})
+
+        ort_pair(0)
+        sec, done = _loop_seconds(ort_pair, sample, cap_s)
+        out["ort_1x1"][threads or "default"] = {"s_per_pair": sec, "pairs": done}
+    out["torch_head_score_s"] = min(v["s_per_pair"] for v in out["torch"].values())
+    out["ort_pair_graph_1x1_s"] = min(v["s_per_pair"] for v in out["ort_1x1"].values())
+    out["torch_threads_default"] = default_threads
+    return out
+
+
+def query_bench(args, workdir: Path, peak: float) -> dict:
+    from probret.engine.index import IndexReader
+    from probret.engine.runtime import BundleRuntime
+    from probret.engine.search import Searcher
+
+    register_bench_backbone(workdir)
+    all_q = queries(max(args.batches))
+    out = {"heads": {}}
+    threads = len(os.sched_getaffinity(0))
+    for method in args.heads:
+        say(f"[{method}] checkpoint + bundle (d={D}, T'={T}, M={M})")
+        head = head_bundle(workdir, method)
+        rt = BundleRuntime(head["bundle"], device="cpu")
+        rt1 = BundleRuntime(head["bundle"], device="cpu", threads=1)  # the 1-thread comparison
+        names = list(rt.bundle.video_outputs)
+        t = time.perf_counter()
+        pool = video_pool(rt, min(args.pool, max(args.sizes)))
+        pool_s = time.perf_counter() - t
+        layout_bytes = {n: int(a[0].nbytes) for n, a in pool.items()}
+        say(f"[{method}] per-pair loop references on {args.pair_sample} pairs")
+        ref = pair_loop_reference(head, rt, pool, all_q, args.pair_sample)
+        flops = pair_flops(method)
+        h = {"bundle": str(head["bundle"].path), "export_seconds": head["export_seconds"], "pool_videos": len(pool["ann"]),
+             "pool_seconds": pool_s, "bytes_per_video": sum(layout_bytes.values()),
+             "bytes_per_video_read_by_search": sum(layout_bytes[n] for n in names), "layout_bytes": layout_bytes,
+             "pair_flops": flops, "reference": ref, "sizes": {}}
+        out["heads"][method] = h
+        measured: dict[int, dict[int, float]] = {}  # batch -> {size: seconds}
+        for n in sorted(args.sizes):
+            path = workdir / f"index-{method}-{n}"
+            if args.reuse and index_ok(path, head["bundle"], n):
+                build_s = None
+                say(f"[{method}] {n} videos: reusing {path}")
+            else:
+                say(f"[{method}] {n} videos: writing the index ({n * h['bytes_per_video'] / 1e9:.2f} GB)")
+                build_s = build_index(path, rt, pool, n)
+            floor = read_floor(path, names, threads, cold=not args.no_cold)
+            say(f"[{method}] {n} videos: read floor warm {floor['warm_s']:.3f} s"
+                + (f", cold {floor['cold_s']:.3f} s" if "cold_s" in floor else ""))
+            s = {"index_build_s": build_s, "read": floor,
+                 "compute_floor_1q_s": flops * n / (peak * 1e9), "batches": {}}
+            h["sizes"][n] = s
+            with IndexReader(path) as reader:
+                searcher = Searcher(rt, reader, say=say)
+                searcher.search(all_q[:1], top_k=10, ann=False)  # sessions, mappings, pages
+                for b in sorted(args.batches):
+                    qs = all_q[:b]
+                    smaller = [m for m in measured.get(b, {}) if m < n]
+                    rate = None  # seconds per pair, from the closest measured cell of this batch size
+                    if smaller:
+                        rate = measured[b][max(smaller)] / (max(smaller) * b)
+                    predicted = rate * n * b if rate else None
+                    if predicted is not None and predicted > args.budget:
+                        base = max(smaller)
+                        sec = measured[b][base] * n / base
+                        cell = {"seconds": sec, "extrapolated_from": base, "predicted_s": predicted}
+                        say(f"[{method}] {n} videos x {b} queries: ~{sec:.1f} s, extrapolated from {base} videos "
+                            f"(over the {args.budget:.0f} s budget)")
+                    else:
+                        cell = time_search(searcher, qs)
+                        sec = cell["seconds"]
+                        measured.setdefault(b, {})[n] = sec
+                        say(f"[{method}] {n} videos x {b} queries: {sec:.3f} s ({cell['reps']} rep(s))")
+                    loop_torch = ref["torch_head_score_s"] * n * b
+                    loop_ort = ref["ort_pair_graph_1x1_s"] * n * b
+                    cell.update({
+                        "queries_per_s": b / sec, "ms_per_query": sec / b * 1e3, "us_per_pair": sec / (n * b) * 1e6,
+                        "gflop_s": flops * n * b / sec / 1e9,
+                        "vs_read_warm": sec / floor["warm_s"],
+                        "per_query_vs_read_warm": sec / b / floor["warm_s"],
+                        "vs_read_cold": sec / floor["cold_s"] if "cold_s" in floor else None,
+                        "vs_compute_floor": sec / (flops * n * b / (peak * 1e9)),
+                        "loop_torch_s_extrapolated": loop_torch, "speedup_vs_torch_loop": loop_torch / sec,
+                        "loop_ort_s_extrapolated": loop_ort, "speedup_vs_ort_1x1_loop": loop_ort / sec})
+                    s["batches"][b] = cell
+                if 1 in args.batches:
+                    one = time_search(Searcher(rt1, reader, say=say), all_q[:1])
+                    s["batch1_ort_1_thread_s"] = one["seconds"]
+                    s["batches"][1]["ort_1_thread_s"] = one["seconds"]
+                    say(f"[{method}] {n} videos x 1 query with one ONNX Runtime thread: {one['seconds']:.3f} s")
+            if not args.keep:
+                evict(shard_files(path))
+                shutil.rmtree(path, ignore_errors=True)
+        del pool
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# indexing throughput
+# --------------------------------------------------------------------------------------------
+def indexing_bench(args, workdir: Path) -> dict:
+    from probret.engine.index import IndexSettings, IndexWriter
+    from probret.engine.models import resolve_model
+    from probret.engine.pipeline import (PipelineOptions, ann_embedding, decode_segments, default_workers,
+                                         plan_segments, update_index)
+    from probret.engine.runtime import BundleRuntime
+    from probret.engine.video import probe_video
+    from probret.train.world import generate_world
+
+    w, h = (int(x) for x in args.index_resolution.split("x"))
+    folder = workdir / f"clips-{w}x{h}-{args.index_videos}-{args.index_seconds}s"
+    if not (folder / "world.json").is_file():
+        say(f"[index] generating {args.index_videos} procedural clips of {args.index_seconds} s at {w}x{h}")
+        shutil.rmtree(folder, ignore_errors=True)
+        generate_world(folder, videos=args.index_videos, seed=7, resolution=(w, h), frames=8 * args.index_seconds, fps=8,
+                       splits=(0.0, 0.0, 1.0), workers=len(os.sched_getaffinity(0)))
+    videos = folder / "videos"
+    files = sorted(videos.glob("*.mp4"))
+
+    spec = args.index_model
+    if spec is None:  # quick: the d=512 SPEM bench bundle (tiny towers)
+        register_bench_backbone(workdir)
+        spec = str(head_bundle(workdir, "spem")["bundle"].path)
+    t = time.perf_counter()
+    resolved = resolve_model(spec, say=say)
+    resolve_s = time.perf_counter() - t
+    b = resolved.bundle
+    rt = BundleRuntime(b, device="cpu")
+    size = b.preprocessing["image_size"]
+    size = size if isinstance(size, int) else int(size[0])
+    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=b.num_frames, image_size=size,
+                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]))
+    batch = 16
+
+    # decode once (one thread), keep the pixels
+    say(f"[index] decoding {len(files)} clips (one thread) for the encoder-only run")
+    t = time.perf_counter()
+    pixels = []
+    for f in files:
+        info = probe_video(f)
+        segs = plan_segments(info.duration, settings.window)
+        px, _ = decode_segments(f, info, segs, num_frames=b.num_frames, image_size=size, mean=settings.mean,
+                                std=settings.std, resize=settings.resize)
+        pixels.append(px)
+    decode_s = time.perf_counter() - t
+    pixels = np.concatenate(pixels)
+    n_seg = len(pixels)
+    rt.video_side(rt.encode_videos(pixels[:1]))  # sessions open, not timed
+
+    say(f"[index] encoder only: {n_seg} segments x {b.num_frames} frames in batches of {batch}")
+    t = time.perf_counter()
+    enc_t = head_t = 0.0
+    for i in range(0, n_seg, batch):
+        t1 = time.perf_counter()
+        frames = rt.encode_videos(pixels[i:i + batch])
+        t2 = time.perf_counter()
+        rt.video_side(frames)
+        ann_embedding(frames)
+        enc_t += t2 - t1
+        head_t += time.perf_counter() - t2
+    encoder_s = time.perf_counter() - t
+    del pixels
+
+    say(f"[index] end to end: update_index on {len(files)} clips")
+    index_dir = workdir / "ingest-index"
+    with IndexWriter(index_dir, settings, model=resolved.to_meta(), rebuild=True) as writer:
+        report = update_index(videos, rt, writer, PipelineOptions(progress=False, batch_segments=batch), say=say)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    assert report.encoded_videos == len(files), report.to_dict()
+    enc_vps = len(files) / encoder_s
+    return {"model": resolved.to_meta(), "resolve_s": resolve_s, "clips": len(files), "segments": n_seg,
+            "clip": f"{args.index_seconds} s at {w}x{h}, 8 fps, H.264", "frames_per_segment": b.num_frames,
+            "image_size": size, "batch_segments": batch, "decode_one_thread_s": decode_s,
+            "encoder_only_s": encoder_s, "encoder_only_frame_encoder_s": enc_t, "encoder_only_head_s": head_t,
+            "encoder_only_videos_per_s": enc_vps, "encoder_only_frames_per_s": n_seg * b.num_frames / encoder_s,
+            "end_to_end_s": report.seconds, "end_to_end_videos_per_s": report.videos_per_s,
+            "end_to_end_stages_s": report.stages, "workers": default_workers(),
+            "ratio_end_to_end_vs_encoder_only": report.videos_per_s / enc_vps}
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+def _fmt(x, spec=".3g"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_tables(res: dict) -> None:
+    m = res["machine"]
+    print(f"\nmachine: {m['nproc']} CPU(s), {m['cpu']}, {m['mem_gib']} GiB; load {m['loadavg_start']} -> "
+          f"{m.get('loadavg_end')}; FP32 matmul peak {res['sgemm_gflop_s']:.1f} GFLOP/s; {m['date']}")
+    q = res.get("query")
+    if q:
+        print("\nquery latency (exact, warm page cache; 'x' marks cells extrapolated linearly in videos)")
+        hdr = ("head", "videos", "batch", "s/batch", "1-thr s", "ms/query", "q/s", "read warm s", "read cold s",
+               "batch/read", "query/read", "x compute", "loop est s", "x loop", "x 1x1 ORT")
+        rows = []
+        for method, h in q["heads"].items():
+            for n, s in h["sizes"].items():
+                r = s["read"]
+                for bsz, c in s["batches"].items():
+                    rows.append((method, f"{int(n):,}", str(bsz), _fmt(c["seconds"]) + ("x" if "extrapolated_from" in c else ""),
+                                 _fmt(c.get("ort_1_thread_s")), _fmt(c["ms_per_query"]), _fmt(c["queries_per_s"]), _fmt(r["warm_s"]),
+                                 _fmt(r.get("cold_s")), _fmt(c["vs_read_warm"]), _fmt(c["per_query_vs_read_warm"]),
+                                 _fmt(c["vs_compute_floor"]), _fmt(c["loop_torch_s_extrapolated"]),
+                                 _fmt(c["speedup_vs_torch_loop"]), _fmt(c["speedup_vs_ort_1x1_loop"])))
+        widths = [max(len(x) for x in col) for col in zip(hdr, *rows)]
+        for row in [hdr, *rows]:
+            print("  ".join(x.rjust(wd) for x, wd in zip(row, widths)))
+        print("\nper head: bytes per video stored / read by a search; pair FLOPs (analytic); per-pair references")
+        for method, h in q["heads"].items():
+            ref = h["reference"]
+            tor = ", ".join(f"{k} thr {v['s_per_pair'] * 1e6:.0f} us ({v['pairs']} pairs)" for k, v in ref["torch"].items())
+            ort = ", ".join(f"{k} thr {v['s_per_pair'] * 1e6:.0f} us ({v['pairs']} pairs)" for k, v in ref["ort_1x1"].items())
+            print(f"  {method}: {h['bytes_per_video']:,} B stored, {h['bytes_per_video_read_by_search']:,} B read; "
+                  f"{h['pair_flops'] / 1e3:.0f} kFLOP/pair; torch head.score per pair: {tor}; "
+                  f"ORT pair graph 1x1 per pair: {ort}")
+    ix = res.get("indexing")
+    if ix:
+        print(f"\nindexing ({ix['model']['description']}, {ix['clips']} clips of {ix['clip']})")
+        print(f"  end to end   {ix['end_to_end_videos_per_s']:.3f} videos/s ({ix['end_to_end_s']:.1f} s; stages "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in ix["end_to_end_stages_s"].items()) + ")")
+        print(f"  encoder only {ix['encoder_only_videos_per_s']:.3f} videos/s ({ix['encoder_only_s']:.1f} s, "
+              f"{ix['encoder_only_frames_per_s']:.1f} frames/s; frame encoder {ix['encoder_only_frame_encoder_s']:.1f} s, "
+              f"head {ix['encoder_only_head_s']:.1f} s); decoding alone {ix['decode_one_thread_s']:.1f} s on one thread")
+        print(f"  ratio        {ix['ratio_end_to_end_vs_encoder_only']:.3f}")
+    print("\ntargets (issue 6)")
+    for t in res["targets"]:
+        print(f"  {t['target']}: measured {t['measured']} -> {t['status']}")
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+    q = res.get("query")
+    if q:
+        for method, h in q["heads"].items():
+            n = max(h["sizes"], key=int)
+            s = h["sizes"][n]
+            if 1 in s["batches"]:
+                c = s["batches"][1]
+                tag = " (extrapolated)" if "extrapolated_from" in c else ""
+                out.append({"target": f"{method} exact scoring of {int(n):,} videos, 1 query <= 2x warm read",
+                            "measured": f"{c['vs_read_warm']:.2f}x ({c['seconds']:.3f} s vs {s['read']['warm_s']:.3f} s){tag}",
+                            "status": "met" if c["vs_read_warm"] <= 2 else "short"})
+                out.append({"target": f"{method} {int(n):,} videos, 1 query >= 30x faster than a per-pair loop",
+                            "measured": f"{c['speedup_vs_torch_loop']:.1f}x (loop of "
+                                        f"{h['reference']['torch_head_score_s'] * 1e3:.2f} ms/pair, timed on a "
+                                        "sample, extrapolated)" + tag,
+                            "status": "met" if c["speedup_vs_torch_loop"] >= 30 else "short"})
+    ix = res.get("indexing")
+    if ix:
+        r = ix["ratio_end_to_end_vs_encoder_only"]
+        out.append({"target": "indexing end to end >= 90% of encoder-only", "measured": f"{100 * r:.0f}%",
+                    "status": "met" if r >= 0.9 else "short"})
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (seconds): small sizes, small clips, tiny model")
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="indexed videos, comma-separated (default 1000,10000,100000)")
+    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="queries per batch (default 1,16,256)")
+    p.add_argument("--heads", type=lambda s: s.split(","), default=["spem", "tmass"])
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds a measured cell may take; longer cells are extrapolated (default 90)")
+    p.add_argument("--pool", type=int, default=1024, help="distinct random videos repeated to fill an index")
+    p.add_argument("--pair-sample", type=int, default=None, help="pairs timed for the per-pair loops (default 300)")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold (evicted page cache) read")
+    p.add_argument("--index-videos", type=int, default=None, help="clips for the indexing run (default 24)")
+    p.add_argument("--index-seconds", type=int, default=10)
+    p.add_argument("--index-resolution", default=None, help="WxH of the clips (default 320x240)")
+    p.add_argument("--index-model", default="", help="--model of the indexing run (default ViT-B-32:random)")
+    p.add_argument("--skip-query", action="store_true")
+    p.add_argument("--skip-indexing", action="store_true")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "probret-bench-search"))
+    p.add_argument("--keep", action="store_true", help="keep the indexes (large) for --reuse")
+    p.add_argument("--reuse", action="store_true", help="reuse indexes kept by an earlier --keep run")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes = a.sizes or [300, 1000]
+        a.batches = a.batches or [1, 16]
+        a.budget = a.budget if a.budget is not None else 20.0
+        a.pair_sample = a.pair_sample or 20
+        a.index_videos = a.index_videos or 4
+        a.index_resolution = a.index_resolution or "64x64"
+        a.index_seconds = 2
+        a.index_model = a.index_model or None
+        a.pool = min(a.pool, 256)
+    else:
+        a.sizes = a.sizes or [1000, 10000, 100000]
+        a.batches = a.batches or [1, 16, 256]
+        a.budget = a.budget if a.budget is not None else 90.0
+        a.pair_sample = a.pair_sample or 300
+        a.index_videos = a.index_videos or 24
+        a.index_resolution = a.index_resolution or "320x240"
+        a.index_model = a.index_model or "ViT-B-32:random"
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROBRET_CACHE", str(workdir / "cache"))  # exported models stay in the work dir
+
+    t0 = time.perf_counter()
+    res = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+           "machine": machine(), "settings": {"D": D, "frames": T, "samples": M, "sizes": a.sizes,
+                                              "batches": a.batches, "heads": a.heads, "budget_s": a.budget,
+                                              "pool": a.pool, "pair_sample": a.pair_sample, "quick": a.quick}}
+    say("FP32 matmul peak")
+    res["sgemm_gflop_s"] = sgemm_peak()
+    if not a.skip_query:
+        res["query"] = query_bench(a, workdir, res["sgemm_gflop_s"])
+    if not a.skip_indexing:
+        res["indexing"] = indexing_bench(a, workdir)
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    res["seconds"] = time.perf_counter() - t0
+    res["targets"] = targets(res)
+    print_tables(res)
+    print(f"\nbenchmark took {res['seconds']:.0f} s")
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+        say(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
