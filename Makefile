@@ -12,7 +12,7 @@ STAMP := $(VENV)/.probret-installed
 $(STAMP): pyproject.toml requirements/torch-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -c requirements/torch-cpu.txt -e '.[train,export,dev]'
+	$(PY) -m pip install --quiet -c requirements/torch-cpu.txt -e '.[train,export,ray,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

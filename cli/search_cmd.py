@@ -108,7 +108,7 @@ def _check_folder(folder: Path) -> None:
 
 
 def _open(folder: Path, *, model, index_dir, device, window, resize, half, workers, batch, rebuild, wait,
-          retry_failed, quiet, verbose, update: bool = True) -> _Session:
+          retry_failed, quiet, verbose, update: bool = True, ray_address: str | None = None) -> _Session:
     from probret.engine.index import INDEX_DIRNAME, IndexSettings, IndexWriter, VIDEO_EXTENSIONS, read_header, scan_folder
     from probret.engine.models import resolve_model
     from probret.engine.pipeline import PipelineOptions, update_index
@@ -144,10 +144,12 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
             if scan.todo or scan.removed:
                 say(f"index {index_dir}: {len(scan.new)} new, {len(scan.changed)} changed, {len(scan.removed)} removed, "
                     f"{scan.unchanged} unchanged")
-            report = update_index(folder, runtime, writer,
-                                  PipelineOptions(workers=workers, batch_segments=batch, retry_failed=retry_failed,
-                                                  progress=not quiet),
-                                  say=say, scan=scan)
+            opts = PipelineOptions(workers=workers, batch_segments=batch, retry_failed=retry_failed, progress=not quiet)
+            if ray_address is None:
+                report = update_index(folder, runtime, writer, opts, say=say, scan=scan)
+            else:  # probret index FOLDER --ray [ADDRESS]: docs/scaling.md
+                from probret.engine.distributed import update_index_ray
+                report = update_index_ray(folder, runtime, writer, opts, say=say, scan=scan, address=ray_address)
         _report_index(report, say, runtime)
     else:
         if header is None:
@@ -195,11 +197,14 @@ def _none_decodable(session: _Session, reader) -> DataError:
 @click.argument("folder", type=click.Path(path_type=Path))
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the indexing report as JSON on stdout.")
-def index(folder, as_json, **kw):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Decode and encode on a Ray cluster (ADDRESS, or the one `ray start` / $RAY_ADDRESS names, else a "
+                   "local one); put it after FOLDER. Needs probret[ray]; see docs/scaling.md.")
+def index(folder, as_json, ray_address, **kw):
     """Build or update the index of FOLDER (only new or changed files are encoded)."""
     from probret.engine.index import IndexReader
 
-    s = _open(folder, **kw)
+    s = _open(folder, ray_address=ray_address, **kw)
     with IndexReader(s.index_dir) as reader:
         n_ok, n_bad = len(reader.videos), len(reader.failed)
         if n_ok == 0:
