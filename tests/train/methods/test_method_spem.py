@@ -11,15 +11,6 @@ from probret.train.methods.spem import SimilarityModulator, SPEMHead, boundary_c
 from probret.train.methods.xpool import XPoolHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not fight other jobs for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 D, T = 8, 4
 
 

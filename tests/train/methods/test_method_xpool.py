@@ -10,15 +10,6 @@ from probret.train.methods import TextFeatures, create_head
 from probret.train.methods.xpool import XPoolFusion, XPoolHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not fight other jobs for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _text(n, d, g):
     sentence, tokens = torch.randn(n, d, generator=g), torch.randn(n, 2, d, generator=g)
     return TextFeatures(sentence, tokens, torch.ones(n, 2, dtype=torch.bool))
