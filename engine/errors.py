@@ -4,7 +4,7 @@ A user mistake (bad path, broken video, missing model) raises a subclass of
 :class:`ProbretError`; the CLI turns it into one line on stderr and the subclass's
 ``exit_code``, never a traceback. Anything else is a bug and keeps its traceback.
 
-Exit codes (stable, documented in docs/cli.md):
+Exit codes (stable; the table users see is in docs/search.md, "Exit codes"):
     1  unexpected internal error (a bug)
     2  bad command-line usage (click's own code)
     3  input data problem (video, annotation, dataset folder)
