@@ -18,15 +18,7 @@ from probret.train.methods.duq import (
     sample_distances,
 )
 
-D, T, L = 16, 4, 5
-
-
-def features(n_text, n_video, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n_text, L, dtype=torch.bool)
-    mask[:, 3:] = False
-    text = TextFeatures(torch.randn(n_text, D, generator=g), torch.randn(n_text, L, D, generator=g), mask)
-    return text, torch.randn(n_video, T, D, generator=g)
+from method_features import D, L, T, features
 
 
 def test_evidential_loss_hand_computed_2x2():

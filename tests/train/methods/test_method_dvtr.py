@@ -9,15 +9,7 @@ from probret.train.methods import create_head
 from probret.train.methods.base import TextFeatures, symmetric_infonce
 from probret.train.methods.dvtr import DVTRHead, debiased_contrastive, debiased_triplet, wasserstein2_sq
 
-D, T, L = 16, 4, 5
-
-
-def features(n_text, n_video, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n_text, L, dtype=torch.bool)
-    mask[:, 3:] = False
-    text = TextFeatures(torch.randn(n_text, D, generator=g), torch.randn(n_text, L, D, generator=g), mask)
-    return text, torch.randn(n_video, T, D, generator=g)
+from method_features import D, L, T, features
 
 
 def test_wasserstein_zero_for_identical_and_closed_form():

@@ -10,15 +10,7 @@ from probret.train.methods import create_head
 from probret.train.methods.base import TextFeatures
 from probret.train.methods.prota import ProTAHead, kl_diag, margined_ce, soft_max_pool, token_similarity, w2_diag
 
-D, T, L = 16, 4, 5
-
-
-def features(n_text, n_video, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n_text, L, dtype=torch.bool)
-    mask[:, 3:] = False
-    text = TextFeatures(torch.randn(n_text, D, generator=g), torch.randn(n_text, L, D, generator=g), mask)
-    return text, torch.randn(n_video, T, D, generator=g)
+from method_features import D, L, T, features
 
 
 def test_w2_identical_zero_closed_form_and_quantile_coupling():
