@@ -589,6 +589,18 @@ def _read_procedural(root: Path, split: str) -> _Raw:
 DIDEMO_WINDOW = (0.0, 30.0)
 
 
+def _object_records(path: Path, expected: str):
+    """Yield (k, record) over a JSON file that must hold a list of objects; ``expected`` says
+    which keys, for the error message."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of {expected} records")
+    for k, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: entry {k} is not an object")
+        yield k, item
+
+
 def _read_didemo(root: Path, split: str) -> _Raw:
     if split not in ("train", "val", "test"):
         raise _unknown_split("didemo", split, ["train", "val", "test"])
@@ -597,23 +609,13 @@ def _read_didemo(root: Path, split: str) -> _Raw:
     if clip4clip.is_file():
         # CLIP4Clip: [{"video": id, "description": sentence, "times": [[s, e], ...], ...}, ...],
         # one entry per moment; a video's sentences are joined in file order.
-        data = _read_json(clip4clip)
-        if not isinstance(data, list):
-            raise DataError(f"{clip4clip}: expected a list of moment records with 'video' and 'description'")
-        for k, item in enumerate(data):
-            if not isinstance(item, dict):
-                raise DataError(f"{clip4clip}: entry {k} is not an object")
+        for k, item in _object_records(clip4clip, "moment records with 'video' and 'description'"):
             vid = _as_str(item.get("video"), clip4clip, f"entry {k} 'video'")
             paragraphs[vid].append(_as_str(item.get("description"), clip4clip, f"entry {k} 'description'"))
         source = clip4clip
     elif ret.is_file():
         # VINDLU / Singularity: [{"video": id, "caption": [sentences] or paragraph, ...}, ...]
-        data = _read_json(ret)
-        if not isinstance(data, list):
-            raise DataError(f"{ret}: expected a list of records with 'video' and 'caption'")
-        for k, item in enumerate(data):
-            if not isinstance(item, dict):
-                raise DataError(f"{ret}: entry {k} is not an object")
+        for k, item in _object_records(ret, "{'video', 'caption'}"):
             vid = _as_str(item.get("video"), ret, f"entry {k} 'video'")
             caption = item.get("caption")
             if isinstance(caption, str):
@@ -768,12 +770,7 @@ def _read_vatex(root: Path, split: str) -> _Raw:
             raise DataError(f"{root}: ref_captions.json (or the official {' / '.join(VATEX_OFFICIAL)}) not found "
                             f"(VATEX captions; see {DOCS})")
         for path in present:
-            data = _read_json(path)
-            if not isinstance(data, list):
-                raise DataError(f"{path}: expected a list of {{'videoID', 'enCap'}} records")
-            for k, item in enumerate(data):
-                if not isinstance(item, dict):
-                    raise DataError(f"{path}: entry {k} is not an object")
+            for k, item in _object_records(path, "{'videoID', 'enCap'}"):
                 vid = _as_str(item.get("videoID"), path, f"entry {k} 'videoID'")
                 caps = item.get("enCap")
                 if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
