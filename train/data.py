@@ -15,7 +15,6 @@ next pair, so one broken file does not stop a five-epoch run.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
@@ -27,8 +26,6 @@ from probret.engine.preprocess import preprocess_frames
 from probret.engine.video import sample_frames
 from probret.train.datasets import RetrievalSplit, VideoRecord
 
-log = logging.getLogger(__name__)
-
 
 class _FrameLoader:
     def __init__(self, num_frames: int, image_size: int, mean, std):
@@ -37,12 +34,11 @@ class _FrameLoader:
         self.mean = tuple(mean)
         self.std = tuple(std)
 
-    def load(self, record: VideoRecord, *, mode: str, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, record: VideoRecord, *, mode: str, rng: np.random.Generator | None) -> np.ndarray:
         sampled = sample_frames(
             record.path, self.num_frames, mode=mode, rng=rng, start=record.start, end=record.end
         )
-        pixels = preprocess_frames(sampled.frames, size=self.image_size, mean=self.mean, std=self.std)
-        return pixels, sampled.timestamps
+        return preprocess_frames(sampled.frames, size=self.image_size, mean=self.mean, std=self.std)
 
 
 class TrainPairs(Dataset):
@@ -69,7 +65,7 @@ class TrainPairs(Dataset):
             record = self.split.videos[int(self.split.text_video_index[i])]
             rng = np.random.default_rng((self.seed, self.epoch, i))
             try:
-                pixels, _ = self.loader.load(record, mode=self.sampling, rng=rng)
+                pixels = self.loader.load(record, mode=self.sampling, rng=rng)
             except VideoDecodeError as exc:
                 if record.path not in self._reported:
                     self._reported.add(str(record.path))
@@ -96,7 +92,7 @@ class EvalVideos(Dataset):
     def __getitem__(self, index: int):
         record = self.split.videos[index]
         try:
-            pixels, _ = self.loader.load(record, mode="uniform", rng=None)
+            pixels = self.loader.load(record, mode="uniform", rng=None)
             return torch.from_numpy(pixels), True, ""
         except VideoDecodeError as exc:
             size = self.loader.image_size

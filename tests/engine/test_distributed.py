@@ -11,7 +11,6 @@ within 1e-5, the same search ranking.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

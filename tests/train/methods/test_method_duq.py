@@ -18,7 +18,7 @@ from probret.train.methods.duq import (
     sample_distances,
 )
 
-from method_features import D, L, T, features
+from method_features import D, T, features
 
 
 def test_evidential_loss_hand_computed_2x2():

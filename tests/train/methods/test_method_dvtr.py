@@ -9,7 +9,7 @@ from probret.train.methods import create_head
 from probret.train.methods.base import TextFeatures, symmetric_infonce
 from probret.train.methods.dvtr import DVTRHead, debiased_contrastive, debiased_triplet, wasserstein2_sq
 
-from method_features import D, L, T, features
+from method_features import D, T, features
 
 
 def test_wasserstein_zero_for_identical_and_closed_form():

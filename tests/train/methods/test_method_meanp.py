@@ -1,6 +1,5 @@
 """meanP (CLIP4Clip): video = normalize(mean of normalized frames), cosine score, symmetric InfoNCE."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 

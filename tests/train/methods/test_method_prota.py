@@ -10,7 +10,7 @@ from probret.train.methods import create_head
 from probret.train.methods.base import TextFeatures
 from probret.train.methods.prota import ProTAHead, kl_diag, margined_ce, soft_max_pool, token_similarity, w2_diag
 
-from method_features import D, L, T, features
+from method_features import D, T, features
 
 
 def test_w2_identical_zero_closed_form_and_quantile_coupling():
