@@ -219,7 +219,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (progress and is_main), dynamic_ncols=True)
-    last_metrics, evaluated_at = None, None
+    last_metrics, evaluated_at, stopped = None, None, False
     started = time.time()
     while step < total_steps:
         dataset.set_epoch(epoch)
@@ -260,27 +260,23 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
                 break
             if step >= total_steps or micro_in_epoch >= micro_per_epoch:
                 break
-        if stop_after is not None and step >= stop_after and step < total_steps:
-            if micro_in_epoch >= micro_per_epoch:
-                epoch, micro_in_epoch = epoch + 1, 0
-            if is_main:
-                if evaluated_at != step:
-                    save_all(last_metrics)
-                log.info("stopped after step %d of %d; continue with --resume", step, total_steps)
-                jsonl.write(event="stopped", step=step)
-            bar.close()
-            if world > 1:
-                dist.barrier()
-                dist.destroy_process_group()
-            return TrainResult(out, step, best, last_metrics)
         if micro_in_epoch >= micro_per_epoch:
             epoch += 1
             micro_in_epoch = 0
+        stopped = stop_after is not None and stop_after <= step < total_steps
+        if stopped:
+            break
     bar.close()
-    if is_main and evaluated_at != step:
+    if is_main and stopped:
+        if evaluated_at != step:
+            save_all(last_metrics)
+        log.info("stopped after step %d of %d; continue with --resume", step, total_steps)
+        jsonl.write(event="stopped", step=step)
+    elif is_main and evaluated_at != step:
         last_metrics = run_eval()
         save_all(last_metrics)
-    jsonl.write(event="done", step=step, best=best)
+    if not stopped:
+        jsonl.write(event="done", step=step, best=best)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
