@@ -76,7 +76,10 @@ def common_options(fn):
                      help="Seconds per segment of long videos (0: one segment per video); a change rebuilds the index."),
         click.option("--resize", type=click.Choice(("auto", "exact", "decoder")), default="auto", show_default=True,
                      help="Frame resizing: exact (as in training), decoder (FFmpeg, fast), auto (decoder for large frames)."),
-        click.option("--half", is_flag=True, help="Store features as float16 (half the disk and memory; rebuilds)."),
+        click.option("--half/--full", default=True, show_default=True,
+                     help="Store features as float16 (--half: half the disk, page cache and scan bytes; "
+                          "rankings measured unchanged, docs/benchmarks_memory.md) or float32 (--full). "
+                          "Changing it rebuilds the index."),
         click.option("--workers", type=int, default=0, help="Decoding threads (0: one per core, at most 8)."),
         click.option("--batch", type=int, default=16, show_default=True, help="Segments per encoder call."),
         click.option("--rebuild", is_flag=True, help="Discard the index and build it again."),

@@ -6,7 +6,7 @@ Layout of an index directory (default ``FOLDER/.probret-index/``, see docs/searc
     INDEX/index.db-wal, -shm       SQLite's write-ahead log (part of the database)
     INDEX/lock                     fcntl lock of the single writer (holds the writer's pid)
     INDEX/shards/000001.<tensor>.bin   raw little-endian arrays, one file per stored tensor per shard
-    INDEX/ann-g<gen>-*.faiss       optional ANN first stage (engine/search.py), rebuilt when stale
+    INDEX/ann/index.faiss, ann.json  optional ANN first stage (engine/ann.py), a cache kept up to date
 
 Every stored tensor has a fixed per-row shape (one row = one segment of one video); a shard file
 is ``rows x row_shape`` in ``dtype`` with no header, so a reader maps it with ``np.memmap`` and an
@@ -23,6 +23,29 @@ video is never lost and a half-written one is never visible. A changed file is r
 same transaction that adds its new version. Files no transaction references (orphan shards of a
 crashed compaction, say) are deleted when the next writer opens.
 
+Memory (docs/benchmarks_memory.md, bench/memory.py): the reader holds the video and segment
+tables in RAM as numpy columns (:class:`VideoTable`: ~280 B a video resident with its segment,
+was ~640 as a list of entry objects and a path dict), never the feature rows: an exact scan maps
+the shards block by block (:meth:`IndexReader.blocks`, pages released behind it) and scattered
+rows are read with ``pread`` (:meth:`IndexReader.gather`), so a search's resident set does not
+grow with the stored bytes. Bytes per stored video (d=512, T'=12,
+one segment): meanP 28,672 at float32 / 14,336 at float16; X-Pool 82,172 / 41,086; DUQ 86,268 /
+43,134; T-MASS and SPEM 105,908 / 52,954 (of which the pair graph reads 79,284 / 39,642).
+
+Storage dtype, decided on measurement (issue 6): **float16 loses nothing measurable in the
+rankings** (the shipped demo SPEM on the procedural test split: R@1 0.32 and R@5 0.76 at both
+dtypes, identical top-10 sets for all 100 captions, top-1 identical, largest score change
+4.5e-5; a random d=512 SPEM over 4,096 videos: identical top-10 sets for 64 queries, 98 % in
+the same order, the rest swapping near-ties, scores within 2.6e-5) and halves the disk, the
+page cache and the bytes an exact scan reads: a million SPEM videos need 53 GB instead of
+106 GB. Its cost is the float16 -> float32 conversion of every block an exact scan reads
+(engine/search.py: ONNX Runtime's vectorised Cast, ~0.45 ns an element here, numpy's cast 1.15),
+which a scan from the page cache pays on top of the pair graph; a scan that would not fit the
+page cache at float32 gains far more than that. So
+float16 is the storage ``probret index`` should use by default (the CLI's choice, ``--half``
+today); this library default stays float32, the lossless reference the tests compare with.
+Values beyond float16's range are refused (IndexError_), never stored as inf.
+
 Incremental rules: a file is (re-)encoded when its relative path is new or its size or
 modification time (ns) differs from the stored ones; files that are gone drop out; files that
 failed to decode are remembered with their reason and retried only when they change (or with
@@ -33,13 +56,16 @@ loud through ``say``.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Sequence as SequenceABC
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -51,7 +77,7 @@ from probret.engine.errors import DataError, IndexError_
 
 __all__ = ["INDEX_DIRNAME", "INDEX_FORMAT", "INDEX_FORMAT_VERSION", "VIDEO_EXTENSIONS", "IndexSettings",
            "EncodedVideo", "FileEntry", "ScanResult", "IndexWriter", "IndexReader", "default_index_dir",
-           "scan_folder", "open_reader", "read_header"]
+           "scan_folder", "open_reader", "read_header", "VideoEntry", "VideoTable", "BLOCK_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +89,9 @@ LOCK_NAME = "lock"
 SHARD_DIR = "shards"
 #: A shard is closed (a new one started) once it would pass this many bytes in one tensor file.
 SHARD_MAX_BYTES = 1 << 31
+#: Bytes of stored tensors per block of a full scan (IndexReader.blocks): large enough that the
+#: per-block overhead vanishes, small enough that converting a block to float32 stays cheap.
+BLOCK_BYTES = 32 << 20
 #: Dead rows (removed or replaced videos) are compacted away once they outnumber live rows and
 #: exceed this many.
 COMPACT_MIN_DEAD = 1024
@@ -575,7 +604,14 @@ class IndexWriter:
         sid, start = self._reserve(rows)
         rb = _row_bytes(self.layout)
         for n in names:
-            block = np.concatenate([np.asarray(v.tensors[n], dtype=dtype) for v in videos], axis=0)
+            with np.errstate(over="ignore"):  # float16 overflow is checked just below
+                block = np.concatenate([np.asarray(v.tensors[n], dtype=dtype) for v in videos], axis=0)
+            if dtype.itemsize < 4 and not np.isfinite(block).all():
+                with np.errstate(over="ignore"):
+                    bad = [v.path for v in videos if not np.isfinite(np.asarray(v.tensors[n], dtype=dtype)).all()]
+                raise IndexError_(f"{bad[0]}: tensor {n} does not fit {dtype.name} storage (values beyond "
+                                  f"+-{float(np.finfo(dtype).max):g}, or not finite); index with float32 storage "
+                                  "(without --half)")
             data = np.ascontiguousarray(block).astype(dtype.newbyteorder("<"), copy=False).tobytes()
             assert len(data) == rows * rb[n]
             fh = self._file(sid, n)
@@ -685,7 +721,7 @@ class _Txn:
 # --------------------------------------------------------------------------------------------
 # the reader
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VideoEntry:
     id: int
     path: str
@@ -695,6 +731,66 @@ class VideoEntry:
     fps: float
     width: int
     height: int
+
+
+class VideoTable(SequenceABC):
+    """The reader's videos in path order as columns: a read-only sequence of :class:`VideoEntry`
+    built on access. Why: a list of a million entry objects (and their int, float and str
+    objects) costs ~300 B a video of RAM; columns cost ~85 (numbers in numpy arrays, the paths
+    as one UTF-8 blob with offsets). Measured: opening a 100k-video index grows the resident set
+    by ~275 B a video in all (columns, segment arrays, allocator slack), against ~580 B a video
+    for the list of entries and the path dict alone before."""
+
+    _NUM = ("id", "size", "mtime_ns", "duration", "fps", "width", "height")
+
+    def __init__(self, cursor, chunk: int = 1 << 16):
+        """From rows (id, path, size, mtime_ns, duration, fps, width, height), fetched in chunks."""
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in self._NUM}
+        blob, ends, total = [], [], 0
+        while True:
+            rows = cursor.fetchmany(chunk)
+            if not rows:
+                break
+            for k, j in zip(self._NUM, (0, 2, 3, 4, 5, 6, 7)):
+                kind = np.float64 if k in ("duration", "fps") else np.int64
+                cols[k].append(np.array([np.nan if r[j] is None and kind is np.float64 else (r[j] or 0)
+                                         for r in rows], dtype=kind))
+            enc = [r[1].encode("utf-8", "surrogatepass") for r in rows]
+            blob.append(b"".join(enc))
+            lens = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
+            ends.append(total + np.cumsum(lens))
+            total += int(lens.sum())
+        for k in self._NUM:
+            setattr(self, k, np.concatenate(cols[k]) if cols[k] else np.zeros(0, np.float64 if k in ("duration", "fps")
+                                                                               else np.int64))
+        self._blob = b"".join(blob)
+        self._ends = np.concatenate([[0], *ends]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def path(self, i: int) -> str:
+        return self._blob[self._ends[i]:self._ends[i + 1]].decode("utf-8", "surrogatepass")
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("video index out of range")
+        return VideoEntry(int(self.id[i]), self.path(i), int(self.size[i]), int(self.mtime_ns[i]),
+                          float(self.duration[i]), float(self.fps[i]), int(self.width[i]), int(self.height[i]))
+
+    def index_of(self, path: str) -> int | None:
+        """Position of ``path`` (bisection: SQLite's BINARY order of UTF-8 = Python's code-point order)."""
+        i = bisect.bisect_left(range(len(self)), path, key=self.path)
+        return i if i < len(self) and self.path(i) == path else None
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, k).nbytes for k in self._NUM) + len(self._blob) + self._ends.nbytes
 
 
 class IndexReader:
@@ -716,11 +812,11 @@ class IndexReader:
                 raise IndexError_(f"{self.root}: not a probret index")
             if int(self.meta.get("format_version", 0)) > INDEX_FORMAT_VERSION:
                 raise IndexError_(f"{self.root}: written by a newer probret; upgrade probret or run with --rebuild")
-            vids = conn.execute("SELECT id, path, size, mtime_ns, duration, fps, width, height FROM videos "
-                                "WHERE status = 'ok' ORDER BY path").fetchall()
+            self.videos = VideoTable(conn.execute(
+                "SELECT id, path, size, mtime_ns, duration, fps, width, height FROM videos WHERE status = 'ok' "
+                "ORDER BY path"))
             self.failed = conn.execute("SELECT path, error FROM videos WHERE status != 'ok' ORDER BY path").fetchall()
-            segs = conn.execute("SELECT s.video_id, s.seg, s.start, s.stop, s.shard, s.row FROM segments s "
-                                "JOIN videos v ON v.id = s.video_id ORDER BY v.path, s.seg").fetchall()
+            segs = self._read_segments(conn)
             self.shard_rows = dict(conn.execute("SELECT id, rows FROM shards").fetchall())
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -733,23 +829,46 @@ class IndexReader:
         self.settings: dict = self.meta.get("settings") or {}
         self.layout: dict[str, dict] = self.meta.get("layout") or {}
         self.generation = int(self.meta.get("generation", 0))
-        self.videos = [VideoEntry(*v) for v in vids]
-        pos = {v.id: i for i, v in enumerate(self.videos)}
-        n = len(segs)
-        self.seg_video = np.fromiter((pos[s[0]] for s in segs), dtype=np.int64, count=n)
-        self.seg_index = np.fromiter((s[1] for s in segs), dtype=np.int64, count=n)
-        self.seg_start = np.fromiter((s[2] for s in segs), dtype=np.float64, count=n)
-        self.seg_end = np.fromiter((s[3] for s in segs), dtype=np.float64, count=n)
-        self.seg_shard = np.fromiter((s[4] for s in segs), dtype=np.int64, count=n)
-        self.seg_row = np.fromiter((s[5] for s in segs), dtype=np.int64, count=n)
+        # video ids -> positions in path order without a per-video dict (1M videos: ~100 MB less)
+        ids = self.videos.id
+        by_id = np.argsort(ids, kind="stable")
+        seg_ids = segs[:, 0].astype(np.int64)
+        self.seg_video = by_id[np.searchsorted(ids[by_id], seg_ids)] if len(ids) else np.zeros(0, np.int64)
+        self.seg_index = segs[:, 1].astype(np.int64)
+        self.seg_start = np.ascontiguousarray(segs[:, 2])
+        self.seg_end = np.ascontiguousarray(segs[:, 3])
+        self.seg_shard = segs[:, 4].astype(np.int64)
+        self.seg_row = segs[:, 5].astype(np.int64)
+        del segs
         # segments are sorted by video: video i owns segments [video_offsets[i], video_offsets[i + 1])
         counts = np.bincount(self.seg_video, minlength=len(self.videos))
         self.video_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._maps: dict[tuple[int, str], np.ndarray] = {}
-        self._by_path = {v.path: i for i, v in enumerate(self.videos)}
+        self._fds: dict[tuple[int, str], int] = {}
+
+    @staticmethod
+    def _read_segments(conn: sqlite3.Connection, chunk: int = 1 << 16) -> np.ndarray:
+        """(n, 6) float64 [video id, seg, start, stop, shard, row] in (path, seg) order, fetched in
+        chunks so that no list of a million Python tuples is ever held (ids and rows are < 2**53,
+        exact in float64)."""
+        n = conn.execute("SELECT count(*) FROM segments s JOIN videos v ON v.id = s.video_id").fetchone()[0]
+        out = np.empty((n, 6), dtype=np.float64)
+        cur = conn.execute("SELECT s.video_id, s.seg, s.start, s.stop, s.shard, s.row FROM segments s "
+                           "JOIN videos v ON v.id = s.video_id ORDER BY v.path, s.seg")
+        i = 0
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                break
+            out[i:i + len(rows)] = rows
+            i += len(rows)
+        return out[:i]
 
     def close(self) -> None:
         self._maps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -765,7 +884,7 @@ class IndexReader:
         return int(self.seg_video.shape[0])
 
     def video_index(self, path: str) -> int | None:
-        return self._by_path.get(path)
+        return self.videos.index_of(path)
 
     def tensor(self, shard: int, name: str) -> np.ndarray:
         """The committed rows of one tensor of one shard, memory-mapped (rows, *shape)."""
@@ -790,7 +909,12 @@ class IndexReader:
         return self._maps[key]
 
     def gather(self, names: Sequence[str], segments: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows of ``segments`` (positions in the reader's segment order) for each tensor, in RAM."""
+        """Rows of ``segments`` (positions in the reader's segment order) for each tensor, in RAM.
+
+        Read with ``pread`` rather than through the memory map: touching scattered rows of a
+        mapping maps far more than the rows (measured: 1,000 rows of 20,000 mapped the whole
+        245 MB file, the kernel faulting in whole page-cache folios), so re-ranking ANN candidates
+        would grow the resident set with the index; a read copies just the rows."""
         segments = np.asarray(segments, dtype=np.int64)
         out = {}
         for name in names:
@@ -799,13 +923,58 @@ class IndexReader:
             shards = self.seg_shard[segments]
             for sid in np.unique(shards):
                 sel = np.nonzero(shards == sid)[0]
-                arr[sel] = self.tensor(int(sid), name)[self.seg_row[segments[sel]]]
+                arr[sel] = self._read_rows(int(sid), name, self.seg_row[segments[sel]])
             out[name] = arr
         return out
 
-    def blocks(self, names: Sequence[str], block: int = 8192):
+    def _read_rows(self, shard: int, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of one tensor of one shard read with pread (runs of consecutive rows in
+        one call), in the stored dtype."""
+        m = self.tensor(shard, name)  # checks the shard file (maps it; touches nothing)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *m.shape[1:]), dtype=m.dtype)
+        if not len(rows) or not isinstance(m, np.memmap):
+            return m[rows] if len(rows) else out
+        if rows.min() < 0 or rows.max() >= len(m):
+            raise IndexError(f"row out of range for shard {shard} of {name}")
+        rb = _row_bytes(self.layout)[name]
+        buf = memoryview(out.reshape(len(rows), -1).view(np.uint8).reshape(-1))
+        fd = self._fds.get((shard, name))
+        if fd is None:
+            fd = self._fds[(shard, name)] = os.open(_shard_file(self.root, shard, name), os.O_RDONLY)
+        breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [len(rows)]])
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            view, pos = buf[a * rb:b * rb], int(rows[a]) * rb
+            while len(view):
+                got = os.preadv(fd, [view], pos)
+                if got <= 0:
+                    raise IndexError_(f"{self.root}: shard {shard} of {name} ended early; "
+                                      "run `probret index` to repair it")
+                view, pos = view[got:], pos + got
+        return out
+
+    def row_bytes(self, names: Sequence[str] | None = None) -> dict[str, int]:
+        """Stored bytes of one row (one segment) of each tensor (all of them by default)."""
+        rb = _row_bytes(self.layout)
+        return rb if names is None else {n: rb[n] for n in names}
+
+    def blocks(self, names: Sequence[str], block: int | None = None, *, max_bytes: int = BLOCK_BYTES,
+               release: bool = False):
         """Yield (segment positions, {name: rows}) covering every segment once, in storage order:
-        contiguous live runs are passed as memmap slices (no copy), scattered rows gathered."""
+        contiguous live runs are passed as memmap slices (no copy, in the stored dtype), scattered
+        rows gathered. A block holds ``block`` rows, or as many as fit ``max_bytes`` of the named
+        tensors (at least one).
+
+        ``release``: once the consumer asks for the next block, the pages of the previous one are
+        dropped from this process's mapping (``madvise(MADV_DONTNEED)``: they stay in the page
+        cache, a later touch maps them again with a minor fault). A full scan then holds at most one
+        block of the index in its resident set whatever the index's size, instead of every page it
+        touched: peak RSS does not grow with the number of videos (docs/benchmarks_memory.md)."""
+        if block is None:
+            per_row = max(1, sum(_row_bytes(self.layout)[n] for n in names)) if self.layout else 1
+            block = max(1, int(max_bytes) // per_row)
         order = np.lexsort((self.seg_row, self.seg_shard))
         shards = self.seg_shard[order]
         rows = self.seg_row[order]
@@ -818,11 +987,28 @@ class IndexReader:
             if same.size:
                 stop = start + int(same[0])
             r = rows[start:stop]
-            if r[-1] - r[0] == stop - start - 1:  # contiguous rows
-                yield order[start:stop], {nm: self.tensor(int(sid), nm)[int(r[0]):int(r[-1]) + 1] for nm in names}
+            lo, hi = int(r[0]), int(r[-1]) + 1
+            if hi - lo == stop - start:  # contiguous rows
+                yield order[start:stop], {nm: self.tensor(int(sid), nm)[lo:hi] for nm in names}
             else:
-                yield order[start:stop], {nm: self.tensor(int(sid), nm)[r] for nm in names}
+                yield order[start:stop], {nm: self._read_rows(int(sid), nm, r) for nm in names}
+            if release:
+                for nm in names:
+                    self._release(int(sid), nm, int(r.min()), int(r.max()) + 1)
             start = stop
+
+    def _release(self, shard: int, name: str, lo: int, hi: int) -> None:
+        """Drop rows [lo, hi) of one mapped tensor from the process's resident set (see blocks)."""
+        arr = self._maps.get((shard, name))
+        mm = getattr(arr, "_mmap", None)  # np.memmap's mmap.mmap (numpy has kept this name since 1.x)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        rb = _row_bytes(self.layout)[name]
+        a = (lo * rb) // mmap.PAGESIZE * mmap.PAGESIZE  # madvise wants a page-aligned start
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, a, hi * rb - a)
+        except (OSError, ValueError):  # an advice, never an error
+            pass
 
     def timestamps(self, segment: int) -> np.ndarray:
         v = self.videos[int(self.seg_video[segment])]

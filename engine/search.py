@@ -12,13 +12,20 @@ its segments; that segment is its best moment, and inside it the frame whose fea
 to the query (cosine) is the best instant (``best_time``, used for thumbnails).
 
 **Two-stage** (``ann=True``, or automatically beyond :data:`ANN_AUTO_VIDEOS` videos when faiss is
-installed): a faiss inner-product index over a query-independent embedding of every segment
-(``ann``: the unit mean of unit frame features, i.e. the video Gaussian's mean with the
-query-conditioned pooling replaced by mean pooling) against the unit text mean gives
-``ann_candidates`` segments; every segment of the videos they belong to is then re-scored by the
-full head and ranked as above. The faiss index is cached in ``INDEX/ann-g<generation>-...faiss``
-and rebuilt when the index changed (its generation counter). Exact inner product (``IndexFlatIP``) up to
-:data:`ANN_FLAT_MAX` segments, HNSW beyond.
+installed): the first stage is engine/ann.py's :class:`~probret.engine.ann.AnnStage`, a faiss
+inner-product index over a query-independent embedding of every segment (``ann``: the unit
+mean of unit frame features, i.e. the video Gaussian's mean with the query-conditioned pooling
+replaced by mean pooling) searched with the unit text mean; it gives ``ann_candidates``
+segments, and every segment of the videos they belong to is then re-scored by the full head and
+ranked as above. The stage chooses Flat / HNSW / IVF-PQ by size, persists in ``INDEX/ann/`` and
+follows an index that changed by adding and removing vectors (engine/ann.py's docstring).
+
+Memory (docs/benchmarks_memory.md): an exact scan reads the stored rows in blocks of
+:data:`~probret.engine.index.BLOCK_BYTES` straight from the memory-mapped shards and releases
+each block's pages behind it, converts a float16 block to float32 before the head sees it (the
+head always computes in float32), and scores at most :data:`SCORE_BYTES` of (queries x segments)
+at a time; so a search's resident memory is the reader's tables (~280 B a video) plus a few
+blocks, whatever the size of the stored features.
 
 Ties are broken by path, so a ranking never depends on storage order.
 """
@@ -26,7 +33,6 @@ Ties are broken by path, so a ranking never depends on storage order.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -35,22 +41,86 @@ import numpy as np
 from probret.engine.errors import DataError, IndexError_
 from probret.engine.index import IndexReader
 
-__all__ = ["Hit", "QueryResult", "CaptionHit", "Searcher", "ANN_AUTO_VIDEOS", "ANN_FLAT_MAX", "faiss_available",
+__all__ = ["Hit", "QueryResult", "CaptionHit", "Searcher", "ANN_AUTO_VIDEOS", "faiss_available",
            "l2_normalize"]
 
 log = logging.getLogger(__name__)
 
 #: Above this many videos a search uses the ANN first stage by default (when faiss is installed).
 ANN_AUTO_VIDEOS = 100_000
-#: Up to this many segments the first stage is an exact inner-product scan; HNSW beyond.
-ANN_FLAT_MAX = 200_000
-#: Queries scored at once in exact mode (bounds the (queries x segments) score matrix).
+#: Queries scored at once in exact mode, at most ...
 QUERY_BLOCK = 256
+#: ... and fewer when their (queries x segments) score and uncertainty matrices would pass this
+#: many bytes (at 1M segments: 32 queries at a time instead of 256, 256 MB instead of 2 GB).
+SCORE_BYTES = 256 << 20
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+#: An ONNX graph of one node, Cast(float16 -> float32) over a 1-D tensor (opset 13, IR 8, made
+#: with onnx.helper; 84 bytes, so that the engine needs no ``onnx`` package to have it).
+_CAST_F16_ONNX = bytes.fromhex(
+    "0808120770726f627265743a410a170a01781201792204436173742a090a02746f1801a001021208663136746f6633325a0d0a0178"
+    "12080a06080a12020a00620d0a017912080a06080112020a0042040a00100d")
+_caster = None
+
+
+def _half_to_float(src: np.ndarray, dst: np.ndarray) -> None:
+    """float16 ``src`` -> float32 ``dst`` (same shape). ONNX Runtime's Cast is vectorised (F16C):
+    0.45 ns an element here against 1.15 for numpy's cast, the whole cost of float16 storage in
+    an exact scan; numpy does it when ONNX Runtime cannot (non-contiguous or big-endian arrays,
+    no onnxruntime). The conversion is exact either way (every float16 is a float32; ORT may
+    return a signalling NaN quieted)."""
+    global _caster
+    if _caster is None:
+        try:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1  # memory-bound: a second thread measured slower
+            opts.log_severity_level = 3
+            _caster = ort.InferenceSession(_CAST_F16_ONNX, opts, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any failure means: use numpy
+            _caster = False
+    if (_caster is False or not src.flags.c_contiguous or not dst.flags.c_contiguous or src.dtype != np.float16
+            or not src.dtype.isnative or dst.dtype != np.float32 or src.shape != dst.shape or not src.size):
+        np.copyto(dst, src)
+        return
+    try:
+        io = _caster.io_binding()
+        io.bind_cpu_input("x", np.asarray(src).reshape(-1))
+        io.bind_output("y", "cpu", 0, np.float32, [int(src.size)], dst.ctypes.data)
+        _caster.run_with_iobinding(io)
+    except Exception:  # noqa: BLE001
+        np.copyto(dst, src)
+
+
+def _as_float32(tensors: dict[str, np.ndarray], buffers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Stored rows as float32: a no-op for float32 storage; for float16, one block at a time, so
+    the head always computes in float32 whatever the storage dtype. ``buffers`` (name -> float32
+    array, grown as needed) are reused from block to block: converting into memory already
+    touched saves the page faults of a fresh array (1.15 against 1.75 ns an element with numpy)."""
+    out = {}
+    for k, v in tensors.items():
+        if v.dtype == np.float32:
+            out[k] = v
+            continue
+        if buffers is None:
+            dst = np.empty(v.shape, dtype=np.float32)
+        else:
+            buf = buffers.get(k)
+            if buf is None or buf.shape[0] < v.shape[0] or buf.shape[1:] != v.shape[1:]:
+                buf = buffers[k] = np.empty(v.shape, dtype=np.float32)
+            dst = buf[:v.shape[0]]
+        if v.dtype == np.float16:
+            _half_to_float(v, dst)
+        else:
+            np.copyto(dst, v)
+        out[k] = dst
+    return out
 
 
 def faiss_available() -> bool:
@@ -61,13 +131,10 @@ def faiss_available() -> bool:
         return False
 
 
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
+def _require_faiss() -> None:
+    if not faiss_available():
         raise IndexError_("--ann needs faiss: pip install faiss-cpu (or faiss-gpu); without --ann every video is "
-                          "scored exactly") from None
-    return faiss
+                          "scored exactly")
 
 
 @dataclass
@@ -158,8 +225,9 @@ class Searcher:
         n = self.reader.num_segments
         scores = np.empty((nq, n), dtype=np.float32)
         unc = np.empty((nq, n), dtype=np.float32) if self.rt.bundle.has_uncertainty else None
-        for segs, tensors in self.reader.blocks(self.video_names):
-            s, u = self.rt.score(feats, tensors)
+        buffers: dict[str, np.ndarray] = {}
+        for segs, tensors in self.reader.blocks(self.video_names, release=True):
+            s, u = self.rt.score(feats, _as_float32(tensors, buffers))
             scores[:, segs] = s
             if unc is not None and u is not None:
                 unc[:, segs] = u
@@ -167,7 +235,7 @@ class Searcher:
 
     def _score_rows(self, feats: dict[str, np.ndarray], segs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         tensors = self.reader.gather(self.video_names, segs)
-        return self.rt.score(feats, tensors)
+        return self.rt.score(feats, _as_float32(tensors))
 
     # -- text -> video ---------------------------------------------------------------------------
     def search(self, queries: Sequence[str], *, top_k: int = 10, ann: bool | None = None,
@@ -182,13 +250,8 @@ class Searcher:
         use_ann = self._want_ann(ann)
         results: list[QueryResult] = []
         if use_ann:
-            index = self._ann_index()
             k = int(min(r.num_segments, max(ann_candidates, top_k)))
-            if hasattr(index, "hnsw"):
-                # faiss HNSW recall is set by efSearch alone, not by k: below k it silently
-                # drops true neighbours (measured: 0.93 top-10 recall at 1M with 128 for k=1000).
-                index.hnsw.efSearch = max(128, k)
-            _, cand = index.search(np.ascontiguousarray(text.unit, dtype=np.float32), k)
+            _, cand = self.ann_stage().search(text.unit, k)
             for q in range(len(queries)):
                 c = cand[q][cand[q] >= 0]
                 vids = np.unique(r.seg_video[c])
@@ -198,8 +261,10 @@ class Searcher:
                 results.append(QueryResult(queries[q], bool(text.truncated[q]), hits, len(segs), True))
             return results
         all_segs = np.arange(r.num_segments)
-        for q0 in range(0, len(queries), QUERY_BLOCK):
-            s, u = self.score_segments(text, slice(q0, q0 + QUERY_BLOCK))
+        per_query = 4 * r.num_segments * (2 if self.rt.bundle.has_uncertainty else 1)
+        qb = max(1, min(QUERY_BLOCK, SCORE_BYTES // max(1, per_query)))
+        for q0 in range(0, len(queries), qb):
+            s, u = self.score_segments(text, slice(q0, q0 + qb))
             for i in range(s.shape[0]):
                 q = q0 + i
                 hits = self._rank(s[i], None if u is None else u[i], all_segs, text.unit[q], top_k)
@@ -251,19 +316,23 @@ class Searcher:
                       top_k: int | None = None) -> tuple[list[CaptionHit], np.ndarray]:
         """Rank ``captions`` for one video: an indexed one (``video``, its position in the reader)
         or one encoded on the fly (``tensors`` holding the video-side outputs of its segments and
-        ``segments`` their windows). Returns (hits, truncated flags)."""
+        ``segments`` their windows). Returns (hits, truncated flags).
+
+        On-the-fly tensors are rounded through the index's storage dtype (float16 by default) so
+        a video scores the same whether it is read from the index or encoded now."""
         if not captions:
             raise DataError("no captions to rank")
         text = self.encode_queries(list(captions))
         r = self.reader
         if video is not None:
             segs = np.arange(r.video_offsets[video], r.video_offsets[video + 1])
-            feats = r.gather(self.video_names, segs)
+            feats = _as_float32(r.gather(self.video_names, segs))
             windows = [(float(r.seg_start[s]), float(r.seg_end[s])) for s in segs]
         else:
             if tensors is None or segments is None:
                 raise ValueError("give video= or tensors= and segments=")
-            feats = {n: tensors[n] for n in self.video_names}
+            store = np.dtype(r.settings.get("dtype", "float32"))
+            feats = {n: np.asarray(tensors[n]).astype(store).astype(np.float32) for n in self.video_names}
             windows = list(segments)
         s, u = self.rt.score(text.feats, feats)
         best = np.argmax(s, axis=1)
@@ -281,7 +350,7 @@ class Searcher:
     def _want_ann(self, ann: bool | None) -> bool:
         if ann is not None:
             if ann:
-                _faiss()
+                _require_faiss()
             return bool(ann)
         if len(self.reader.videos) <= ANN_AUTO_VIDEOS:
             return False
@@ -291,41 +360,16 @@ class Searcher:
             return False
         return True
 
-    def _ann_index(self):
-        if self._ann is not None:
-            return self._ann
-        faiss = _faiss()
-        r = self.reader
-        if "ann" not in r.layout:
-            raise IndexError_(f"{r.root}: the index has no ANN embedding; run with --rebuild")
-        kind = "flat" if r.num_segments <= ANN_FLAT_MAX else "hnsw32"
-        path = r.root / f"ann-g{r.generation}-n{r.num_segments}-{kind}.faiss"
-        if path.is_file():
-            try:
-                index = faiss.read_index(str(path))
-                if index.ntotal == r.num_segments:
-                    self._ann = index
-                    return index
-            except RuntimeError:
-                pass
-        d = int(r.layout["ann"]["shape"][0])
-        if kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        else:
-            index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = 128
-        step = 65536
-        for i in range(0, r.num_segments, step):
-            segs = np.arange(i, min(i + step, r.num_segments))
-            index.add(np.ascontiguousarray(r.gather(["ann"], segs)["ann"], dtype=np.float32))
-        self._ann = index
-        try:  # a cache: failing to write it (read-only index) only costs a rebuild next time
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            faiss.write_index(index, str(tmp))
-            os.replace(tmp, path)
-            for old in r.root.glob("ann-*.faiss"):
-                if old != path:
-                    old.unlink(missing_ok=True)
-        except (OSError, RuntimeError) as exc:
-            log.info("cannot cache the ANN index in %s: %s", r.root, exc)
-        return index
+    def ann_stage(self):
+        """The ANN first stage (engine/ann.py), opened on first use: loaded from ``INDEX/ann/``,
+        brought up to date with the index, or built."""
+        if self._ann is None:
+            from probret.engine.ann import AnnStage
+
+            self._ann = AnnStage.open(self.reader, say=self.say)
+            for old in self.reader.root.glob("ann-g*.faiss"):  # the older cache of a first stage of its own
+                try:
+                    old.unlink()
+                except OSError:
+                    pass
+        return self._ann

@@ -294,3 +294,71 @@ def test_layout_mismatch_is_an_index_error(tmp_path):
     con = sqlite3.connect(idx / "index.db")
     assert con.execute("SELECT count(*) FROM videos").fetchone()[0] == 1
     con.close()
+
+
+def test_gather_reads_scattered_rows_and_paths_bisect(tmp_path):
+    vids = [video(f"d{i:02d}/é{i}.mp4", 1 + i % 3, seed=i) for i in range(12)] + [video("Z.mp4", 2, seed=50)]
+    with IndexWriter(tmp_path / "idx", SETTINGS) as w:
+        w.add(vids[:5])
+        w.add(vids[5:])
+    with IndexReader(tmp_path / "idx") as r:
+        for v in vids:  # video_index by bisection over the path-sorted videos
+            assert r.videos[r.video_index(v.path)].path == v.path
+            assert_stored(r, v)
+        assert r.video_index("nope.mp4") is None and r.video_index("d99/x.mp4") is None
+        segs = np.array([7, 3, 4, 5, 0, 9, 9, r.num_segments - 1])  # runs, jumps, repeats, out of order
+        want = np.stack([r.tensor(int(r.seg_shard[s]), "video_x")[r.seg_row[s]] for s in segs])
+        np.testing.assert_array_equal(r.gather(["video_x"], segs)["video_x"], want)
+        assert r.gather(["ann"], np.zeros(0, np.int64))["ann"].shape == (0, 8)
+        assert r.row_bytes() == {"ann": 32, "frame_features": 128, "video_x": 36}
+
+
+def _rss_file() -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.skipif(_rss_file() is None, reason="needs Linux /proc/self/status")
+def test_blocks_bounded_by_bytes_and_release_pages(tmp_path):
+    """A full scan with release=True keeps about one block of the index mapped, without it every
+    touched page stays in the resident set (the 1M-video search depends on this)."""
+    n, width = 2048, 8192  # 2048 rows of 32 KiB: a 64 MiB tensor file
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((64, width)).astype(np.float32)
+    with IndexWriter(tmp_path / "idx", SETTINGS) as w:
+        for lo in range(0, n, 256):
+            w.add([EncodedVideo(path=f"v{i:05d}.mp4", size=1, mtime_ns=1, duration=1.0, fps=1.0, width=8, height=8,
+                                segments=[(0.0, 1.0)], timestamps=np.zeros((1, 4)),
+                                tensors={"big": big[i % 64][None], "ann": big[i % 64][None, :8]})
+                   for i in range(lo, lo + 256)])
+    for release, limit in ((True, 8 << 20), (False, None)):
+        with IndexReader(tmp_path / "idx") as r:
+            before = _rss_file()
+            seen, total = 0, np.zeros(width, np.float64)
+            for segs, t in r.blocks(["big"], max_bytes=1 << 20, release=release):
+                assert len(segs) == 32  # 1 MiB of 32 KiB rows
+                total += t["big"].sum(axis=0, dtype=np.float64)
+                seen += len(segs)
+            grown = _rss_file() - before
+            assert seen == n
+            np.testing.assert_allclose(total, big.astype(np.float64).sum(0) * (n // 64), rtol=1e-6)
+            if limit:
+                assert grown < limit, grown
+            else:
+                assert grown > (32 << 20), grown  # the contrast: pages stay mapped without release
+
+
+def test_float16_overflow_is_refused(tmp_path):
+    s = IndexSettings(**{**SETTINGS.__dict__, "dtype": "float16"})
+    v = video("a.mp4")
+    v.tensors["video_x"][0, 0, 0] = 1e6  # beyond float16's 65504
+    with IndexWriter(tmp_path / "idx", s) as w:
+        with pytest.raises(IndexError_, match="float32 storage"):
+            w.add([video("ok.mp4"), v])
+    with IndexReader(tmp_path / "idx") as r:
+        assert len(r.videos) == 0  # nothing of the refused batch was committed

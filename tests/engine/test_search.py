@@ -119,6 +119,61 @@ def test_best_moment_ties_and_top_k(colour_index):
         s.search(["red", "  "])
 
 
+class Float32OnlyRuntime(ColourRuntime):
+    """Refuses anything but float32 video rows: the head always computes in float32."""
+
+    def score(self, text, video):
+        assert all(v.dtype == np.float32 for v in video.values()), {k: v.dtype for k, v in video.items()}
+        return super().score(text, video)
+
+
+def test_float16_storage_end_to_end(colour_index, tmp_path):
+    """The same videos stored at float16: rows reach the head as float32, rankings and scores
+    match float32 storage up to float16 rounding (video ties by path included), in exact and ANN
+    mode, and in video -> text ranking."""
+    import dataclasses
+
+    vids = []
+    r32 = colour_index
+    for i, v in enumerate(r32.videos):
+        segs = np.arange(r32.video_offsets[i], r32.video_offsets[i + 1])
+        vids.append(EncodedVideo(path=v.path, size=1, mtime_ns=1, duration=v.duration, fps=v.fps, width=32, height=32,
+                                 segments=[(float(r32.seg_start[k]), float(r32.seg_end[k])) for k in segs],
+                                 timestamps=np.stack([r32.timestamps(int(k)) for k in segs]),
+                                 tensors=r32.gather(sorted(r32.layout), segs)))
+    with IndexWriter(tmp_path / "idx16", dataclasses.replace(SETTINGS, dtype="float16")) as w:
+        w.add(vids)
+    with IndexReader(tmp_path / "idx16") as r16:
+        assert r16.tensor(1, "video_mean").dtype == np.float16
+        a, b = Searcher(ColourRuntime(), r32), Searcher(Float32OnlyRuntime(), r16)
+        modes = [{}] + ([{"ann": True}] if faiss_available() else [])
+        for kw in modes:
+            for x, y in zip(a.search(list(PALETTE), top_k=6, **kw), b.search(list(PALETTE), top_k=6, **kw)):
+                assert [h.path for h in x.hits] == [h.path for h in y.hits]
+                np.testing.assert_allclose([h.score for h in x.hits], [h.score for h in y.hits], atol=2e-3)
+                # (exactly tied segments or frames, e.g. blue and green for "cyan", may swap: scores decide)
+                assert all(h.start <= h.best_time <= h.end for h in y.hits)
+        caps = ["red", "blue", "green", "yellow"]
+        hits, _ = b.rank_captions(caps, video=r16.video_index("b_long.mp4"))
+        want, _ = a.rank_captions(caps, video=r32.video_index("b_long.mp4"))
+        assert {h.caption: h.segment for h in hits} == {h.caption: h.segment for h in want}  # blue, green tie at 1
+
+
+def test_query_blocks_bounded_by_score_bytes(colour_index, monkeypatch):
+    """Fewer queries per block when (queries x segments) scores would pass SCORE_BYTES: same results."""
+    from probret.engine import search as S
+
+    calls = []
+    s = Searcher(ColourRuntime(), colour_index)
+    full = s.search(list(PALETTE) * 3, top_k=3)
+    real = s.score_segments
+    monkeypatch.setattr(s, "score_segments", lambda text, sl: calls.append(sl) or real(text, sl))
+    monkeypatch.setattr(S, "SCORE_BYTES", 2 * 4 * 2 * colour_index.num_segments)  # two queries' scores + uncertainty
+    small = s.search(list(PALETTE) * 3, top_k=3)
+    assert len(calls) == 8 and all(c.stop - c.start == 2 for c in calls)  # 15 queries, 2 at a time
+    assert [[(h.path, h.score) for h in r.hits] for r in full] == [[(h.path, h.score) for h in r.hits] for r in small]
+
+
 @pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
 def test_ann_first_stage(colour_index):
     s = Searcher(ColourRuntime(), colour_index)
@@ -129,9 +184,14 @@ def test_ann_first_stage(colour_index):
         assert b.ann and [(h.path, h.score, h.start) for h in a.hits] == [(h.path, h.score, h.start) for h in b.hits]
     narrow = s.search(["red"], top_k=1, ann=True, ann_candidates=1)[0]
     assert narrow.hits[0].path == "a_red.mp4" and narrow.candidates == 1  # one segment re-scored
-    assert list(colour_index.root.glob("ann-g*-flat.faiss"))  # cached beside the index
-    s2 = Searcher(ColourRuntime(), colour_index)
+    # the first stage is engine/ann.py's AnnStage, persisted beside the index (no cache of its own)
+    meta = json.loads((colour_index.root / "ann" / "ann.json").read_text())
+    assert meta["factory"] == "Flat" and meta["ntotal"] == colour_index.num_segments
+    assert not list(colour_index.root.glob("ann-g*.faiss"))
+    said = []
+    s2 = Searcher(ColourRuntime(), colour_index, say=said.append)
     assert [h.path for h in s2.search(["blue"], top_k=2, ann=True)[0].hits] == [h.path for h in exact[2].hits[:2]]
+    assert not any("building" in m for m in said)  # loaded from INDEX/ann/, not rebuilt
 
 
 def test_ann_without_faiss_fails_clearly(colour_index, monkeypatch):
@@ -313,3 +373,23 @@ def test_demo_model_finds_the_right_video(tmp_path, monkeypatch):
     # chance is 1/30 first and 1/6 in the top 5; an intermediate demo checkpoint (val R@1 43 %)
     # gave 0.57 and 0.97 here
     assert first >= 0.4 and top5 >= 0.8, (first, top5)
+
+
+def test_half_to_float_is_exact():
+    """float16 -> float32 block conversion (ONNX Runtime's Cast, numpy as the fallback) is exact
+    for every float16 value: normals, subnormals, zeros of both signs, infinities (NaN stays NaN)."""
+    from probret.engine import search as S
+
+    every = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    want = every.astype(np.float32)
+    bufs = {}
+    for src in (every, every[::2], every[:, ::3]):  # contiguous (ORT) and strided (numpy) inputs
+        got = S._as_float32({"x": src}, bufs)["x"]
+        assert got.dtype == np.float32 and got.shape == src.shape
+        ref = src.astype(np.float32)
+        nan = np.isnan(ref)
+        assert np.array_equal(np.isnan(got), nan)  # (NaN payloads may come back quieted)
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), ref[~nan].view(np.uint32))  # bit-exact, -0 too
+    small = S._as_float32({"x": every[:3]}, bufs)["x"]  # a shorter block reuses the buffer
+    assert np.shares_memory(small, bufs["x"]) and np.array_equal(small, want[:3])
+    assert S._as_float32({"x": want})["x"] is want  # float32 passes through, no copy
