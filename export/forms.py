@@ -300,7 +300,8 @@ class FusedXPool(nn.Module):
     def fused(self, text: Tensor, video: dict[str, Tensor]) -> Tensor:
         """v_{t,v} itself, (N_v, N_t, D): O(J d) per pair."""
         c3, rho = self.coefficients(text, video)
-        return rho * torch.matmul(c3, video["yg"]) + self.beta3
+        # rho folded into the (N_v, N_t, J+2) coefficients: one fewer pass over (N_v, N_t, D)
+        return torch.matmul(rho * c3, video["yg"]) + self.beta3
 
     def cosine(self, text: Tensor, video: dict[str, Tensor]) -> Tensor:
         """cos(t, v_{t,v}) (N_v, N_t) without forming v_{t,v} (needs ``gram=True`` outputs)."""
@@ -386,6 +387,35 @@ class TMassForm(ExportForm):
 
 
 class SPEMForm(ExportForm):
+    """SPEM's pair side, written to make as few passes over (pair, D) tensors as the algebra allows.
+
+    Per pair (m = 1..M; a = mu_t, z the fused video embedding, b = mu_v = z / |z|, p = sigma_t,
+    q = sigma_v, E_t / E_v the (M, D) noise banks), the m-th sample pair's cosine is
+    ab_m / sqrt(aa_m bb_m) with
+
+        ab_m = a.b + (p*b).E_t,m + (q*a).E_v,m + (p*q).(E_t*E_v)_m
+        aa_m = a.a + 2 (p*a).E_t,m + (p*p).E_t,m^2
+        bb_m = b.b + 2 (q*b).E_v,m + (q*q).E_v,m^2
+
+    The seven bank products are the irreducible FLOPs (~143 k of ~200 k per pair at D=512, M=20);
+    the rest is arranged around them (docs/export.md, "SPEM", has the derivation and numbers):
+
+    * each modulator is ``scale * exp(bias - s.slope)``, s = [sorted frame cosines, a.b]. With
+      s1 = [s, 1] and W = [-slope; bias] ((T'+2, D)), one small-K GEMM and one Exp give
+      e = [p / scale_t, q / scale_v] and another gives p*q / (scale_t scale_v) = exp(s1 (W_t + W_v));
+      the scales move into the banks, which every pair shares;
+    * b is never formed: terms with b use z and their (pairs, M) results are scaled by 1 / |z|;
+    * text-major layout (N_t, N_v, .) (one Transpose of z), so the per-query factors go into
+      (N_t, 2, D, M) banks a*E and p*a, q*a are never formed;
+    * four MatMuls do the seven products: e.[2a*E_t, a*E_v], (e*z).[E_t, 2E_v],
+      (e*e).[E_t^2, E_v^2] and (p*q).(E_t*E_v). The third has one more column (scale^2 ones): it
+      yields |p|^2 and |q|^2 for the uncertainty from the GEMM kernel's padding (M=20 of 32 lanes).
+
+    Same numbers as the head up to float32 rounding (exp(2x) for exp(x)^2, scales applied to the
+    banks); exp(2x) overflows float32 slightly earlier than (scale exp(x))^2 would (x > 44), far
+    outside the modulators' range (|s| <= 1, slopes ~ 2 / (T'+1)).
+    """
+
     video_names = ("keys", "g2", "g3", "yg", "frames")
     has_uncertainty = True
 
@@ -396,39 +426,58 @@ class SPEMForm(ExportForm):
         self.inference = c.inference
         self.sort = bool(c.sort_frame_sims)
         with torch.no_grad():
+            w = {}
             for side, mod in (("t", head.sigma_t), ("v", head.sigma_v)):
-                self.register_buffer(f"slope_{side}", F.softplus(mod.a.detach()).t().contiguous())  # (F, D)
-                self.register_buffer(f"bias_{side}", mod.b.detach().clone())
+                slope = F.softplus(mod.a.detach()).t()  # (F, D), F = T' + 1
+                w[side] = torch.cat([-slope, mod.b.detach().reshape(1, -1)], 0)  # (T'+2, D): s1 @ w = b - s.slope
                 setattr(self, f"scale_{side}", float(mod.scale))
+            self.register_buffer("w_pq", torch.stack([w["t"], w["v"]]).contiguous())  # (2, T'+2, D)
+            self.register_buffer("w_t_plus_v", (w["t"] + w["v"]).contiguous())  # (T'+2, D)
+            st, sv = self.scale_t, self.scale_v
+            # per-block bank factors, (2, 1, 1): block 0 = E_t / p, block 1 = E_v / q
+            for name, (x, y) in {"c_a": (2 * st, sv), "c_z": (st, 2 * sv), "c_sq": (st * st, sv * sv)}.items():
+                self.register_buffer(name, torch.tensor([x, y]).reshape(2, 1, 1))
+            self.register_buffer("c_abs", torch.tensor([abs(st), abs(sv)]).reshape(2, 1))
+            # the column of g_sq that sums p^2 (q^2): |p|^2 = scale_t^2 sum (p / scale_t)^2
+            self.register_buffer("sq_norm", self.c_sq.expand(2, head.embed_dim, 1).contiguous())
 
     def video_side(self, frames):
         return {**self.xpool.video_side(frames, gram=False), "frames": _l2n(frames)}
 
     def pair(self, text, video, noise):
         t = text.sentence
-        mu_t = _l2n(t)  # (N_t, D)
-        mu_v = _l2n(self.xpool.fused(t, video))  # (N_v, N_t, D)
-        s_f = _rows_times(video["frames"], _l2n_t(t)).transpose(1, 2)  # (N_v, N_t, T)
+        a = _l2n(t)  # (N_t, D) = mu_t
+        # text-major (N_t, N_v, .) from here: the per-query factors then fold into (N_t, D, M) banks
+        z = self.xpool.fused(t, video).transpose(0, 1)  # (N_t, N_v, D), mu_v = z / |z|
+        z_len = z.norm(dim=-1, keepdim=True)
+        zn = 1 / z_len.clamp_min(1e-6)  # (N_t, N_v, 1)
+        ab0 = torch.matmul(z, a.unsqueeze(-1)) * zn  # mu_t . mu_v, one GEMV per query
+        s_f = _rows_times(video["frames"], _l2n_t(t)).permute(2, 0, 1)  # (N_t, N_v, T)
         if self.sort:
             # K is a constant (T'), not read from the shape: TensorRT wants a build-time K
             s_f = torch.topk(s_f, self.num_frames, dim=-1, largest=True, sorted=True).values
-        s = torch.cat([s_f, (mu_t * mu_v).sum(-1, keepdim=True)], -1)
-        sig_t = self.scale_t * torch.exp(self.bias_t - torch.matmul(s, self.slope_t))
-        sig_v = self.scale_v * torch.exp(self.bias_v - torch.matmul(s, self.slope_v))
-        uncertainty = (sig_t.norm(dim=-1) + sig_v.norm(dim=-1)).t()
+        s1 = torch.cat([s_f, ab0, torch.ones_like(ab0)], -1)  # (N_t, N_v, T'+2)
+        e = torch.exp(torch.matmul(s1.unsqueeze(1), self.w_pq))  # (N_t, 2, N_v, D): [p / scale_t, q / scale_v]
         if self.inference == "mean":
-            cos = (mu_t * mu_v).sum(-1) / (mu_t.norm(dim=-1).clamp_min(1e-6) * mu_v.norm(dim=-1).clamp_min(1e-6))
-            return cos.t(), uncertainty
-        et, ev = noise["eps_t"], noise["eps_v"]  # (M, D) each
-        ab = ((mu_t * mu_v).sum(-1, keepdim=True) + torch.matmul(sig_t * mu_v, et.t())
-              + torch.matmul(sig_v * mu_t, ev.t()) + torch.matmul(sig_t * sig_v, (et * ev).t()))
-        aa = ((mu_t * mu_t).sum(-1, keepdim=True) + 2 * torch.matmul(sig_t * mu_t, et.t())
-              + torch.matmul(sig_t * sig_t, (et * et).t()))
-        bb = ((mu_v * mu_v).sum(-1, keepdim=True) + 2 * torch.matmul(sig_v * mu_v, ev.t())
-              + torch.matmul(sig_v * sig_v, (ev * ev).t()))
+            uncertainty = (e.norm(dim=-1) * self.c_abs).sum(1)  # |p| + |q|
+            b_len = (z_len * zn).squeeze(-1)
+            cos = ab0.squeeze(-1) / (a.norm(dim=-1, keepdim=True).clamp_min(1e-6) * b_len.clamp_min(1e-6))
+            return cos, uncertainty
+        eps = torch.stack([noise["eps_t"], noise["eps_v"]]).transpose(1, 2)  # (2, D, M): [E_t^T, E_v^T]
+        m = eps.shape[-1]
+        g_a = torch.matmul(e, a[:, None, :, None] * (eps * self.c_a))  # (N_t, 2, N_v, M), per-query banks
+        g_z = torch.matmul(e * z.unsqueeze(1), eps * self.c_z)  # (N_t, 2, N_v, M), times 1/|z| below
+        g_sq = torch.matmul(e * e, torch.cat([eps * eps * self.c_sq, self.sq_norm], -1))  # (N_t, 2, N_v, M+1)
+        pq = torch.exp(torch.matmul(s1, self.w_t_plus_v))  # (N_t, N_v, D) = p q / (scale_t scale_v)
+        g_pq = torch.matmul(pq, eps[0] * eps[1] * (self.scale_t * self.scale_v))  # (N_t, N_v, M)
+        uncertainty = g_sq[..., m].sqrt().sum(1)  # |p| + |q| (N_t, N_v)
+        ab = ab0 + zn * g_z[:, 0] + g_a[:, 1] + g_pq
+        aa = (a * a).sum(-1)[:, None, None] + g_a[:, 0] + g_sq[:, 0, :, :m]
+        b_len = z_len * zn
+        bb = b_len * b_len + zn * g_z[:, 1] + g_sq[:, 1, :, :m]
         cos = ab / (aa.clamp_min(0).sqrt().clamp_min(1e-6) * bb.clamp_min(0).sqrt().clamp_min(1e-6))
         scores = cos.amax(-1) if self.inference == "best_of_m" else cos.mean(-1)
-        return scores.t(), uncertainty
+        return scores, uncertainty
 
 
 class DUQForm(ExportForm):
