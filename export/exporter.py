@@ -7,8 +7,13 @@
 3. writes the four ONNX graphs, the tokenizer vocabulary and a manifest into a temporary sibling
    directory of ``out`` (``.NAME.tmp-XXXX``);
 4. runs the parity gates through ``engine/`` (ONNX Runtime, CPU) against PyTorch;
-5. with ``trt=True``: builds the engines and gates them against ONNX Runtime;
-6. writes ``parity.json`` and the final manifest (every file's sha256), verifies the bundle with
+5. with ``quantize="int8"``: replaces the text and frame encoders by int8 graphs
+   (``graphs.quantize_int8``: dynamic quantisation of their MatMul / Gemm weights) and gates them
+   against the fp32 graphs under ONNX Runtime: features within ``parity.INT8_TOLERANCES`` and, on
+   the mini-benchmark, an R@1 loss of at most 1 pt both ways (``RETRIEVAL_GATES``); the measured
+   R@1 change goes into the manifest's ``quantization``. CPU only: it excludes ``trt``;
+6. with ``trt=True``: builds the engines and gates them against ONNX Runtime;
+7. writes ``parity.json`` and the final manifest (every file's sha256), verifies the bundle with
    ``engine.bundle.load_bundle``, and only then renames the directory to ``out`` (replacing an
    older bundle there). A failing gate raises :class:`ParityError` and leaves nothing behind.
 """
@@ -33,13 +38,15 @@ from probret.engine.bundle import (BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, GRAPH_N
 from probret.engine.errors import ModelError
 from probret.engine.runtime import BundleRuntime, draw_noise
 from probret.export.forms import create_form, set_num_samples
-from probret.export.graphs import (FrameEncoderGraph, PairGraph, TextEncoderGraph, VideoSideGraph, export_onnx,
-                                   onnx_io)
+from probret.export.graphs import (INT8_GRAPHS, INT8_SCHEME, FrameEncoderGraph, PairGraph, TextEncoderGraph,
+                                   VideoSideGraph, export_onnx, onnx_io, quantize_int8)
 from probret.export import parity as P
 
-__all__ = ["ExportOptions", "ExportResult", "ParityError", "export_checkpoint", "SAMPLING_MODES", "MIN_OPSET"]
+__all__ = ["ExportOptions", "ExportResult", "ParityError", "export_checkpoint", "SAMPLING_MODES", "MIN_OPSET",
+           "QUANTIZE_MODES"]
 
 SAMPLING_MODES = ("noise-input", "fixed-seed")
+QUANTIZE_MODES = ("int8",)
 MIN_OPSET = 17
 TOKENIZER_DIR = "tokenizer"
 
@@ -60,6 +67,7 @@ class ExportOptions:
     benchmark_videos: int = 24
     generic: bool = False  # force the head's own video_side/pair_side (GenericForm)
     workspace_gib: float = 4.0
+    quantize: str | None = None  # None (fp32) or "int8": int8 text / frame encoders for ONNX Runtime CPU
 
 
 @dataclass
@@ -82,6 +90,11 @@ def _check_options(o: ExportOptions) -> None:
         raise ModelError("--fp16 applies to TensorRT engines: use it together with --trt")
     if o.benchmark_videos < 2:
         raise ModelError("the mini-benchmark needs at least 2 videos")
+    if o.quantize is not None and o.quantize not in QUANTIZE_MODES:
+        raise ModelError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {o.quantize!r}")
+    if o.quantize and o.trt:
+        raise ModelError("--quantize int8 makes ONNX Runtime CPU graphs (MatMulInteger), which TensorRT does not "
+                         "build; export TensorRT engines without it (--trt [--fp16])")
 
 
 def _prepare_out(out: Path) -> None:
@@ -266,6 +279,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
                                   "retrieval": retrieval,
                                   "passed": all(c["passed"] for c in checks) and retrieval["passed"]}}
 
+        # -- int8 encoders ----------------------------------------------------------------------
+        if o.quantize == "int8" and report["onnxruntime"]["passed"]:
+            report["int8"] = _quantize_encoders(tmp, manifest, model, form, ort_rt, banks_np, o, say)
+
         # -- TensorRT ---------------------------------------------------------------------------
         if o.trt and report["onnxruntime"]["passed"]:
             from probret.export import trt as T_
@@ -316,9 +333,41 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
     return ExportResult(out=out, manifest=manifest, parity=report, seconds=seconds, summary=summary)
 
 
+def _quantize_encoders(tmp: Path, manifest: dict, model, form, ort_rt, banks_np: dict, o: ExportOptions,
+                       say: Callable[[str], None]) -> dict:
+    """Swap the fp32 encoders of the bundle in ``tmp`` for int8 ones and gate them against
+    ``ort_rt`` (the fp32 graphs, whose sessions are open already). Returns the report section."""
+    graphs = manifest["graphs"]
+    for name in INT8_GRAPHS:
+        ort_rt.session(name)  # the fp32 reference keeps its session after its file is removed
+        src, rel = tmp / graphs[name]["file"], f"{name}.int8.onnx"
+        say(f"quantizing {name} to int8 ({rel})")
+        quantize_int8(src, tmp / rel)
+        src.unlink()
+        graphs[name] = {**_graph_entry(tmp / rel, rel, graphs[name]["dynamic_axes"]), "precision": "int8"}
+    manifest["quantization"] = {"mode": "int8", "graphs": list(INT8_GRAPHS), **INT8_SCHEME}
+    _write_manifest(tmp, manifest)
+    say("parity: int8 encoders vs fp32 (ONNX Runtime)")
+    q_rt = BundleRuntime(load_bundle(tmp), device="cpu")
+    checks = P.graph_parity(model, form, q_rt, banks_np, seed=o.seed + 2, table=P.INT8_TOLERANCES,
+                            reference_rt=ort_rt)
+    ret = P.retrieval_parity(model, form, q_rt, banks_np, seed=o.seed, benchmark=Path(o.benchmark) if o.benchmark
+                             else None, videos=o.benchmark_videos, reference_rt=ort_rt, int8=True)
+    manifest["quantization"]["measured"] = {
+        "reference": "the fp32 graphs under ONNX Runtime, same benchmark", "benchmark": ret["benchmark"],
+        "queries": ret["queries"], "videos": ret["videos"], "R1_t2v": ret["R1_t2v"], "R1_t2v_fp32": ret["R1_t2v_ref"],
+        "R1_v2t": ret["R1_v2t"], "R1_v2t_fp32": ret["R1_v2t_ref"], "delta_R1_t2v": ret["delta_R1_t2v"],
+        "delta_R1_v2t": ret["delta_R1_v2t"], "topk_overlap": ret["topk_overlap"],
+        "max_feature_err": {f"{c['graph']}.{c['output']}": c.get("max_scaled_err") for c in checks
+                            if c["graph"] in INT8_GRAPHS}}
+    return {"reference": "onnxruntime fp32", "provider": q_rt.providers, "scheme": INT8_SCHEME,
+            "tolerances": {k: list(v) for k, v in P.INT8_TOLERANCES.items()}, "graphs": checks, "retrieval": ret,
+            "passed": all(c["passed"] for c in checks) and ret["passed"]}
+
+
 def _failure_message(report: dict) -> str:
     lines = []
-    for backend in ("onnxruntime", "tensorrt"):
+    for backend in ("onnxruntime", "int8", "tensorrt"):
         r = report.get(backend)
         if not r or r["passed"]:
             continue
@@ -351,6 +400,11 @@ def _summary(out: Path, manifest: dict, report: dict, seconds: float) -> dict:
                                              ("queries", "videos", "topk_identical", "R1_t2v", "R1_t2v_ref",
                                               "R1_v2t", "R1_v2t_ref")},
          "seconds": round(seconds, 2)}
+    if "int8" in report:
+        q = report["int8"]["retrieval"]
+        s["int8"] = {"graphs": list(INT8_GRAPHS), "topk_overlap": q["topk_overlap"], "R1_t2v": q["R1_t2v"],
+                     "R1_t2v_fp32": q["R1_t2v_ref"], "delta_R1_t2v": q["delta_R1_t2v"],
+                     "delta_R1_v2t": q["delta_R1_v2t"]}
     if "tensorrt" in report:
         t = report["tensorrt"]["retrieval"]
         s["tensorrt"] = {"precision": report["tensorrt"]["precision"], "topk_overlap": t["topk_overlap"],

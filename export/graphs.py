@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 from probret.engine.bundle import TensorSpec
 from probret.train.methods.base import TextFeatures
 
-__all__ = ["TextEncoderGraph", "FrameEncoderGraph", "VideoSideGraph", "PairGraph", "export_onnx", "onnx_io"]
+__all__ = ["TextEncoderGraph", "FrameEncoderGraph", "VideoSideGraph", "PairGraph", "export_onnx", "onnx_io",
+           "vit_supported", "vit_tokens_forward", "quantize_int8", "INT8_GRAPHS", "INT8_SCHEME"]
 
 
 class TextEncoderGraph(nn.Module):
@@ -43,15 +45,98 @@ class TextEncoderGraph(nn.Module):
 
 
 class FrameEncoderGraph(nn.Module):
+    """``Backbone.encode_frames`` on its (B*T, 3, H, W) batch, i.e. ``clip.encode_image``.
+
+    For open_clip's ``VisionTransformer`` (every ViT CLIP: ViT-B/32, ViT-B/16, ...) the tower is
+    traced through :func:`vit_tokens_forward` instead: the same arithmetic, written so the graph is
+    small and fast under ONNX Runtime (``bench/encoder.py`` measures it, docs/benchmarks_encoder.md):
+
+    * tokens stay a 2-D (N*L, W) matrix between blocks, so every linear layer exports as one
+      ``Gemm`` with its bias (no MatMul + Add over a 3-D tensor);
+    * q, k and v come from three ``Gemm``s (slices of the packed input projection, folded to
+      constants), each split into heads with one ``Reshape`` + ``Transpose`` using the static
+      sequence length L and head count (python ints at trace time); one ``Transpose`` merges the
+      heads. Chosen over one packed ``Gemm`` + a 5-D transpose + three ``Gather``s, which copies
+      q, k, v twice instead of once (a quick timing of the two was within this machine's
+      noise). ``nn.MultiheadAttention``'s traced decomposition instead computes every shape at
+      run time (602 Shape / Gather / Concat / Unsqueeze nodes for ViT-B/32, 2,085 nodes in all
+      against 564 here);
+    * the 1/sqrt(E) attention scale is folded into the q weights (constant folding at export),
+      saving one Mul over (N, H, L, E) per block.
+
+    Measured (bench/encoder.py, docs/benchmarks_encoder.md): 4-5% more frames/s than the traced
+    ``encode_image`` under ONNX Runtime CPU; the graph then spends ~91% of its time in ``Gemm``.
+    Outputs match ``encode_image`` to ~1e-6 (float rounding order only; the export's
+    ``frame_features`` gate, 1e-4 absolute, checks every bundle). Any other visual tower (or a
+    ViT option this path does not implement: attentional pooler, cross-attention, masks) is
+    traced through ``encode_image`` as it is; :func:`vit_supported` decides.
+    """
+
     output_names = ["frame_features"]
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, *, fast_vit: bool = True):
         super().__init__()
         self.backbone = backbone
+        self.fast_vit = bool(fast_vit) and vit_supported(backbone.clip.visual)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        # what Backbone.encode_frames runs on its (B*T, 3, H, W) batch
+        if self.fast_vit:
+            return vit_tokens_forward(self.backbone.clip.visual, pixels)
         return self.backbone.clip.encode_image(pixels, normalize=False)
+
+
+def vit_supported(visual) -> bool:
+    """True when ``visual`` is an open_clip VisionTransformer that :func:`vit_tokens_forward`
+    reproduces exactly: self-attention blocks of ``nn.MultiheadAttention`` with a packed,
+    biased input projection, no attentional pooler."""
+    try:
+        from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+    except ImportError:
+        return False
+    if type(visual) is not VisionTransformer or getattr(visual, "attn_pool", None) is not None:
+        return False
+    if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+        return False
+    tr = visual.transformer
+    for blk in tr.resblocks:
+        if type(blk) is not ResidualAttentionBlock or hasattr(blk, "ln_1_kv"):
+            return False
+        a = blk.attn
+        if (not isinstance(a, nn.MultiheadAttention) or not a._qkv_same_embed_dim or a.in_proj_bias is None
+                or a.bias_k is not None or a.add_zero_attn or a.embed_dim % a.num_heads):
+            return False
+    return True
+
+
+def _attention_2d(attn: nn.MultiheadAttention, x: Tensor, seq: int) -> Tensor:
+    """Self-attention of (N*seq, W) tokens, ``nn.MultiheadAttention`` in eval mode, no mask."""
+    w, h = attn.embed_dim, attn.num_heads
+    e = w // h
+    wt, b, s = attn.in_proj_weight, attn.in_proj_bias, float(e) ** -0.5
+
+    def heads(i: int, scale: float = 1.0) -> Tensor:  # (N, H, L, E); weight slices fold to constants
+        y = nn.functional.linear(x, wt[i * w:(i + 1) * w] * scale, b[i * w:(i + 1) * w] * scale)
+        return y.reshape(-1, seq, h, e).transpose(1, 2)
+
+    q, k, v = heads(0, s), heads(1), heads(2)
+    a = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v  # (N, H, L, E)
+    a = a.transpose(1, 2).reshape(-1, w)  # (N*L, W)
+    return nn.functional.linear(a, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def vit_tokens_forward(visual, pixels: Tensor) -> Tensor:
+    """open_clip ``VisionTransformer.forward`` (pooled output) with 2-D token matrices and static
+    attention shapes (FrameEncoderGraph docstring). ``visual`` must pass :func:`vit_supported`."""
+    x = visual._embeds(pixels)  # (N, L, W): patch conv, class token, positions, ln_pre
+    seq, width = int(visual.positional_embedding.shape[0]), int(x.shape[-1])
+    x = x.reshape(-1, width)  # batch-first or not, the blocks act per token except attention (below)
+    for blk in visual.transformer.resblocks:
+        x = x + blk.ls_1(_attention_2d(blk.attn, blk.ln_1(x), seq))
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    pooled, _ = visual._pool(x.reshape(-1, seq, width))
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled
 
 
 class VideoSideGraph(nn.Module):
@@ -139,3 +224,39 @@ def export_onnx(module: nn.Module, args: tuple, path: str | Path, *, input_names
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     onnx.checker.check_model(str(path))
+
+
+#: The graphs ``--quantize int8`` quantises: the encoders hold almost all the FLOPs and weights;
+#: the head graphs are small and stay fp32 (their ranking arithmetic is what the fp32 gates pin).
+INT8_GRAPHS = ("text_encoder", "frame_encoder")
+#: How (recorded in the manifest's ``quantization``). Why these choices, measured with
+#: bench/encoder.py on ViT-B/32 and the demo model (docs/benchmarks_encoder.md): int8 weights
+#: (QInt8) run MLAS's VNNI / AMX int8 kernels, ~3.5x the fp32 frame encoder on this Xeon, where
+#: uint8 weights were no faster than fp32; per-channel weight scales cost nothing in speed and
+#: keep the demo model's R@1 within 0.25 pt of fp32 (per-tensor: 1 pt v2t). Dynamic (run-time)
+#: activation ranges need no calibration set, so any checkpoint can be quantised at export.
+INT8_SCHEME = {"tool": "onnxruntime.quantization.quantize_dynamic", "ops": ["MatMul", "Gemm"],
+               "weights": "int8, symmetric, per output channel",
+               "activations": "uint8, per tensor, ranges computed at run time (DynamicQuantizeLinear)",
+               "runs_on": "ONNX Runtime CPU (MatMulInteger / DynamicQuantizeMatMul); not TensorRT"}
+
+
+class _DropLogRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> None:
+    """Write the int8 version of the fp32 graph ``src`` to ``dst`` (INT8_SCHEME), checked by onnx."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    quiet = _DropLogRecords()  # quantize_dynamic logs a pre-processing hint on the root logger
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(quiet)
+    onnx.checker.check_model(str(dst))
