@@ -31,9 +31,13 @@ import click
               help="A procedural world (probret synth) whose test split is the retrieval parity benchmark "
                    "(default: a small world generated on the fly).")
 @click.option("--benchmark-videos", type=int, default=24, show_default=True, help="Videos in the retrieval benchmark.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="int8 text / frame encoders for ONNX Runtime on the CPU (dynamic, per-channel weights; "
+                   "gated against fp32: <= 1 pt R@1 loss). About 4x faster on CPUs with VNNI/AMX.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark, benchmark_videos, as_json, quiet):
+def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark, benchmark_videos, quantize, as_json,
+           quiet):
     """Export CHECKPOINT (a directory written by probret-train) to an ONNX / TensorRT bundle."""
     if trt:  # before torch is even imported: a missing TensorRT / GPU fails at once
         from probret.export.trt import require_tensorrt
@@ -49,7 +53,7 @@ def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark
             click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
 
     options = ExportOptions(trt=trt, fp16=fp16, sampling=sampling, samples=samples, seed=seed, opset=opset,
-                            benchmark=benchmark, benchmark_videos=benchmark_videos)
+                            benchmark=benchmark, benchmark_videos=benchmark_videos, quantize=quantize)
     result = export_checkpoint(checkpoint, out, options, progress=progress)
     s = result.summary
     if as_json:

@@ -6,7 +6,7 @@ open_clip model must be exported, imported lazily inside the function that does 
 * a **bundle** directory (``manifest.json``, written by ``probret-export``): used as it is;
 * a **checkpoint** directory (``config.json`` + ``model.safetensors``, written by
   ``probret-train``): exported once through PyTorch (``probret.export``), which the caller is
-  told, and cached under ``CACHE/bundles/ckpt-<name>-<hash>``; the hash covers the checkpoint's
+  told, and cached under ``CACHE/bundles/ckpt-<name>-<hash>``; the hash covers the graph revision (engine.bundle.GRAPHS_REVISION), the checkpoint's
   config and weights, so a retrained checkpoint is exported again. Without PyTorch installed
   this fails with a message saying what to install or to export elsewhere;
 * ``NAME:TAG``, an **open_clip** model and pretrained tag (``ViT-B-32:openai``, or a local weights
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from probret.engine.bundle import Bundle, is_bundle, load_bundle, sha256_file
+from probret.engine.bundle import GRAPHS_REVISION, Bundle, is_bundle, load_bundle, sha256_file
 from probret.engine.errors import ModelError
 
 __all__ = ["ResolvedModel", "cache_dir", "demo_checkpoint", "resolve_model", "is_checkpoint", "DEMO_NAME"]
@@ -83,6 +83,7 @@ def is_checkpoint(path: Path) -> bool:
 
 def _checkpoint_key(ckpt: Path) -> str:
     h = hashlib.sha256()
+    h.update(f"graphs-{GRAPHS_REVISION}".encode())
     h.update((ckpt / "config.json").read_bytes())
     h.update(sha256_file(ckpt / "model.safetensors").encode())
     return h.hexdigest()

@@ -53,6 +53,12 @@ QUERY_BLOCK = 256
 #: ... and fewer when their (queries x segments) score and uncertainty matrices would pass this
 #: many bytes (at 1M segments: 32 queries at a time instead of 256, 256 MB instead of 2 GB).
 SCORE_BYTES = 256 << 20
+#: Stored bytes per block of an exact scan. Every block is one pair-graph run with a fixed cost
+#: (~0.3 ms of CPU: the text side is recomputed per run), and its pages are released after it:
+#: 32 MB blocks (~420 SPEM videos) left SPEM at 2.49x the warm read floor at 50k, 128 MB at 2.05x
+#: (docs/benchmarks_search.md). The price is one block resident at a time (128 MB stored, twice
+#: that once a float16 block is converted to float32), still independent of the index size.
+SCAN_BLOCK_BYTES = 128 << 20
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -226,7 +232,7 @@ class Searcher:
         scores = np.empty((nq, n), dtype=np.float32)
         unc = np.empty((nq, n), dtype=np.float32) if self.rt.bundle.has_uncertainty else None
         buffers: dict[str, np.ndarray] = {}
-        for segs, tensors in self.reader.blocks(self.video_names, release=True):
+        for segs, tensors in self.reader.blocks(self.video_names, release=True, max_bytes=SCAN_BLOCK_BYTES):
             s, u = self.rt.score(feats, _as_float32(tensors, buffers))
             scores[:, segs] = s
             if unc is not None and u is not None:

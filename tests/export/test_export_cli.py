@@ -58,3 +58,17 @@ def test_missing_checkpoint_and_usage_errors(tmp_path):
     assert r.returncode == 4 and "not a probret checkpoint" in r.stderr
     r = _run(BIN / "probret-export", tmp_path, "--out", tmp_path / "b", "--sampling", "random")
     assert r.returncode == 2 and "--sampling" in r.stderr
+
+
+def test_quantize_int8_from_the_command_line(checkpoints, tmp_path):
+    out = tmp_path / "b8"
+    r = _run(BIN / "probret-export", checkpoints("meanp"), "--out", out, "--quantize", "int8",
+             "--benchmark-videos", "6", "--json")
+    assert r.returncode == 0, r.stderr
+    from probret.engine.bundle import load_bundle
+
+    b = load_bundle(out)
+    q = b.manifest["quantization"]
+    assert q["mode"] == "int8" and (out / "frame_encoder.int8.onnx").is_file()
+    r = _run(BIN / "probret-export", checkpoints("meanp"), "--out", tmp_path / "bt", "--quantize", "int8", "--trt")
+    assert r.returncode != 0 and not (tmp_path / "bt").exists()
