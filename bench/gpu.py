@@ -396,6 +396,13 @@ def section_scoring(args, dev) -> dict:
                     s, _ = form.pair(_text(text_sentence), video, noise)
                 return s.float()
 
+            # one graph per (queries, chunk) shape: 3 batch sizes x (full chunk, last chunk) x 16k/64k
+            # reference slices need more than dynamo's default of 8 recompiles
+            import torch._dynamo
+
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, 64)
             compiled = torch.compile(pair_fn, dynamic=False) if not args.no_compile else None
 
             def score_all(fn, q, src, lo=0, hi=None):
