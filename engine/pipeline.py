@@ -5,17 +5,36 @@
 1. ``writer.scan(folder)`` says what is new, changed, removed (engine/index.py); removed files
    drop out first.
 2. A thread pool decodes videos (PyAV releases the GIL while decoding, NumPy while resizing):
-   each task probes a file, plans its segments (:func:`plan_segments`) and decodes and
-   preprocesses up to ``chunk_segments`` of them; a long video continues in further tasks, so
-   memory stays bounded whatever its length. At most ``workers + 2`` tasks are in flight.
-3. The calling thread takes decoded segments as they complete and, whenever ``batch_segments``
-   are ready (or nothing else is coming), runs the frame encoder and the video-side graph on
-   the batch while the pool keeps decoding: the encoder does not wait for frames as long as
-   decoding keeps up (ONNX Runtime releases the GIL too).
+   each task opens a file once (engine/video.py ``open_video``: the probe and the decoder share
+   the open), plans its segments (:func:`plan_segments`), samples up to ``chunk_segments`` of
+   them in one forward pass (per target, engine/video.py's ``decode="auto"`` seeks or decodes
+   on from the keyframe index, and drops the non-reference frames no target needs), then
+   preprocesses them (engine/preprocess.py); a long video continues in further tasks, so memory
+   stays bounded whatever its length. FFmpeg's own decoder threads are off
+   (``decoder_threads="NONE"``): the pool already decodes one file per core, and frame threads
+   only add CPU time that the encoder needs (8-10 % of decoding on 320x240 H.264).
+3. Tasks are queued so that about ``prefetch_segments`` (default two batches) are decoded or
+   decoding ahead of the encoder: the next batch is ready when the encoder finishes this one.
+   The decoding threads run at a lower priority (``decode_nice``, default +10, Linux): ONNX
+   Runtime's intra-op pool already keeps every core busy, and a decoder that takes a core from
+   one of its threads stalls the others at the next barrier; at lower priority the decoders
+   still get the cores whenever the encoder waits. Measured on 2 cores (bench/indexing.py,
+   docs/benchmarks_indexing.md): +3 to +5 points of end-to-end / encoder-only in each of four
+   runs on a machine shared with other jobs.
+   The calling thread runs the frame encoder, the video-side graph and the ANN embedding on a
+   batch of ``batch_segments`` as soon as one is ready, or on whatever is ready when it would
+   otherwise wait (the first batch: the encoder starts after the first file, not after the
+   first ``batch_segments`` files). ONNX Runtime releases the GIL too.
 4. A video whose segments are all encoded is committed to the index with its tensors
    (``frame_features``, the video-side outputs ``video_*``, and ``ann``, the query-independent
    embedding of the ANN first stage). A file that fails to decode is recorded with its reason and
    skipped; the rest is indexed.
+
+The report (:class:`IndexReport`) times every stage (``stages``: decode, preprocess, encode,
+head, write, and wait, the calling thread's time waiting for decoded segments) and says how the
+files were decoded (``decode``: files decoded in one forward pass or with seeks, seeks, frames
+decoded for frames sampled). bench/indexing.py measures the pipeline against the encoder alone
+(docs/benchmarks_indexing.md).
 
 Segments: a video of duration d is cut into n = max(1, round(d / window)) equal windows (no
 short tail), each sampled with T' uniform frames (segment midpoints) like a whole clip at
@@ -46,10 +65,10 @@ import numpy as np
 from probret.engine.errors import VideoDecodeError
 from probret.engine.index import EncodedVideo, FileEntry, IndexWriter, ScanResult
 from probret.engine.preprocess import preprocess_frames
-from probret.engine.video import VideoInfo, probe_video, sample_frames
+from probret.engine.video import DecodeStats, VideoInfo, open_video
 
 __all__ = ["PipelineOptions", "IndexReport", "plan_segments", "decode_segments", "encode_segments",
-           "update_index", "RESIZE_MODES", "default_workers"]
+           "update_index", "RESIZE_MODES", "STAGES", "default_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +89,13 @@ class PipelineOptions:
     ``IndexSettings.window`` / ``.resize``, because the stored features depend on them)."""
 
     workers: int = 0  # decoding threads; 0 = one per core (at most 8)
-    batch_segments: int = 16  # segments per encoder call
+    batch_segments: int = 16  # segments per encoder call (at most)
     chunk_segments: int = 4  # segments decoded per task
+    prefetch_segments: int = 0  # decoded segments kept ahead of the encoder; 0 = 2 x batch_segments
+    # niceness added to the decoding threads (Linux only; 0 = the encoder's priority): the encoder's
+    # intra-op threads then keep the cores and decoding fills the gaps (module docstring)
+    decode_nice: int = 10
+    decoder_threads: str = "NONE"  # FFmpeg threading inside each decode (the pool is the parallelism)
     retry_failed: bool = False
     progress: bool = True
 
@@ -91,7 +115,13 @@ class IndexReport:
     encoded_videos: int = 0
     encoded_segments: int = 0
     seconds: float = 0.0
-    stages: dict[str, float] = field(default_factory=dict)  # decode (summed over threads), encode, head, write
+    # seconds per stage (STAGES): decode and preprocess summed over the decoding threads; encode,
+    # head, write and wait on the calling thread (wait: the encoder had no decoded segment)
+    stages: dict[str, float] = field(default_factory=dict)
+    # how files were decoded (engine/video.py's per-target seek-or-continue choice, decode="auto"):
+    # files decoded in one forward pass ("linear") / with at least one seek ("seek"), seeks,
+    # frames decoded and frames sampled
+    decode: dict[str, int] = field(default_factory=dict)
     compacted: bool = False
 
     @property
@@ -106,7 +136,8 @@ class IndexReport:
                 "ignored_files": self.ignored, "encoded_videos": self.encoded_videos,
                 "encoded_segments": self.encoded_segments, "seconds": round(self.seconds, 3),
                 "videos_per_s": round(self.videos_per_s, 3),
-                "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()}, "compacted": self.compacted}
+                "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()}, "decode": dict(self.decode),
+                "compacted": self.compacted}
 
 
 def plan_segments(duration: float, window: float) -> list[tuple[float, float]]:
@@ -129,19 +160,52 @@ def _use_decoder_resize(info: VideoInfo, size: int, resize: str) -> bool:
 
 def decode_segments(path: str | Path, info: VideoInfo, segments: list[tuple[float, float]], *, num_frames: int,
                     image_size: int, mean, std, resize: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """(pixels float32 (n, T, 3, S, S), timestamps float64 (n, T)) of ``segments`` of one video."""
+    """(pixels float32 (n, T, 3, S, S), timestamps float64 (n, T)) of ``segments`` of one video.
+
+    ``info`` is the video's probe (kept for callers that have one; the file is probed again by
+    the single open that samples every segment in one pass)."""
+    d = _decode_chunk(path, segments, num_frames=num_frames, image_size=image_size, mean=mean, std=std, resize=resize)
+    return d.pixels, d.timestamps
+
+
+@dataclass
+class _DecodedChunk:
+    info: VideoInfo
+    segments: list[tuple[float, float]]
+    pixels: np.ndarray
+    timestamps: np.ndarray
+    stats: DecodeStats
+    decode_s: float
+    preprocess_s: float
+
+
+def _windows(info: VideoInfo, segments: list[tuple[float, float]]) -> list[tuple[float | None, float | None]]:
+    # the video's last window runs to the end of the stream (None), so a header duration
+    # that is a little off never makes an empty window
+    return [(start if start > 0 else None, None if end >= info.duration or end <= start else end)
+            for start, end in segments]
+
+
+def _decode_chunk(path: str | Path, segments, *, num_frames: int, image_size: int, mean, std, resize: str,
+                  limit: int | None = None, thread_type: str | None = None) -> _DecodedChunk:
+    """Decode (one open, one pass: engine/video.py ``open_video``) and preprocess ``segments``
+    of one file, or the first ``limit`` of them. ``segments`` may be a callable ``info ->
+    segments`` (a file's first task plans its segments from the probe); the result carries the
+    whole plan. Times the two stages separately."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    size = image_size if _use_decoder_resize(info, image_size, resize) else None
-    pix, ts = [], []
-    for start, end in segments:
-        # the video's last window runs to the end of the stream (None), so a header duration
-        # that is a little off never makes an empty window
-        s = sample_frames(path, num_frames, start=start if start > 0 else None,
-                          end=None if end >= info.duration or end <= start else end, size=size)
-        pix.append(preprocess_frames(s.frames, size=image_size, mean=mean, std=std))
-        ts.append(s.timestamps)
-    return np.stack(pix), np.stack(ts)
+    t0 = time.perf_counter()
+    with open_video(path, thread_type=thread_type) as video:
+        info = video.info
+        segs = segments(info) if callable(segments) else list(segments)
+        size = image_size if _use_decoder_resize(info, image_size, resize) else None
+        sampled, stats = video.sample(_windows(info, segs[:limit]), num_frames, size=size)
+    t1 = time.perf_counter()
+    frames = sampled[0].frames if len(sampled) == 1 else np.concatenate([x.frames for x in sampled])
+    pixels = preprocess_frames(frames, size=image_size, mean=mean, std=std)
+    pixels = pixels.reshape(len(sampled), num_frames, *pixels.shape[1:])
+    timestamps = np.stack([x.timestamps for x in sampled])
+    return _DecodedChunk(info, segs, pixels, timestamps, stats, t1 - t0, time.perf_counter() - t1)
 
 
 def encode_segments(runtime, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -173,6 +237,8 @@ class _Partial:
     tensors: dict[str, np.ndarray] | None = None
     missing: int = 0  # segments not yet encoded
     failed: bool = False
+    seeks: int = 0
+    frames_decoded: int = 0
 
 
 @dataclass
@@ -183,14 +249,32 @@ class _Chunk:
     pixels: np.ndarray
 
 
+#: The stages of IndexReport.stages, in pipeline order.
+STAGES = ("decode", "preprocess", "encode", "head", "write", "wait")
+
+
 class _Stages:
     def __init__(self):
         self.lock = threading.Lock()
-        self.t: dict[str, float] = {"decode": 0.0, "encode": 0.0, "head": 0.0, "write": 0.0}
+        self.t: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.decode: dict[str, int] = {"files_linear": 0, "files_seek": 0, "seeks": 0, "frames_decoded": 0,
+                                       "frames_sampled": 0}
 
     def add(self, name: str, dt: float) -> None:
         with self.lock:
             self.t[name] = self.t.get(name, 0.0) + dt
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's niceness by ``nice`` (Linux schedules threads, so this touches the
+    calling decoder thread only, and the FFmpeg threads it starts inherit it)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS takes a pid, not a thread
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(nice)))
+    except OSError:  # pragma: no cover - not permitted here: run at the normal priority
+        pass
 
 
 def update_index(folder: str | Path, runtime, writer: IndexWriter, options: PipelineOptions | None = None, *,
@@ -214,6 +298,7 @@ def update_index(folder: str | Path, runtime, writer: IndexWriter, options: Pipe
         _run(folder, runtime, writer, o, todo, changed, report, stages)
     report.compacted = writer.compact()
     report.stages = dict(stages.t)
+    report.decode = dict(stages.decode)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -228,28 +313,26 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
     workers = o.workers or default_workers()
     chunk = max(1, int(o.chunk_segments))
     batch = max(1, int(o.batch_segments))
-    max_inflight = workers + 2
+    prefetch = max(1, int(o.prefetch_segments)) if o.prefetch_segments else 2 * batch
+    # segments a file's first task yields, learned as files complete (capped at chunk): the
+    # prefetch counts segments, and a first task's count is unknown until it has probed
+    first_seen = [0, 0]  # tasks, segments
 
-    def first_task(entry: FileEntry):
-        t = time.perf_counter()
-        try:
-            path = folder / entry.path
-            info = probe_video(path)
-            segments = plan_segments(info.duration, window)
-            pixels, ts = decode_segments(path, info, segments[:chunk], num_frames=T, image_size=size, mean=mean,
-                                         std=std, resize=resize)
-            return info, segments, pixels, ts
-        finally:
-            stages.add("decode", time.perf_counter() - t)
+    def first_estimate() -> float:
+        return min(chunk, first_seen[1] / first_seen[0]) if first_seen[0] else 1.0
 
-    def more_task(p: _Partial, lo: int, hi: int):
-        t = time.perf_counter()
-        try:
-            pixels, ts = decode_segments(folder / p.entry.path, p.info, p.segments[lo:hi], num_frames=T, image_size=size,
-                                         mean=mean, std=std, resize=resize)
-            return pixels, ts
-        finally:
-            stages.add("decode", time.perf_counter() - t)
+    def decode(path: Path, segments, limit: int | None = None) -> _DecodedChunk:
+        d = _decode_chunk(path, segments, num_frames=T, image_size=size, mean=mean, std=std, resize=resize,
+                          limit=limit, thread_type=o.decoder_threads)
+        stages.add("decode", d.decode_s)
+        stages.add("preprocess", d.preprocess_s)
+        return d
+
+    def first_task(entry: FileEntry) -> _DecodedChunk:
+        return decode(folder / entry.path, lambda info: plan_segments(info.duration, window), chunk)
+
+    def more_task(p: _Partial, lo: int, hi: int) -> _DecodedChunk:
+        return decode(folder / p.entry.path, p.segments[lo:hi])
 
     from tqdm.auto import tqdm
 
@@ -285,7 +368,7 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
             n += c.hi - c.lo
         if not take:
             return
-        pixels = np.concatenate([c.pixels for c in take], axis=0)
+        pixels = take[0].pixels if len(take) == 1 else np.concatenate([c.pixels for c in take], axis=0)
         t = time.perf_counter()
         frames = runtime.encode_videos(pixels)
         t1 = time.perf_counter()
@@ -309,6 +392,11 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
                     path=p.entry.path, size=p.entry.size, mtime_ns=p.entry.mtime_ns, duration=p.info.duration,
                     fps=p.info.fps, width=p.info.width, height=p.info.height, segments=p.segments,
                     timestamps=p.timestamps, tensors=p.tensors))
+                dec = stages.decode
+                dec["files_seek" if p.seeks else "files_linear"] += 1
+                dec["seeks"] += p.seeks
+                dec["frames_decoded"] += p.frames_decoded
+                dec["frames_sampled"] += len(p.segments) * T
         commit()
 
     def commit() -> None:
@@ -326,22 +414,41 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
         bar.update(len(done_videos))
         done_videos.clear()
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probret-decode")
+    def ahead() -> float:
+        """Decoded or in-flight segments not yet encoded (first tasks estimated)."""
+        n = sum(c.hi - c.lo for c in ready if not c.partial.failed)
+        for item in pending.values():
+            n += first_estimate() if item[0] == "first" else item[3] - item[2]
+        return n
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probret-decode",
+                              initializer=_lower_priority, initargs=(int(o.decode_nice),))
     try:
         while queue or pending or ready:
-            while queue and len(pending) < max_inflight:
+            # keep about `prefetch` segments decoded or decoding ahead of the encoder, so the
+            # next batch is ready when the encoder finishes this one (tasks queue in the pool
+            # and run while the encoder runs)
+            while queue and ahead() < prefetch:
                 item = queue.pop()
                 if item[0] == "first":
                     pending[pool.submit(first_task, item[1])] = item
                 elif not item[1].failed:
                     pending[pool.submit(more_task, *item[1:])] = item
             ready_segments = sum(c.hi - c.lo for c in ready if not c.partial.failed)
-            if ready_segments >= batch or (ready and not pending):
+            # a full batch, or whatever is ready when waiting would leave the encoder idle
+            # (the first batch, and decoding that falls behind); only a full batch while
+            # finished decodes are about to be collected
+            if ready_segments >= batch or (ready_segments and not any(f.done() for f in pending)):
                 flush_encoder()
                 continue
+            ready[:] = [c for c in ready if not c.partial.failed]
             if not pending:
+                if queue:
+                    continue
                 break
+            t = time.perf_counter()
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            stages.add("wait", time.perf_counter() - t)
             for fut in finished:
                 kind, *args = pending.pop(fut)
                 exc = fut.exception()
@@ -350,10 +457,14 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
                     if exc is not None:
                         fail(entry, reason_of(exc))
                         continue
-                    info, segments, pixels, ts = fut.result()
-                    p = _Partial(entry, info, segments, np.zeros((len(segments), T), np.float64), missing=len(segments))
-                    p.timestamps[:len(ts)] = ts
-                    ready.append(_Chunk(p, 0, len(ts), pixels))
+                    d: _DecodedChunk = fut.result()
+                    segments = d.segments
+                    first_seen[0] += 1
+                    first_seen[1] += len(d.timestamps)
+                    p = _Partial(entry, d.info, segments, np.zeros((len(segments), T), np.float64), missing=len(segments),
+                                 seeks=d.stats.seeks, frames_decoded=d.stats.frames_decoded)
+                    p.timestamps[:len(d.timestamps)] = d.timestamps
+                    ready.append(_Chunk(p, 0, len(d.timestamps), d.pixels))
                     for lo in reversed(range(chunk, len(segments), chunk)):
                         queue.append(("more", p, lo, min(lo + chunk, len(segments))))
                 else:
@@ -364,9 +475,11 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
                         p.failed = True
                         fail(p.entry, reason_of(exc))
                         continue
-                    pixels, ts = fut.result()
-                    p.timestamps[lo:hi] = ts
-                    ready.append(_Chunk(p, lo, hi, pixels))
+                    d = fut.result()
+                    p.seeks += d.stats.seeks
+                    p.frames_decoded += d.stats.frames_decoded
+                    p.timestamps[lo:hi] = d.timestamps
+                    ready.append(_Chunk(p, lo, hi, d.pixels))
         commit()
     except BaseException:
         for fut in pending:

@@ -29,11 +29,21 @@ Three decoding policies return bit-identical frames (tested) and differ only in 
   otherwise keep decoding. Cost: about ``T`` x (half a keyframe interval) frames whatever
   the length of the video, so a 2-hour film is not decoded end to end.
 * ``"auto"`` (default): the same per-target decision, but a seek is made only if it skips
-  more than :data:`SEEK_COST_FRAMES` frames (what one seek costs, measured). Short clips
+  more than :data:`SEEK_COST_FRAMES` frames (what one seek costs, measured;
+  :data:`SEEK_COST_FRAMES_UNTHREADED` without frame threads, as the indexer decodes). Short clips
   therefore decode linearly, long ones seek to every target, and mixed cases do whichever
   is cheaper per target; with an exact keyframe index it never decodes more frames than
   linear. The rule and the
   measurements behind the constants are in docs/decoding.md (``bench/decode.py``).
+
+Within any policy, a packet whose frame no target needs (no target falls while it would be
+on screen) is decoded with ``skip_frame=NONREF`` (H.264 / HEVC): if it is a non-reference
+frame (most B-frames) the decoder drops it instead of reconstructing it. Nothing refers to a
+non-reference frame, so every frame that is returned is bit-identical to full decoding
+(tested); on 8 fps H.264 clips with B-frames a linear pass decodes ~30 % fewer frames.
+
+Several windows of one file (the indexer's segments) are sampled in one open and one pass with
+:func:`open_video` (``with open_video(p) as v: v.sample(windows, T)``).
 
 Keyframe positions come from the container index when it lists every frame (MP4/MOV/AVI:
 exact); Matroska/WebM cues list one keyframe per cluster and raw streams have none, so
@@ -54,7 +64,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -69,11 +80,15 @@ from probret.engine.errors import VideoDecodeError
 __all__ = [
     "VideoInfo",
     "SampledFrames",
+    "DecodeStats",
+    "VideoFile",
+    "open_video",
     "probe_video",
     "sample_frames",
     "sampling_times",
     "resized_size",
     "SEEK_COST_FRAMES",
+    "SEEK_COST_FRAMES_UNTHREADED",
     "ASSUMED_KEYFRAME_INTERVAL_S",
 ]
 
@@ -83,6 +98,13 @@ log = logging.getLogger(__name__)
 #: the frame-threading pipeline). Measured with bench/decode.py on 320x240 H.264; used only by
 #: ``decode="auto"``: a seek is made only if it skips more frames than this.
 SEEK_COST_FRAMES = 12
+
+#: The same without frame threads (``thread_type`` "NONE" or "SLICE", as the indexer decodes):
+#: no frame-thread pipeline to drain and refill, so a seek costs about 4 frames. Measured with
+#: bench/indexing.py's long clips (320x240 8 fps H.264, GOP 2 s, targets 2.5 s apart): auto
+#: with 4-6 took 595-610 ms per 120 s file, with 12 (too few seeks) 695-707, linear 1080;
+#: with 2 or 0 the 10 s clips start seeking for no gain.
+SEEK_COST_FRAMES_UNTHREADED = 4
 
 #: Keyframe interval assumed when the container has no usable keyframe index (Matroska/WebM
 #: cues list only one keyframe per cluster; raw streams have none). Typical encoders use
@@ -96,6 +118,15 @@ _THREAD_TYPE = "AUTO"
 # are deltas over the previous canvas: a seek would return partial images, so GIF is always
 # decoded linearly (GIFs are short anyway).
 _NO_SEEK_FORMATS = frozenset({"gif", "apng", "webp_pipe", "image2", "image2pipe"})
+
+# Codecs whose decoder honours skip_frame=NONREF per packet: a packet whose frame no target
+# needs is decoded with NONREF, so a non-reference frame (most B-frames) is dropped without
+# being reconstructed. Nothing refers to a non-reference frame, so every other frame decodes
+# bit-identically (tested against full decoding); on the indexing benchmark's 8 fps H.264
+# clips with B-frames this skips ~40 % of the frames a linear pass decodes (bench/indexing.py).
+_SKIP_CODECS = frozenset({"h264", "hevc"})
+_SKIP_FRAMES = True  # module-level so tests and bench/indexing.py can compare with full decoding
+_SKIP_LOOKAHEAD = 16  # packets read ahead to learn the next presentation time (>= reorder depth)
 
 # Tolerance when comparing a frame's timestamp with a target time: timestamps are rationals
 # turned into floats; a frame whose pts equals the target must count as "on screen".
@@ -276,12 +307,20 @@ def sample_frames(
 
 @dataclass
 class _DecodeStats:
-    """What a sampling call cost; returned by :func:`_sample` for bench/decode.py."""
+    """What a sampling pass cost (bench/decode.py, the indexer's per-file report).
+
+    ``strategy`` is the policy the pass ran under (``"linear"`` for files that cannot seek,
+    whatever was asked); ``seeks`` how many seeks it made: under ``"auto"``, 0 means the file
+    was decoded linearly because no seek would have paid for itself."""
 
     strategy: str = ""
     frames_decoded: int = 0
     seeks: int = 0
     bad_packets: int = 0
+    packets_skippable: int = 0  # packets sent with skip_frame=NONREF (unneeded; dropped if non-reference)
+
+
+DecodeStats = _DecodeStats
 
 
 @dataclass
@@ -415,17 +454,22 @@ class _Reader:
     :meth:`seek_cursor` positions a new pass at or before a time.
     """
 
-    def __init__(self, container, path: str | Path, *, scan_if_unknown: bool = True):
+    def __init__(self, container, path: str | Path, *, scan_if_unknown: bool = True,
+                 thread_type: str | None = None):
         self.container = container
         self.path = path
         self.stream = stream = _pick_stream(container, path)
         # Slice + frame threading. Frame threading delays output by ~thread_count frames,
         # which costs a little per seek; see docs/decoding.md for the measurement.
-        stream.thread_type = _THREAD_TYPE
+        self.thread_type = thread_type or _THREAD_TYPE
+        stream.thread_type = self.thread_type
         self.tb = stream.time_base or Fraction(1, 1_000_000)
         self.tb_f = float(self.tb)
         self.stats = _DecodeStats()
         self.first_error: str | None = None
+        # sorted target times of the sampling pass (set by _pick): lets the decoder drop the
+        # non-reference frames no target needs (_packets)
+        self.skip_targets: np.ndarray | None = None
 
         self._fps = _fps_of(stream)
         self._t0_pts: int | None = stream.start_time
@@ -533,15 +577,14 @@ class _Reader:
         """
         stats = self.stats
         bad_run = 0
-        demux = self.container.demux(self.stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                return
-            except (av.FFmpegError, OSError, EOFError) as exc:
-                self._note_error(exc)
-                return
+        cc = self.stream.codec_context
+        skipping = "DEFAULT"
+        for packet, skip in self._packets():
+            want = "NONREF" if skip else "DEFAULT"
+            if want != skipping:
+                cc.skip_frame = skipping = want
+            if skip:
+                stats.packets_skippable += 1
             try:
                 decoded = packet.decode()
             except (av.FFmpegError, OSError, EOFError) as exc:
@@ -555,6 +598,45 @@ class _Reader:
             for frame in decoded:
                 stats.frames_decoded += 1
                 yield _Decoded(self._time_of(frame), frame)
+
+    def _packets(self) -> Iterator[tuple[av.Packet, bool]]:
+        """Packets from the current demuxer position, each with whether its frame may be
+        dropped by the decoder (see :data:`_SKIP_CODECS`): ``skip_targets`` is set, the packet
+        is not a keyframe, and no target falls while its frame would be on screen, i.e. in
+        [its time, the next frame's time). The next frame's time is the smallest larger pts
+        among the next :data:`_SKIP_LOOKAHEAD` packets (decode order differs from
+        presentation order by at most the reorder depth); unknown means "keep". A demuxer
+        error (truncated file, garbage) ends the packets as if the stream ended there."""
+        demux = self.container.demux(self.stream)
+        codec_ok = self.stream.codec_context.name in _SKIP_CODECS
+        buf: deque[av.Packet] = deque()
+        ended = False
+        while True:
+            # read when needed: the probe's pass starts before the targets are known
+            targets = self.skip_targets
+            active = codec_ok and targets is not None and len(targets) > 0
+            while not ended and len(buf) < (_SKIP_LOOKAHEAD + 1 if active else 1):
+                try:
+                    buf.append(next(demux))
+                except StopIteration:
+                    ended = True
+                except (av.FFmpegError, OSError, EOFError) as exc:
+                    self._note_error(exc)
+                    ended = True
+            if not buf:
+                return
+            packet = buf.popleft()
+            skip = False
+            if active and packet.pts is not None and packet.size and not packet.is_keyframe \
+                    and self._t0_pts is not None:
+                later = [q.pts for q in buf if q.pts is not None and q.pts > packet.pts]
+                if later:
+                    t = (packet.pts - self._t0_pts) * self.tb_f
+                    t_next = (min(later) - self._t0_pts) * self.tb_f
+                    # on screen for the targets in [t - eps, t_next - eps) (_Cursor.advance)
+                    i = int(np.searchsorted(targets, t - _EPS, side="left"))
+                    skip = i >= len(targets) or targets[i] >= t_next - _EPS
+            yield packet, skip
 
     def _note_error(self, exc: BaseException) -> None:
         if self.first_error is None:
@@ -630,7 +712,8 @@ class _Reader:
         """
         if policy == "linear" or not self.seekable or t <= pos + _EPS:
             return False
-        min_skip = 0.0 if policy == "seek" else SEEK_COST_FRAMES / (self.info.fps or 25.0)
+        cost = SEEK_COST_FRAMES if self.thread_type in ("AUTO", "FRAME") else SEEK_COST_FRAMES_UNTHREADED
+        min_skip = 0.0 if policy == "seek" else cost / (self.info.fps or 25.0)
         kf = self.keyframe_before(t)
         if kf is not None and kf - pos > min_skip + _EPS:
             return True
@@ -677,9 +760,9 @@ def _scan_packets(path, fps: float | None) -> tuple[float, int] | None:
 
 
 @contextmanager
-def _reader(path: str | Path, *, scan_if_unknown: bool = True):
+def _reader(path: str | Path, *, scan_if_unknown: bool = True, thread_type: str | None = None):
     with _open_container(path) as container, _translate_errors(path, "decoding failed"):
-        yield _Reader(container, path, scan_if_unknown=scan_if_unknown)
+        yield _Reader(container, path, scan_if_unknown=scan_if_unknown, thread_type=thread_type)
 
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -709,44 +792,130 @@ def _sample(
     size: int | None = None,
 ) -> tuple[SampledFrames, _DecodeStats]:
     """:func:`sample_frames` plus what it cost (strategy, frames decoded, seeks)."""
-    with _reader(path) as reader:
-        info = reader.info
-        duration = info.duration
-        lo = 0.0 if start is None else float(start)
-        hi = duration if end is None else float(end)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"start/end must be finite, got start={start}, end={end}")
-        lo = max(lo, 0.0)
-        if duration > 0:
-            hi = min(hi, duration)
-        elif end is None:
-            hi = lo  # a still image without a duration: every target at the start
-        if hi < lo or (hi == lo and duration > 0):
-            raise ValueError(
-                f"empty sampling window [{start}, {end}) for a video of {duration:.3f} s"
-            )
-        targets = sampling_times(num_frames, lo, hi, mode=mode, rng=rng)
+    with open_video(path) as video:
+        (frames,), stats = video.sample([(start, end)], num_frames, mode=mode, rng=rng, decode=decode, size=size)
+    return frames, stats
+
+
+def _window_targets(info: VideoInfo, num_frames: int, start: float | None, end: float | None,
+                    mode: SampleMode, rng: np.random.Generator | None) -> np.ndarray:
+    """The target times of one window ``[start, end)`` (None = start / end of the video)."""
+    duration = info.duration
+    lo = 0.0 if start is None else float(start)
+    hi = duration if end is None else float(end)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"start/end must be finite, got start={start}, end={end}")
+    lo = max(lo, 0.0)
+    if duration > 0:
+        hi = min(hi, duration)
+    elif end is None:
+        hi = lo  # a still image without a duration: every target at the start
+    if hi < lo or (hi == lo and duration > 0):
+        raise ValueError(
+            f"empty sampling window [{start}, {end}) for a video of {duration:.3f} s"
+        )
+    return sampling_times(num_frames, lo, hi, mode=mode, rng=rng)
+
+
+@contextmanager
+def open_video(path: str | Path, *, thread_type: str | None = None) -> Iterator[VideoFile]:
+    """Open (and probe) a video once, to read its :class:`VideoInfo` and then sample it.
+
+        with open_video(path) as video:
+            windows = plan(video.info)             # e.g. the indexer's segments
+            frames, stats = video.sample(windows, 12)
+
+    The indexer's way in: one open and one forward pass for all the windows of a file (or of a
+    chunk of a long file), where :func:`probe_video` followed by one :func:`sample_frames` per
+    window opened the file 1 + n times and restarted decoding for every window. Raises
+    :class:`VideoDecodeError` like :func:`probe_video`; decoding errors inside the block are
+    translated the same way.
+
+    ``thread_type``: FFmpeg's decoder threading for this file (``"AUTO"`` = slice + frame
+    threads, the default for a lone caller; ``"NONE"`` where the caller already decodes one file
+    per core, as the indexer does: frame threads then only add CPU time, 8-10 % on 320x240
+    H.264, measured by bench/decode.py and bench/indexing.py).
+    """
+    with _reader(path, thread_type=thread_type) as reader:
+        yield VideoFile(reader)
+
+
+class VideoFile:
+    """An open video (from :func:`open_video`): ``info``, and one :meth:`sample` call."""
+
+    def __init__(self, reader: _Reader):
+        self._reader = reader
+        self._used = False
+
+    @property
+    def info(self) -> VideoInfo:
+        return self._reader.info
+
+    def sample(
+        self,
+        windows: Sequence[tuple[float | None, float | None]],
+        num_frames: int,
+        *,
+        mode: SampleMode = "uniform",
+        rng: np.random.Generator | None = None,
+        decode: DecodeMode = "auto",
+        size: int | None = None,
+    ) -> tuple[list[SampledFrames], DecodeStats]:
+        """``num_frames`` frames from each ``(start, end)`` window, as :func:`sample_frames`
+        would return them one window at a time (bit-identical: the frame on screen at each
+        target does not depend on how it was reached), from one forward pass over the targets
+        of every window in time order, with the per-target seek-or-continue choice of
+        ``decode``. Returns the frames per window and what the pass cost
+        (:class:`DecodeStats`: ``strategy``, ``frames_decoded``, ``seeks``). Once per open file.
+        """
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if mode not in ("uniform", "random"):
+            raise ValueError(f"mode must be 'uniform' or 'random', got {mode!r}")
+        if decode not in ("auto", "seek", "linear"):
+            raise ValueError(f"decode must be 'auto', 'seek' or 'linear', got {decode!r}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if not windows:
+            raise ValueError("no window to sample")
+        if self._used:
+            raise RuntimeError("VideoFile.sample() may be called once per open_video()")
+        self._used = True
+        reader = self._reader
+        # rng draws happen window by window, in order: the same numbers as separate calls
+        targets = np.concatenate([_window_targets(reader.info, num_frames, s, e, mode, rng) for s, e in windows])
+        order = np.argsort(targets, kind="stable")  # windows may overlap or come in any order
+        ordered = targets[order]
 
         strategy = decode if reader.seekable else "linear"
         try:
-            picked = _pick(reader, targets, strategy)
+            picked = _pick(reader, ordered, strategy)
         except _SeekFailed as exc:
             # The demuxer state is unknown after a refused seek: start over on a fresh open,
             # with the same targets (the rng must not be drawn twice).
-            log.debug("%s: seeking failed (%s); decoding linearly", path, exc)
+            log.debug("%s: seeking failed (%s); decoding linearly", reader.path, exc)
             picked = None
         if picked is not None:
             reader.stats.strategy = strategy
-            result = _assemble(reader, picked, size)
-            _warn_if_damaged(reader, picked, targets)
-            return result, reader.stats
-    with _reader(path) as reader:
-        reader.seekable = False
-        picked = _pick(reader, targets, "linear")
-        reader.stats.strategy = "linear"
-        result = _assemble(reader, picked, size)
-        _warn_if_damaged(reader, picked, targets)
-        return result, reader.stats
+            return self._split(reader, picked, ordered, order, len(windows), size)
+        with _reader(reader.path, thread_type=reader.thread_type) as fresh:
+            fresh.seekable = False
+            picked = _pick(fresh, ordered, "linear")
+            fresh.stats.strategy = "linear"
+            return self._split(fresh, picked, ordered, order, len(windows), size)
+
+    @staticmethod
+    def _split(reader: _Reader, picked: list[_Decoded], ordered: np.ndarray, order: np.ndarray, n: int,
+               size: int | None) -> tuple[list[SampledFrames], DecodeStats]:
+        _warn_if_damaged(reader, picked, ordered)
+        back = [None] * len(picked)
+        for i, k in enumerate(order):
+            back[k] = picked[i]
+        allf = _assemble(reader, back, size)
+        t = len(back) // n
+        out = [SampledFrames(frames=allf.frames[i * t:(i + 1) * t], timestamps=allf.timestamps[i * t:(i + 1) * t],
+                             info=allf.info) for i in range(n)]
+        return out, reader.stats
 
 
 def _warn_if_damaged(reader: _Reader, picked: list[_Decoded], targets: np.ndarray) -> None:
@@ -772,6 +941,7 @@ def _pick(reader: _Reader, targets: np.ndarray, policy: str) -> list[_Decoded]:
     target (a window that starts late, or a long first segment), when that skips more than
     a seek costs; after that it only decodes forward.
     """
+    reader.skip_targets = targets if _SKIP_FRAMES else None
     cursor = reader.start_cursor()
     picked: list[_Decoded] = []
     for i, t in enumerate(targets):

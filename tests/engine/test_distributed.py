@@ -100,7 +100,7 @@ def test_ray_index_resumes_and_equals_single_process(world, tmp_path):
     # run 2 through the CLI: only the three new videos are encoded
     res = CliRunner().invoke(index, [str(folder), "--model", str(world / "bundle"), "--index", str(dist),
                                    "--window", str(WINDOW), "--device", "cpu", "--batch", "3", "-q", "--json",
-                                   "--ray"])
+                                   "--ray", "--full"])  # --full: the index above was written in float32
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout.strip().splitlines()[-1])
     assert (rep["added"], rep["unchanged"], rep["encoded_videos"], rep["indexed"]) == (3, 6, 3, 8)  # unchanged: 5 videos + the broken file

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from probret.engine.index import IndexReader, IndexSettings, IndexWriter
-from probret.engine.pipeline import PipelineOptions, decode_segments, plan_segments, update_index
+from probret.engine import pipeline as pipeline_mod
+from probret.engine.pipeline import STAGES, PipelineOptions, decode_segments, plan_segments, update_index
 from probret.engine.video import probe_video
 
 COLORS = [(220, 30, 30), (30, 200, 60), (40, 80, 240), (240, 210, 30), (240, 240, 240), (160, 40, 210),
@@ -126,6 +127,76 @@ def test_indexes_good_files_and_reports_broken_ones(tmp_path):
     assert sorted(p for p, _ in report2.failed_before) == ["empty.mp4", "notes.mp4", "random.mkv"]
     report3, rt3 = index_folder(folder, idx, retry_failed=True)
     assert len(report3.failed) == 3 and rt3.encoded == []
+
+
+def test_report_has_every_stage_and_the_decode_modes(tmp_path):
+    folder = make_folder(tmp_path / "v", n=3, broken=False)
+    report, rt = index_folder(folder, tmp_path / "idx", batch_segments=2)
+    assert set(report.stages) == set(STAGES)
+    assert report.stages["decode"] > 0 and report.stages["preprocess"] > 0 and report.stages["encode"] > 0
+    assert all(v >= 0 for v in report.stages.values())
+    dec = report.decode
+    assert dec["files_linear"] + dec["files_seek"] == report.encoded_videos == 4
+    assert dec["frames_sampled"] == report.encoded_segments * FakeBundle.num_frames
+    assert dec["frames_decoded"] >= 1
+    d = report.to_dict()
+    assert set(d["stage_seconds"]) == set(STAGES) and d["decode"] == dec
+
+
+def test_decoding_stays_a_bounded_prefetch_ahead_of_the_encoder(tmp_path, monkeypatch):
+    """Decoded-but-not-encoded segments never exceed the prefetch (plus one task), whatever the
+    encoder's speed, and every encoder call takes at most a batch (plus one chunk's spill)."""
+    folder = make_folder(tmp_path / "v", n=8, broken=False)
+    decoded = [0]
+    real = pipeline_mod._decode_chunk
+
+    def counting(*a, **k):
+        d = real(*a, **k)
+        decoded[0] += len(d.timestamps)
+        return d
+
+    monkeypatch.setattr(pipeline_mod, "_decode_chunk", counting)
+
+    class Slow(FakeRuntime):
+        def __init__(self):
+            super().__init__(delay=0.05)
+            self.ahead: list[int] = []
+
+        def encode_videos(self, pixels):
+            self.ahead.append(decoded[0] - sum(self.encoded))
+            return super().encode_videos(pixels)
+
+    rt = Slow()
+    report, _ = index_folder(folder, tmp_path / "idx", runtime=rt, batch_segments=2, chunk_segments=2,
+                             prefetch_segments=3, workers=2)
+    assert report.encoded_segments == 8 + 4 == sum(rt.encoded)
+    assert max(rt.encoded) <= 2 + 1
+    # each task is counted as >= 1 segment and yields <= chunk: (prefetch + 1) x chunk at most,
+    # where an unbounded pool would have decoded all 12 segments before the second call
+    assert max(rt.ahead) <= (3 + 1) * 2
+
+
+def test_decode_threads_run_at_the_requested_niceness(tmp_path, monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are set on Linux only")
+    import threading
+
+    folder = make_folder(tmp_path / "v", n=2, broken=False)
+    seen = []
+    real = pipeline_mod._decode_chunk
+
+    def recording(*a, **k):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline_mod, "_decode_chunk", recording)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    index_folder(folder, tmp_path / "idx", decode_nice=5)
+    assert seen and all(p == min(19, base + 5) for p in seen)
+    seen.clear()
+    index_folder(folder, tmp_path / "idx2", decode_nice=0)
+    assert seen and all(p == base for p in seen)
+    assert threading.get_native_id() and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
 
 
 def test_long_video_is_indexed_as_windows(tmp_path):

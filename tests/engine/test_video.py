@@ -15,6 +15,7 @@ from probret.engine.video import (
     SampledFrames,
     VideoInfo,
     _sample,
+    open_video,
     probe_video,
     resized_size,
     sample_frames,
@@ -266,6 +267,64 @@ def test_long_video_seek_equals_linear(videos, name):
             assert sa.frames_decoded < sb.frames_decoded / 2
 
 
+@pytest.mark.parametrize("name", ["long_mp4", "long_bframes_mkv", "h264_bframes_mp4", "gif"])
+def test_open_video_samples_many_windows_like_one_call_each(videos, name):
+    """One open and one pass for several windows (the indexer's way) returns exactly what one
+    sample_frames call per window returns, in the caller's window order, and decodes no more
+    frames than the separate calls together."""
+    spec = videos[name]
+    d = probe_video(spec.path).duration
+    windows = [(None, d / 3), (d / 3, 2 * d / 3), (2 * d / 3, None), (d / 4, d / 2)]  # last overlaps, out of order
+    for decode in ("auto", "seek", "linear"):
+        with open_video(spec.path) as video:
+            assert video.info == probe_video(spec.path)
+            got, stats = video.sample(windows, 6, decode=decode)
+            with pytest.raises(RuntimeError):
+                video.sample(windows, 6)
+        separate = [_sample(spec.path, 6, start=s, end=e, decode=decode) for s, e in windows]
+        assert len(got) == len(windows)
+        for g, (ref, _) in zip(got, separate):
+            np.testing.assert_array_equal(g.frames, ref.frames)
+            np.testing.assert_array_equal(g.timestamps, ref.timestamps)
+            assert g.frames.flags["C_CONTIGUOUS"]
+        assert stats.frames_decoded <= sum(st.frames_decoded for _, st in separate)
+        assert stats.strategy == (decode if name != "gif" else "linear")
+
+
+@pytest.mark.parametrize("name", ["h264_bframes_mp4", "long_bframes_mkv", "h264_mp4", "mpeg4_avi", "raw_h264"])
+def test_dropping_unneeded_non_reference_frames_changes_no_frame(videos, monkeypatch, name):
+    """skip_frame=NONREF on packets no target needs: the same frames and timestamps as decoding
+    everything, for every policy, sampling mode and decoder threading; and on an H.264 file
+    with B-frames fewer frames are decoded."""
+    from probret.engine import video as video_mod
+
+    spec = videos[name]
+    for thread_type in ("AUTO", "NONE"):
+        monkeypatch.setattr(video_mod, "_THREAD_TYPE", thread_type)
+        for decode in ("auto", "seek", "linear"):
+            for mode, seed in (("uniform", 0), ("random", 5)):
+                runs = {}
+                for skip in (False, True):
+                    monkeypatch.setattr(video_mod, "_SKIP_FRAMES", skip)
+                    runs[skip] = _sample(spec.path, 12, mode=mode, rng=np.random.default_rng(seed), decode=decode)
+                (full, full_stats), (fast, fast_stats) = runs[False], runs[True]
+                np.testing.assert_array_equal(fast.frames, full.frames)
+                np.testing.assert_array_equal(fast.timestamps, full.timestamps)
+                assert fast_stats.frames_decoded <= full_stats.frames_decoded
+                assert full_stats.packets_skippable == 0
+                if name == "h264_bframes_mp4" and decode == "linear" and thread_type == "NONE":
+                    assert fast_stats.packets_skippable > 0
+                    assert fast_stats.frames_decoded < full_stats.frames_decoded
+
+
+def test_open_video_rejects_bad_windows(videos):
+    with open_video(videos["h264_mp4"].path) as video:
+        with pytest.raises(ValueError):
+            video.sample([], 4)
+        with pytest.raises(ValueError):
+            video.sample([(2.0, 1.0)], 4)
+
+
 def test_seek_reuses_running_decoder_within_a_gop(videos):
     spec = videos["long_mp4"]  # keyframe every 30 frames
     # 12 targets inside one 30-s keyframe interval: one seek, not twelve.
@@ -286,13 +345,37 @@ def test_auto_decodes_short_clips_linearly_and_seeks_in_long_ones(videos):
     np.testing.assert_array_equal(b.frames, sample_frames(videos["long_mp4"].path, 12, decode="linear").frames)
 
 
-def test_auto_never_decodes_more_than_linear(videos):
+@pytest.mark.parametrize("thread_type", ["AUTO", "NONE"])
+def test_auto_never_decodes_more_than_linear(videos, monkeypatch, thread_type):
+    from probret.engine import video as video_mod
+
+    monkeypatch.setattr(video_mod, "_THREAD_TYPE", thread_type)  # NONE: the cheaper seek cost
     for name in ("h264_mp4", "h264_bframes_mp4", "long_mp4", "long_bframes_mkv", "mjpeg_mkv"):
         path = videos[name].path
         for seed in range(3):
-            _, auto = _sample(path, 12, mode="random", rng=np.random.default_rng(seed))
-            _, lin = _sample(path, 12, mode="random", rng=np.random.default_rng(seed), decode="linear")
+            a, auto = _sample(path, 12, mode="random", rng=np.random.default_rng(seed))
+            b, lin = _sample(path, 12, mode="random", rng=np.random.default_rng(seed), decode="linear")
             assert auto.frames_decoded <= lin.frames_decoded + 1, name
+            np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_unthreaded_decoding_seeks_at_a_lower_cost(videos):
+    """Without frame threads a seek is cheaper (SEEK_COST_FRAMES_UNTHREADED), so auto seeks to
+    targets that frame-threaded decoding reaches by decoding on; same frames either way."""
+    from probret.engine.video import SEEK_COST_FRAMES, SEEK_COST_FRAMES_UNTHREADED
+
+    assert SEEK_COST_FRAMES_UNTHREADED < SEEK_COST_FRAMES
+    # long_mp4: 1 fps, keyframe every 30 frames; 40 targets 15 frames apart put a keyframe 7
+    # frames past the decoder's position before every other target: 4 < 7 < 12
+    spec = videos["long_mp4"]
+    got = {}
+    for tt in ("AUTO", "NONE"):
+        with open_video(spec.path, thread_type=tt) as v:
+            (frames,), stats = v.sample([(None, None)], 40)
+        got[tt] = frames, stats
+    assert got["NONE"][1].seeks > got["AUTO"][1].seeks
+    assert got["NONE"][1].frames_decoded < got["AUTO"][1].frames_decoded
+    np.testing.assert_array_equal(got["NONE"][0].frames, got["AUTO"][0].frames)
 
 
 def test_identical_frames_across_strategies_with_b_frames(videos):
