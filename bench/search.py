@@ -1,4 +1,4 @@
-"""Search benchmark: query latency against its floors, and indexing against the encoder alone.
+"""Search benchmark: query latency against its floors (indexing throughput: bench/indexing.py).
 
     python bench/search.py --out bench/results/search.json           # full run (~8-10 min, 2 cores)
     python bench/search.py --quick --out /tmp/search-quick.json       # CI-sized smoke run (~15 s)
@@ -34,14 +34,7 @@ Against:
       on ``--pair-sample`` pairs and *extrapolated* to queries x videos. Also the bundle's
       pair graph called per pair (1 x 1 ONNX Runtime calls), the same way.
 
-**Indexing throughput.** A folder of procedural clips (``--index-videos`` clips of 10 s at
-320x240, train/world.py) indexed end to end with ``engine.pipeline.update_index`` (decode
-threads overlapped with batched encoding, writes, fsync) against the encoder alone on the same
-decoded frames: ``encode_videos`` + ``video_side`` + the ANN embedding on pre-decoded pixels, in
-the pipeline's batches of 16 segments. Model ``--index-model`` (default ``ViT-B-32:random``:
-ViT-B/32 size with random weights, zero-shot meanP, exported once and cached in the work dir).
-
-Work files (bundles, clips, exports) go to ``--workdir``; indexes are deleted after use unless
+Work files (bundles, exports) go to ``--workdir``; indexes are deleted after use unless
 ``--keep``, and ``--reuse`` reuses indexes kept by an earlier run with the same bundle.
 """
 
@@ -505,89 +498,6 @@ def query_bench(args, workdir: Path, peak: float) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# indexing throughput
-# --------------------------------------------------------------------------------------------
-def indexing_bench(args, workdir: Path) -> dict:
-    from probret.engine.index import IndexSettings, IndexWriter
-    from probret.engine.models import resolve_model
-    from probret.engine.pipeline import (PipelineOptions, ann_embedding, decode_segments, default_workers,
-                                         plan_segments, update_index)
-    from probret.engine.runtime import BundleRuntime
-    from probret.engine.video import probe_video
-    from probret.train.world import generate_world
-
-    w, h = (int(x) for x in args.index_resolution.split("x"))
-    folder = workdir / f"clips-{w}x{h}-{args.index_videos}-{args.index_seconds}s"
-    if not (folder / "world.json").is_file():
-        say(f"[index] generating {args.index_videos} procedural clips of {args.index_seconds} s at {w}x{h}")
-        shutil.rmtree(folder, ignore_errors=True)
-        generate_world(folder, videos=args.index_videos, seed=7, resolution=(w, h), frames=8 * args.index_seconds, fps=8,
-                       splits=(0.0, 0.0, 1.0), workers=len(os.sched_getaffinity(0)))
-    videos = folder / "videos"
-    files = sorted(videos.glob("*.mp4"))
-
-    spec = args.index_model
-    if spec is None:  # quick: the d=512 SPEM bench bundle (tiny towers)
-        register_bench_backbone(workdir)
-        spec = str(head_bundle(workdir, "spem")["bundle"].path)
-    t = time.perf_counter()
-    resolved = resolve_model(spec, say=say)
-    resolve_s = time.perf_counter() - t
-    b = resolved.bundle
-    rt = BundleRuntime(b, device="cpu")
-    size = b.preprocessing["image_size"]
-    size = size if isinstance(size, int) else int(size[0])
-    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=b.num_frames, image_size=size,
-                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]))
-    batch = 16
-
-    # decode once (one thread), keep the pixels
-    say(f"[index] decoding {len(files)} clips (one thread) for the encoder-only run")
-    t = time.perf_counter()
-    pixels = []
-    for f in files:
-        info = probe_video(f)
-        segs = plan_segments(info.duration, settings.window)
-        px, _ = decode_segments(f, info, segs, num_frames=b.num_frames, image_size=size, mean=settings.mean,
-                                std=settings.std, resize=settings.resize)
-        pixels.append(px)
-    decode_s = time.perf_counter() - t
-    pixels = np.concatenate(pixels)
-    n_seg = len(pixels)
-    rt.video_side(rt.encode_videos(pixels[:1]))  # sessions open, not timed
-
-    say(f"[index] encoder only: {n_seg} segments x {b.num_frames} frames in batches of {batch}")
-    t = time.perf_counter()
-    enc_t = head_t = 0.0
-    for i in range(0, n_seg, batch):
-        t1 = time.perf_counter()
-        frames = rt.encode_videos(pixels[i:i + batch])
-        t2 = time.perf_counter()
-        rt.video_side(frames)
-        ann_embedding(frames)
-        enc_t += t2 - t1
-        head_t += time.perf_counter() - t2
-    encoder_s = time.perf_counter() - t
-    del pixels
-
-    say(f"[index] end to end: update_index on {len(files)} clips")
-    index_dir = workdir / "ingest-index"
-    with IndexWriter(index_dir, settings, model=resolved.to_meta(), rebuild=True) as writer:
-        report = update_index(videos, rt, writer, PipelineOptions(progress=False, batch_segments=batch), say=say)
-    shutil.rmtree(index_dir, ignore_errors=True)
-    assert report.encoded_videos == len(files), report.to_dict()
-    enc_vps = len(files) / encoder_s
-    return {"model": resolved.to_meta(), "resolve_s": resolve_s, "clips": len(files), "segments": n_seg,
-            "clip": f"{args.index_seconds} s at {w}x{h}, 8 fps, H.264", "frames_per_segment": b.num_frames,
-            "image_size": size, "batch_segments": batch, "decode_one_thread_s": decode_s,
-            "encoder_only_s": encoder_s, "encoder_only_frame_encoder_s": enc_t, "encoder_only_head_s": head_t,
-            "encoder_only_videos_per_s": enc_vps, "encoder_only_frames_per_s": n_seg * b.num_frames / encoder_s,
-            "end_to_end_s": report.seconds, "end_to_end_videos_per_s": report.videos_per_s,
-            "end_to_end_stages_s": report.stages, "workers": default_workers(),
-            "ratio_end_to_end_vs_encoder_only": report.videos_per_s / enc_vps}
-
-
-# --------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------
 def _fmt(x, spec=".3g"):
@@ -625,15 +535,6 @@ def print_tables(res: dict) -> None:
             print(f"  {method}: {h['bytes_per_video']:,} B stored, {h['bytes_per_video_read_by_search']:,} B read; "
                   f"{h['pair_flops'] / 1e3:.0f} kFLOP/pair; torch head.score per pair: {tor}; "
                   f"ORT pair graph 1x1 per pair: {ort}")
-    ix = res.get("indexing")
-    if ix:
-        print(f"\nindexing ({ix['model']['description']}, {ix['clips']} clips of {ix['clip']})")
-        print(f"  end to end   {ix['end_to_end_videos_per_s']:.3f} videos/s ({ix['end_to_end_s']:.1f} s; stages "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in ix["end_to_end_stages_s"].items()) + ")")
-        print(f"  encoder only {ix['encoder_only_videos_per_s']:.3f} videos/s ({ix['encoder_only_s']:.1f} s, "
-              f"{ix['encoder_only_frames_per_s']:.1f} frames/s; frame encoder {ix['encoder_only_frame_encoder_s']:.1f} s, "
-              f"head {ix['encoder_only_head_s']:.1f} s); decoding alone {ix['decode_one_thread_s']:.1f} s on one thread")
-        print(f"  ratio        {ix['ratio_end_to_end_vs_encoder_only']:.3f}")
     print("\ntargets (issue 6)")
     for t in res["targets"]:
         print(f"  {t['target']}: measured {t['measured']} -> {t['status']}")
@@ -657,18 +558,13 @@ def targets(res: dict) -> list[dict]:
                                         f"{h['reference']['torch_head_score_s'] * 1e3:.2f} ms/pair, timed on a "
                                         "sample, extrapolated)" + tag,
                             "status": "met" if c["speedup_vs_torch_loop"] >= 30 else "short"})
-    ix = res.get("indexing")
-    if ix:
-        r = ix["ratio_end_to_end_vs_encoder_only"]
-        out.append({"target": "indexing end to end >= 90% of encoder-only", "measured": f"{100 * r:.0f}%",
-                    "status": "met" if r >= 0.9 else "short"})
     return out
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (seconds): small sizes, small clips, tiny model")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (seconds): small sizes")
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="indexed videos, comma-separated (default 1000,10000,100000)")
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=None,
@@ -679,12 +575,7 @@ def main(argv=None) -> None:
     p.add_argument("--pool", type=int, default=1024, help="distinct random videos repeated to fill an index")
     p.add_argument("--pair-sample", type=int, default=None, help="pairs timed for the per-pair loops (default 300)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (evicted page cache) read")
-    p.add_argument("--index-videos", type=int, default=None, help="clips for the indexing run (default 24)")
-    p.add_argument("--index-seconds", type=int, default=10)
-    p.add_argument("--index-resolution", default=None, help="WxH of the clips (default 320x240)")
-    p.add_argument("--index-model", default="", help="--model of the indexing run (default ViT-B-32:random)")
-    p.add_argument("--skip-query", action="store_true")
-    p.add_argument("--skip-indexing", action="store_true")
+    p.add_argument("--skip-indexing", action="store_true", help=argparse.SUPPRESS)  # indexing moved to bench/indexing.py
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "probret-bench-search"))
     p.add_argument("--keep", action="store_true", help="keep the indexes (large) for --reuse")
     p.add_argument("--reuse", action="store_true", help="reuse indexes kept by an earlier --keep run")
@@ -694,19 +585,12 @@ def main(argv=None) -> None:
         a.batches = a.batches or [1, 16]
         a.budget = a.budget if a.budget is not None else 20.0
         a.pair_sample = a.pair_sample or 20
-        a.index_videos = a.index_videos or 4
-        a.index_resolution = a.index_resolution or "64x64"
-        a.index_seconds = 2
-        a.index_model = a.index_model or None
         a.pool = min(a.pool, 256)
     else:
         a.sizes = a.sizes or [1000, 10000, 100000]
         a.batches = a.batches or [1, 16, 256]
         a.budget = a.budget if a.budget is not None else 90.0
         a.pair_sample = a.pair_sample or 300
-        a.index_videos = a.index_videos or 24
-        a.index_resolution = a.index_resolution or "320x240"
-        a.index_model = a.index_model or "ViT-B-32:random"
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PROBRET_CACHE", str(workdir / "cache"))  # exported models stay in the work dir
@@ -718,10 +602,7 @@ def main(argv=None) -> None:
                                               "pool": a.pool, "pair_sample": a.pair_sample, "quick": a.quick}}
     say("FP32 matmul peak")
     res["sgemm_gflop_s"] = sgemm_peak()
-    if not a.skip_query:
-        res["query"] = query_bench(a, workdir, res["sgemm_gflop_s"])
-    if not a.skip_indexing:
-        res["indexing"] = indexing_bench(a, workdir)
+    res["query"] = query_bench(a, workdir, res["sgemm_gflop_s"])
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["seconds"] = time.perf_counter() - t0
     res["targets"] = targets(res)
