@@ -170,10 +170,15 @@ def _providers(runtime) -> str:
 
 def _report_index(report, say: _Say, runtime=None) -> None:
     if report.encoded_videos:
-        st = report.stages
+        st, dec = report.stages, report.decode
+        how = ""
+        if dec.get("files_linear", 0) or dec.get("files_seek", 0):
+            how = f"; {dec.get('files_linear', 0)} file(s) decoded in one pass, {dec.get('files_seek', 0)} with seeks"
         say(f"indexed {report.encoded_videos} video(s) ({report.encoded_segments} segment(s)) in {report.seconds:.1f} s, "
-            f"{report.videos_per_s:.1f} videos/s on {_providers(runtime)} (decode {st.get('decode', 0):.1f} s over "
-            f"threads, encode {st.get('encode', 0):.1f} s, head {st.get('head', 0):.1f} s, write {st.get('write', 0):.1f} s)")
+            f"{report.videos_per_s:.1f} videos/s on {_providers(runtime)} (decode {st.get('decode', 0):.1f} s and "
+            f"preprocess {st.get('preprocess', 0):.1f} s over threads; encode {st.get('encode', 0):.1f} s, "
+            f"head {st.get('head', 0):.1f} s, write {st.get('write', 0):.1f} s, waiting for frames "
+            f"{st.get('wait', 0):.1f} s{how})")
     if report.removed:
         say(f"dropped {report.removed} removed file(s) from the index")
     if report.failed:

@@ -68,6 +68,10 @@ def test_index_then_search_outputs(env, tmp_path):
     folder, bundle, _, world, e = env
     p = run(["index", folder, "--model", bundle], e)
     assert "indexed 8 video(s)" in p.stderr and "videos/s" in p.stderr
+    # per-stage breakdown and how the files were decoded (8 good files: one pass or with seeks)
+    assert re.search(r"decode [\d.]+ s and preprocess [\d.]+ s over threads; encode [\d.]+ s", p.stderr)
+    m = re.search(r"; (\d+) file\(s\) decoded in one pass, (\d+) with seeks\)", p.stderr)
+    assert m and int(m.group(1)) + int(m.group(2)) == 8, p.stderr
     assert "skipped 2 file(s) that could not be decoded" in p.stderr
     assert re.search(r"^  broken\.mp4: \S", p.stderr, re.M) and re.search(r"^  empty\.mkv: \S", p.stderr, re.M)
     assert (folder / ".probret-index" / "index.db").is_file()
