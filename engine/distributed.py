@@ -97,8 +97,9 @@ class _Decode:
         try:
             info = probe_video(path)
             segments = plan_segments(info.duration, self.window)
+            # one decode task per CPU (num_cpus=1): no FFmpeg threads inside it (decode_segments)
             pixels, ts = decode_segments(path, info, segments, num_frames=self.T, image_size=self.size,
-                                         mean=self.mean, std=self.std, resize=self.resize)
+                                         mean=self.mean, std=self.std, resize=self.resize, thread_type="NONE")
         except VideoDecodeError as exc:
             return [self._error_row(item, exc.reason)]
         except Exception as exc:  # noqa: BLE001 - a bad file must not stop the cluster

@@ -159,12 +159,18 @@ def _use_decoder_resize(info: VideoInfo, size: int, resize: str) -> bool:
 
 
 def decode_segments(path: str | Path, info: VideoInfo, segments: list[tuple[float, float]], *, num_frames: int,
-                    image_size: int, mean, std, resize: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                    image_size: int, mean, std, resize: str = "auto",
+                    thread_type: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pixels float32 (n, T, 3, S, S), timestamps float64 (n, T)) of ``segments`` of one video.
 
     ``info`` is the video's probe (kept for callers that have one; the file is probed again by
-    the single open that samples every segment in one pass)."""
-    d = _decode_chunk(path, segments, num_frames=num_frames, image_size=image_size, mean=mean, std=std, resize=resize)
+    the single open that samples every segment in one pass). ``thread_type``: FFmpeg's decoder
+    threading (engine/video.py; None = its default, one thread per core). Callers that already
+    decode one file per core (Ray tasks, process pools) pass ``"NONE"``: with a pool of one
+    worker per core, per-decoder threads oversubscribe the CPU cores^2 times, measured 40% slower on
+    16 cores (docs/benchmarks_gpu.md, "Indexing")."""
+    d = _decode_chunk(path, segments, num_frames=num_frames, image_size=image_size, mean=mean, std=std, resize=resize,
+                      thread_type=thread_type)
     return d.pixels, d.timestamps
 
 
