@@ -54,7 +54,6 @@ fp32 graphs, on the same decoded videos and captions (docs/export.md).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -67,15 +66,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import machine, sgemm_peak  # noqa: E402  (bench/search.py: the shared machine record)
+from common import export_source_sha, machine, say, sgemm_peak, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_VARIANTS = ("engine", "threads=P", "no-spin", "basic", "extended", "no-opt", "saved-opt", "tf-optimizer",
                 "legacy-graph", "opset20", "int8")
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def physical_cores() -> int:
@@ -175,16 +170,9 @@ def frame_flops(visual, size: int) -> dict:
 # --------------------------------------------------------------------------------------------
 # models and graphs
 # --------------------------------------------------------------------------------------------
-def exporter_key() -> str:
-    h = hashlib.sha256()
-    for f in ("graphs.py", "exporter.py", "forms.py"):
-        h.update((REPO / "export" / f).read_bytes())
-    return h.hexdigest()[:12]
-
-
 def build(spec: str, workdir: Path):
     """(resolved model, torch model) of ``spec`` through engine.models.resolve_model."""
-    os.environ["PROBRET_CACHE"] = str(workdir / f"cache-{exporter_key()}")
+    os.environ["PROBRET_CACHE"] = str(workdir / f"cache-{export_source_sha()[:12]}")
     from probret.engine.models import resolve_model
     from probret.train.checkpoint import load_checkpoint
 
@@ -493,11 +481,7 @@ def main(argv=None) -> None:
     res["targets"] = targets(res)
     print_tables(res)
     print(f"\nbenchmark took {res['seconds']:.0f} s")
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
-        say(f"results: {out}")
+    write_results(res, a.out)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,7 @@ other ``PipelineOptions`` (e.g. ``--variant w1=workers=1``).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -54,29 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("onnxruntime", "av"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "platform": platform.platform(),
-            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
-            "versions": versions}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, say, write_results  # noqa: E402
 
 
 def make_clips(root: Path, name: str, videos: int, seconds: int, resolution: tuple[int, int], seed: int) -> Path:
@@ -314,10 +290,7 @@ def main(argv=None) -> None:
     resolved = resolve_model(a.model, say=say)
     b = resolved.bundle
     rt = BundleRuntime(b, device="cpu")
-    size = b.preprocessing["image_size"]
-    size = size if isinstance(size, int) else int(size[0])
-    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=b.num_frames, image_size=size,
-                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]))
+    settings = IndexSettings.for_bundle(b)
     res["model"] = resolved.to_meta()
     res["window_s"] = settings.window
     res["sets"] = {"short": bench_set("short", short, rt, settings, resolved.to_meta(), workdir, a, variants)}
@@ -338,7 +311,7 @@ def main(argv=None) -> None:
     m = res["machine"]
     print(f"machine: {m['nproc']} CPU(s), {m['cpu']}; load {tuple(round(x, 2) for x in m['loadavg_start'])} -> "
           f"{tuple(round(x, 2) for x in m['loadavg_end'])}; {m['date']}")
-    print(f"model: {resolved.description}; {b.num_frames} frames x {size}^2 per segment, window {settings.window} s, "
+    print(f"model: {resolved.description}; {b.num_frames} frames x {settings.image_size}^2 per segment, window {settings.window} s, "
           f"batches of {a.batch} segments, {a.repeats} repeat(s)")
     for name, sset in res["sets"].items():
         print_set(name, sset, a.verbose_files)
@@ -346,11 +319,7 @@ def main(argv=None) -> None:
     for t in res["targets"]:
         print(f"  {t['target']}: measured {t['measured']} -> {t['status']}")
     print(f"\nbenchmark took {res['seconds']:.0f} s")
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
-        say(f"results: {out}")
+    write_results(res, a.out)
 
 
 if __name__ == "__main__":

@@ -66,21 +66,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import (BENCH_BACKBONE, D, M, T, machine, queries, register_bench_backbone,  # noqa: E402
-                    video_pool)
+from common import machine, say, write_results  # noqa: E402
+from search import D, M, T, head_bundle, queries, register_bench_backbone, video_pool  # noqa: E402
 
 HEADS = ["meanp", "xpool", "tmass", "spem", "duq"]
 DTYPES = ["float32", "float16"]
 GB = 1e9
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# memory probes
-# --------------------------------------------------------------------------------------------
 def proc_status() -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon, RssFile of this process in bytes (Linux /proc)."""
     out = {}
@@ -148,51 +141,21 @@ def phase(fn):
 # bundles and indexes
 # --------------------------------------------------------------------------------------------
 def bundle_for(workdir: Path, method: str):
-    """A random-weight d=512 ``method`` bundle (cached in the work dir); heads that sample get M."""
-    from probret.engine.bundle import is_bundle, load_bundle
-
-    out = workdir / f"bundle-{method}-d{D}"
-    if not is_bundle(out):
-        import torch
-
-        from probret.export.exporter import ExportOptions, export_checkpoint
-        from probret.train.checkpoint import save_checkpoint
-        from probret.train.config import ModelConfig
-        from probret.train.methods import get_head_class
-        from probret.train.model import RetrievalModel
-
-        known = {f.name for f in dataclasses.fields(get_head_class(method).Config)}
-        head = {"num_samples": M} if "num_samples" in known else {}
-        shutil.rmtree(out, ignore_errors=True)
-        torch.manual_seed(0)
-        model = RetrievalModel.from_config(ModelConfig(backbone=BENCH_BACKBONE, pretrained=None, method=method,
-                                                       num_frames=T, head=head))
-        ckpt = workdir / f"ckpt-{method}-d{D}"
-        save_checkpoint(ckpt, model)
-        export_checkpoint(ckpt, out, ExportOptions(benchmark_videos=2))
-    return load_bundle(out)
-
-
-def settings_for(bundle, dtype: str):
-    from probret.engine.index import IndexSettings
-
-    size = bundle.preprocessing["image_size"]
-    return IndexSettings(bundle_sha256=bundle.sha256, num_frames=bundle.num_frames,
-                         image_size=size if isinstance(size, int) else size[0], mean=tuple(bundle.preprocessing["mean"]),
-                         std=tuple(bundle.preprocessing["std"]), dtype=dtype)
+    """bench/search.py's random-weight d=512 ``method`` bundle (cached in the work dir)."""
+    return head_bundle(workdir, method)["bundle"]
 
 
 def write_index(path: Path, bundle, pool: dict[str, np.ndarray], n: int, dtype: str, *, batch: int = 2048,
                 ann_noise: float = 0.0, seed: int = 0, progress: bool = False) -> float:
     """``n`` one-segment videos, video i storing pool row i % len(pool), through the real
     IndexWriter at ``dtype``. ``ann_noise`` > 0 makes each video's ANN embedding distinct."""
-    from probret.engine.index import EncodedVideo, IndexWriter
+    from probret.engine.index import EncodedVideo, IndexSettings, IndexWriter
 
     p = len(pool["ann"])
     ts = np.linspace(0.0, 10.0, 2 * T + 1)[1::2][None]
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    with IndexWriter(path, settings_for(bundle, dtype), rebuild=True,
+    with IndexWriter(path, IndexSettings.for_bundle(bundle, dtype=dtype), rebuild=True,
                      model={"kind": "bundle", "spec": str(bundle.path), "bundle_sha256": bundle.sha256,
                             "method": bundle.method}) as w:
         for lo in range(0, n, batch):
@@ -314,7 +277,7 @@ def ranking_demo(workdir: Path, world: Path, limit: int | None) -> dict:
     """The demo model on the procedural test split: R@1 at float32 vs float16 storage."""
     import csv
 
-    from probret.engine.index import IndexWriter
+    from probret.engine.index import IndexSettings, IndexWriter
     from probret.engine.models import resolve_model
     from probret.engine.pipeline import PipelineOptions, update_index
     from probret.engine.runtime import BundleRuntime
@@ -329,7 +292,7 @@ def ranking_demo(workdir: Path, world: Path, limit: int | None) -> dict:
     rt = BundleRuntime(model.bundle, device="cpu")
     a, b = workdir / "demo-f32", workdir / "demo-f16"
     t = time.perf_counter()
-    with IndexWriter(a, settings_for(rt.bundle, "float32"), model=model.to_meta(), rebuild=True) as w:
+    with IndexWriter(a, IndexSettings.for_bundle(rt.bundle, dtype="float32"), model=model.to_meta(), rebuild=True) as w:
         update_index(folder, rt, w, PipelineOptions(progress=False))
     enc = time.perf_counter() - t
     copy_index(a, b, "float16")
@@ -557,7 +520,6 @@ def main(argv=None) -> None:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
            "settings": {"D": D, "frames": T, "samples": M, "videos": a.videos, "dtype": a.dtype, "pool": a.pool,
                         "quick": a.quick}}
-    res["machine"]["loadavg_start"] = os.getloadavg()
     say("bytes per video, from the index layout of each head")
     res["layout"] = layout_bench(workdir, a.heads)
     if not a.skip_ranking:
@@ -574,11 +536,7 @@ def main(argv=None) -> None:
     res["seconds"] = time.perf_counter() - t0
     print_tables(res)
     print(f"\nbenchmark took {res['seconds']:.0f} s")
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
-        say(f"results: {out}")
+    write_results(res, a.out)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,9 @@ Work files (bundles, exports) go to ``--workdir``; indexes are deleted after use
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import dataclasses
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -54,6 +53,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import export_source_sha, machine, say, sgemm_peak, write_results  # noqa: E402
 
 D, T, M = 512, 12, 20
 BENCH_BACKBONE = "bench-d512"
@@ -69,10 +71,6 @@ MOTIONS = ["moves left", "moves right", "moves up", "moves down", "spins", "boun
 BACKS = ["striped", "dark", "bright", "checkered"]
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def queries(n: int) -> list[str]:
     out = []
     for c in COLOURS:
@@ -83,45 +81,6 @@ def queries(n: int) -> list[str]:
     rng = np.random.default_rng(0)
     rng.shuffle(out)
     return out[:n]
-
-
-# --------------------------------------------------------------------------------------------
-# machine
-# --------------------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("onnxruntime", "torch", "av"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "mem_gib": mem, "platform": platform.platform(),
-            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
-            "versions": versions}
-
-
-def sgemm_peak(n: int = 2048, reps: int = 3) -> float:
-    """FP32 matmul GFLOP/s of numpy's BLAS on all cores (best of ``reps``)."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -159,48 +118,39 @@ def register_bench_backbone(workdir: Path) -> None:
     open_clip.add_model_config(cfg_dir)
 
 
-def _export_source_sha() -> str:
-    """sha256 of the export code (forms, graphs, exporter): a cached bench bundle exported by other
-    code is exported again, so a changed pair graph is what gets measured."""
-    import hashlib
-
-    import probret.export as export_pkg
-
-    h = hashlib.sha256()
-    for name in ("forms.py", "graphs.py", "exporter.py"):
-        h.update((Path(export_pkg.__file__).parent / name).read_bytes())
-    return h.hexdigest()
-
-
 def head_bundle(workdir: Path, method: str) -> dict:
-    """A random-weight d=512 ``method`` checkpoint and its bundle (cached in the work dir)."""
+    """A random-weight d=512 ``method`` checkpoint and its bundle (cached in the work dir); heads
+    that sample at inference get M samples."""
     import torch
 
     from probret.engine.bundle import is_bundle, load_bundle
     from probret.export.exporter import ExportOptions, export_checkpoint
     from probret.train.checkpoint import load_checkpoint, save_checkpoint
     from probret.train.config import ModelConfig
+    from probret.train.methods import get_head_class
     from probret.train.model import RetrievalModel
 
     ckpt, out = workdir / f"ckpt-{method}-d{D}", workdir / f"bundle-{method}-d{D}"
     stamp = workdir / f"bundle-{method}-d{D}.source-sha256"  # the export code the cached bundle came from
     exported = None
     if not (is_bundle(out) and (ckpt / "model.safetensors").is_file()
-            and stamp.is_file() and stamp.read_text().strip() == _export_source_sha()):
+            and stamp.is_file() and stamp.read_text().strip() == export_source_sha()):
         shutil.rmtree(out, ignore_errors=True)
+        known = {f.name for f in dataclasses.fields(get_head_class(method).Config)}
         torch.manual_seed(0)
         model = RetrievalModel.from_config(ModelConfig(backbone=BENCH_BACKBONE, pretrained=None, method=method,
-                                                       num_frames=T, head={"num_samples": M}))
+                                                       num_frames=T,
+                                                       head={"num_samples": M} if "num_samples" in known else {}))
         save_checkpoint(ckpt, model)
         t = time.perf_counter()
         export_checkpoint(ckpt, out, ExportOptions(benchmark_videos=4))
         exported = time.perf_counter() - t
-        stamp.write_text(_export_source_sha() + "\n")
+        stamp.write_text(export_source_sha() + "\n")
     model, _ = load_checkpoint(ckpt)
     model.eval()
     bundle = load_bundle(out)
     assert bundle.num_frames == T and bundle.manifest["embed_dim"] == D, bundle.manifest
-    assert bundle.sampling.get("samples") == M, bundle.sampling
+    assert bundle.sampling.get("samples") in (M, None), bundle.sampling
     return {"method": method, "ckpt": ckpt, "bundle": bundle, "model": model, "export_seconds": exported}
 
 
@@ -219,9 +169,7 @@ def build_index(path: Path, rt, pool: dict[str, np.ndarray], n: int, *, batch: i
     from probret.engine.index import EncodedVideo, IndexSettings, IndexWriter
 
     b = rt.bundle
-    size = b.preprocessing["image_size"]
-    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=T, image_size=size if isinstance(size, int) else size[0],
-                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]))
+    settings = IndexSettings.for_bundle(b)
     p = len(pool["frame_features"])
     ts = np.linspace(0.0, 10.0, 2 * T + 1)[1::2][None]
     t0 = time.perf_counter()
@@ -608,11 +556,7 @@ def main(argv=None) -> None:
     res["targets"] = targets(res)
     print_tables(res)
     print(f"\nbenchmark took {res['seconds']:.0f} s")
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
-        say(f"results: {out}")
+    write_results(res, a.out)
 
 
 if __name__ == "__main__":

@@ -89,10 +89,7 @@ def demo(out, videos, seed, n_queries, top_k, model, device):
     rt = BundleRuntime(resolved.bundle, device=device)
     t = time.time()
     b = resolved.bundle
-    size = b.preprocessing["image_size"]
-    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=b.num_frames,
-                             image_size=size if isinstance(size, int) else int(size[0]),
-                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]))
+    settings = IndexSettings.for_bundle(b)
     index_dir = out / "index"
     with IndexWriter(index_dir, settings, model=resolved.to_meta(), say=say) as writer:
         report = update_index(folder, rt, writer, PipelineOptions(), say=say)

@@ -135,11 +135,8 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
     say(f"model: {resolved.description}")
     runtime = BundleRuntime(resolved.bundle, device=device)
     b = resolved.bundle
-    size = b.preprocessing["image_size"]
-    settings = IndexSettings(bundle_sha256=b.sha256, num_frames=b.num_frames,
-                             image_size=size if isinstance(size, int) else int(size[0]),
-                             mean=tuple(b.preprocessing["mean"]), std=tuple(b.preprocessing["std"]),
-                             window=float(window), resize=resize, dtype="float16" if half else "float32")
+    settings = IndexSettings.for_bundle(b, window=float(window), resize=resize,
+                                        dtype="float16" if half else "float32")
     report = None
     if update:
         with IndexWriter(index_dir, settings, model=resolved.to_meta(), wait=wait, rebuild=rebuild, say=say) as writer:

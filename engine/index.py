@@ -152,6 +152,16 @@ class IndexSettings:
     resize: str = "auto"  # "auto" | "exact" | "decoder", see pipeline.decode_video
     dtype: str = "float32"  # storage dtype of every tensor: "float32" | "float16"
 
+    @classmethod
+    def for_bundle(cls, bundle, **kw) -> "IndexSettings":
+        """The settings of an index of ``bundle``'s features: its hash, frames and preprocessing
+        (a square ``image_size`` given as [S, S] becomes S); ``kw`` sets window, resize, dtype."""
+        p = bundle.preprocessing
+        size = p["image_size"]
+        return cls(bundle_sha256=bundle.sha256, num_frames=bundle.num_frames,
+                   image_size=int(size if isinstance(size, int) else size[0]), mean=tuple(p["mean"]),
+                   std=tuple(p["std"]), **kw)
+
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"] = [round(float(x), 8) for x in self.mean]

@@ -49,12 +49,6 @@ def world(tmp_path_factory):
     ray.shutdown()
 
 
-def _settings(bundle) -> IndexSettings:
-    p = bundle.preprocessing
-    return IndexSettings(bundle_sha256=bundle.sha256, num_frames=bundle.num_frames, image_size=int(p["image_size"]),
-                         mean=tuple(p["mean"]), std=tuple(p["std"]), window=WINDOW)
-
-
 def _stored(idx: Path) -> tuple[dict, list]:
     out = {}
     with IndexReader(idx) as r:
@@ -78,7 +72,7 @@ def test_ray_index_resumes_and_equals_single_process(world, tmp_path):
     rt = BundleRuntime(world / "bundle", device="cpu")
     folder = world / "world" / "videos"
     single, dist = tmp_path / "single", tmp_path / "ray"
-    with IndexWriter(single, _settings(rt.bundle)) as w:
+    with IndexWriter(single, IndexSettings.for_bundle(rt.bundle, window=WINDOW)) as w:
         ref = update_index(folder, rt, w, PipelineOptions(progress=False, batch_segments=3))
     assert ref.added == 8 and ref.encoded_segments == 16 and len(ref.failed) == 1
 
@@ -89,7 +83,7 @@ def test_ray_index_resumes_and_equals_single_process(world, tmp_path):
     for n in later:
         (folder / n).rename(aside / n)
     try:
-        with IndexWriter(dist, _settings(rt.bundle)) as w:
+        with IndexWriter(dist, IndexSettings.for_bundle(rt.bundle, window=WINDOW)) as w:
             r1 = update_index_ray(folder, rt, w, PipelineOptions(progress=False, batch_segments=3))
     finally:
         for n in later:
@@ -106,7 +100,7 @@ def test_ray_index_resumes_and_equals_single_process(world, tmp_path):
     assert (rep["added"], rep["unchanged"], rep["encoded_videos"], rep["indexed"]) == (3, 6, 3, 8)  # unchanged: 5 videos + the broken file
 
     # run 3: nothing left to do
-    with IndexWriter(dist, _settings(rt.bundle)) as w:
+    with IndexWriter(dist, IndexSettings.for_bundle(rt.bundle, window=WINDOW)) as w:
         r3 = update_index_ray(folder, rt, w, PipelineOptions(progress=False))
     assert r3.encoded_videos == 0 and r3.unchanged == 9
 

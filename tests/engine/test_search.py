@@ -274,12 +274,6 @@ def tiny(tmp_path_factory):
     return ckpt, root / "bundle", root / "world"
 
 
-def _settings_for(bundle, **kw) -> IndexSettings:
-    p = bundle.preprocessing
-    return IndexSettings(bundle_sha256=bundle.sha256, num_frames=bundle.num_frames, image_size=int(p["image_size"]),
-                         mean=tuple(p["mean"]), std=tuple(p["std"]), **kw)
-
-
 def test_bundle_ranking_equals_pytorch_checkpoint(tiny, tmp_path):
     """The whole search path (decode, preprocess, four graphs through ONNX Runtime, index round
     trip, ranking) against the checkpoint's PyTorch scoring of the same frames."""
@@ -294,7 +288,7 @@ def test_bundle_ranking_equals_pytorch_checkpoint(tiny, tmp_path):
     ckpt, bundle_dir, world = tiny
     rt = BundleRuntime(bundle_dir, device="cpu")
     idx = tmp_path / "idx"
-    with IndexWriter(idx, _settings_for(rt.bundle)) as w:
+    with IndexWriter(idx, IndexSettings.for_bundle(rt.bundle)) as w:
         report = update_index(world / "videos", rt, w, PipelineOptions(progress=False, batch_segments=3))
     assert report.added == 10 and not report.failed
     data = json.loads((world / "world.json").read_text())
@@ -360,7 +354,7 @@ def test_demo_model_finds_the_right_video(tmp_path, monkeypatch):
     generate_world(world, videos=30, seed=11, resolution=(64, 64), splits=(0.0, 0.0, 1.0))
     model = resolve_model(None)
     rt = BundleRuntime(model.bundle, device="cpu")
-    with IndexWriter(tmp_path / "idx", _settings_for(rt.bundle)) as w:
+    with IndexWriter(tmp_path / "idx", IndexSettings.for_bundle(rt.bundle)) as w:
         update_index(world / "videos", rt, w, PipelineOptions(progress=False))
     data = json.loads((world / "world.json").read_text())
     specific = [(c["caption"], c["matches"][0] + ".mp4") for c in data["captions"].values()
