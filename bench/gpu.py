@@ -327,18 +327,12 @@ def build_form(method: str, dev):
     return form, noise
 
 
-def _text(t):
-    import torch
-
-    from probret.train.methods.base import TextFeatures
-
-    return TextFeatures(t, t[:, None], torch.ones_like(t[:, :1], dtype=torch.bool))
-
-
 def section_scoring(args, dev) -> dict:
     import torch
 
     from search import D, T
+
+    from probret.export.graphs import sentence_features
 
     n = args.videos
     n_ref = min(n, 65536 if not args.quick else n)
@@ -392,7 +386,7 @@ def section_scoring(args, dev) -> dict:
             def pair_fn(text_sentence, video):
                 # fp16 storage: matmuls in fp16 with fp32 accumulation, norms / exp in fp32 (autocast)
                 with torch.autocast(dev.type, dtype=torch.float16):
-                    s, _ = form.pair(_text(text_sentence), video, noise)
+                    s, _ = form.pair(sentence_features(text_sentence), video, noise)
                 return s.float()
 
             # one graph per (queries, chunk) shape: 3 batch sizes x (full chunk, last chunk) x 16k/64k
@@ -413,7 +407,7 @@ def section_scoring(args, dev) -> dict:
             with torch.inference_mode():
                 # rankings on the first n_ref videos: fp32 reference vs fp16 storage (eager / compiled)
                 qc = queries[:16]
-                s_ref = score_all(lambda q, vv: form.pair(_text(q), vv, noise)[0].float(), qc, ref, 0, n_ref)
+                s_ref = score_all(lambda q, vv: form.pair(sentence_features(q), vv, noise)[0].float(), qc, ref, 0, n_ref)
                 s_eag = score_all(pair_fn, qc, store, 0, n_ref)
                 top_ref = torch.topk(s_ref, 10, dim=1).indices
                 top_eag = torch.topk(s_eag, 10, dim=1).indices
@@ -620,39 +614,29 @@ def section_indexing(args, dev) -> dict:
         say(f"encoder_only: {out['encoder_only']}")
         del pixels
 
-        # end to end: CPU preprocessing in the workers
-        t = time.perf_counter()
-        buf = []
-        for r in pool.imap_unordered(_decode_cpu_pre, files, chunksize=1):
-            buf.append(torch.from_numpy(r[0]))
-            if len(buf) == batch_videos:
-                encode(buf)
-                buf = []
-        if buf:
-            encode(buf)
-        sync(dev)
-        wall = time.perf_counter() - t
-        out["end_to_end_cpu_preprocess"] = {"videos_per_s": len(files) / wall, "wall_s": wall}
-        say(f"e2e cpu pre: {out['end_to_end_cpu_preprocess']}")
-
-        # end to end: decode in the workers, preprocess on the GPU
-        t = time.perf_counter()
-        buf = []
-
         def encode_raw(frames_list):
             x = torch.cat([gpu_preprocess(torch.from_numpy(f).to(dev, non_blocking=True)) for f in frames_list])
             return visual(x.to(half))
 
-        for r in pool.imap_unordered(_decode_only, files, chunksize=1):
-            buf.append(r[0])
-            if len(buf) == batch_videos:
-                encode_raw(buf)
-                buf = []
-        if buf:
-            encode_raw(buf)
-        sync(dev)
-        wall = time.perf_counter() - t
-        out["end_to_end_gpu_preprocess"] = {"videos_per_s": len(files) / wall, "wall_s": wall}
+        def end_to_end(worker, encode_batch) -> dict:
+            """Workers decode (and maybe preprocess) in any order; the GPU encodes every full batch."""
+            t = time.perf_counter()
+            buf = []
+            for r in pool.imap_unordered(worker, files, chunksize=1):
+                buf.append(r[0])
+                if len(buf) == batch_videos:
+                    encode_batch(buf)
+                    buf = []
+            if buf:
+                encode_batch(buf)
+            sync(dev)
+            wall = time.perf_counter() - t
+            return {"videos_per_s": len(files) / wall, "wall_s": wall}
+
+        # CPU preprocessing in the workers, then decode in the workers and preprocess on the GPU
+        out["end_to_end_cpu_preprocess"] = end_to_end(_decode_cpu_pre, lambda b: encode([torch.from_numpy(x) for x in b]))
+        say(f"e2e cpu pre: {out['end_to_end_cpu_preprocess']}")
+        out["end_to_end_gpu_preprocess"] = end_to_end(_decode_only, encode_raw)
         say(f"e2e gpu pre: {out['end_to_end_gpu_preprocess']}")
     best = max(out["end_to_end_cpu_preprocess"]["videos_per_s"], out["end_to_end_gpu_preprocess"]["videos_per_s"])
     out["end_to_end_best_videos_per_s"] = best

@@ -38,7 +38,7 @@ import numpy as np
 
 from probret.engine.errors import DataError, VideoDecodeError
 from probret.engine.index import EncodedVideo, FileEntry, IndexWriter, ScanResult
-from probret.engine.pipeline import IndexReport, PipelineOptions, RESIZE_MODES
+from probret.engine.pipeline import IndexReport, PipelineOptions, begin_update
 
 __all__ = ["ray_available", "init_ray", "update_index_ray"]
 
@@ -153,15 +153,9 @@ def update_index_ray(folder: str | Path, runtime, writer: IndexWriter, options: 
     half decoding). ``device`` of the actors' runtimes (default: the driver runtime's device)."""
     o = options or PipelineOptions()
     say = say or (lambda msg: log.info(msg))
-    if writer.settings.resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {writer.settings.resize!r}")
     t0 = time.perf_counter()
     folder = Path(folder).resolve()
-    scan = scan or writer.scan(folder, retry_failed=o.retry_failed)
-    report = IndexReport(folder=str(folder), index=str(writer.root), total_videos=scan.total_videos,
-                         removed=len(scan.removed), unchanged=scan.unchanged, failed_before=list(scan.failed_before),
-                         ignored=scan.ignored)
-    writer.remove(scan.removed)
+    scan, report = begin_update(folder, writer, o, scan)
     todo = list(scan.todo)
     stages = {"decode": 0.0, "encode": 0.0, "head": 0.0, "write": 0.0}  # decode and encode summed over workers
     if todo:

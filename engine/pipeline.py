@@ -283,20 +283,28 @@ def _lower_priority(nice: int) -> None:
         pass
 
 
-def update_index(folder: str | Path, runtime, writer: IndexWriter, options: PipelineOptions | None = None, *,
-                 say: Callable[[str], None] | None = None, scan: ScanResult | None = None) -> IndexReport:
-    """Bring the index up to date with ``folder`` (module docstring). Returns what was done."""
-    o = options or PipelineOptions()
-    say = say or (lambda msg: log.info(msg))
+def begin_update(folder: Path, writer: IndexWriter, o: PipelineOptions,
+                 scan: ScanResult | None) -> tuple[ScanResult, IndexReport]:
+    """The start every indexing driver shares (this module's and engine/distributed.py's): check
+    the resize mode, scan the folder (unless given), open the report and drop removed files."""
     if writer.settings.resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {writer.settings.resize!r}")
-    t0 = time.perf_counter()
-    folder = Path(folder)
     scan = scan or writer.scan(folder, retry_failed=o.retry_failed)
     report = IndexReport(folder=str(folder), index=str(writer.root), total_videos=scan.total_videos,
                          removed=len(scan.removed), unchanged=scan.unchanged, failed_before=list(scan.failed_before),
                          ignored=scan.ignored)
     writer.remove(scan.removed)
+    return scan, report
+
+
+def update_index(folder: str | Path, runtime, writer: IndexWriter, options: PipelineOptions | None = None, *,
+                 say: Callable[[str], None] | None = None, scan: ScanResult | None = None) -> IndexReport:
+    """Bring the index up to date with ``folder`` (module docstring). Returns what was done."""
+    o = options or PipelineOptions()
+    say = say or (lambda msg: log.info(msg))
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    scan, report = begin_update(folder, writer, o, scan)
     todo = list(scan.todo)
     changed = {e.path for e in scan.changed}
     stages = _Stages()

@@ -344,13 +344,24 @@ class XPoolForm(ExportForm):
         return self.xpool.cosine(text.sentence, video).t(), None
 
 
-class TMassForm(ExportForm):
+class _FusedZAndFramesForm(ExportForm):
+    """Video side of the heads whose pair side needs the fused embedding z itself and the frame
+    cosines (tmass, spem): the fused X-Pool tensors plus the L2-normalised frames."""
+
     video_names = ("keys", "g2", "g3", "yg", "frames")
     has_uncertainty = True
 
     def __init__(self, head):
         super().__init__(head)
         self.xpool = FusedXPool(head.fusion)
+
+    def video_side(self, frames):
+        return {**self.xpool.video_side(frames, gram=False), "frames": _l2n(frames)}
+
+
+class TMassForm(_FusedZAndFramesForm):
+    def __init__(self, head):
+        super().__init__(head)
         c = head.config
         self.linear_radius = c.radius == "linear"
         self.mean_inference = c.inference == "mean"
@@ -360,9 +371,6 @@ class TMassForm(ExportForm):
                 self.register_buffer("br", head.radius_proj.bias.detach().clone())
             else:
                 self.register_buffer("theta", head.theta.detach().clone().reshape(()))
-
-    def video_side(self, frames):
-        return {**self.xpool.video_side(frames, gram=False), "frames": _l2n(frames)}
 
     def pair(self, text, video, noise):
         t = text.sentence  # (N_t, D) raw
@@ -386,7 +394,7 @@ class TMassForm(ExportForm):
         return cos.amax(-1).t(), uncertainty
 
 
-class SPEMForm(ExportForm):
+class SPEMForm(_FusedZAndFramesForm):
     """SPEM's pair side, written to make as few passes over (pair, D) tensors as the algebra allows.
 
     Per pair (m = 1..M; a = mu_t, z the fused video embedding, b = mu_v = z / |z|, p = sigma_t,
@@ -416,12 +424,8 @@ class SPEMForm(ExportForm):
     outside the modulators' range (|s| <= 1, slopes ~ 2 / (T'+1)).
     """
 
-    video_names = ("keys", "g2", "g3", "yg", "frames")
-    has_uncertainty = True
-
     def __init__(self, head):
         super().__init__(head)
-        self.xpool = FusedXPool(head.fusion)
         c = head.config
         self.inference = c.inference
         self.sort = bool(c.sort_frame_sims)
@@ -440,9 +444,6 @@ class SPEMForm(ExportForm):
             self.register_buffer("c_abs", torch.tensor([abs(st), abs(sv)]).reshape(2, 1))
             # the column of g_sq that sums p^2 (q^2): |p|^2 = scale_t^2 sum (p / scale_t)^2
             self.register_buffer("sq_norm", self.c_sq.expand(2, head.embed_dim, 1).contiguous())
-
-    def video_side(self, frames):
-        return {**self.xpool.video_side(frames, gram=False), "frames": _l2n(frames)}
 
     def pair(self, text, video, noise):
         t = text.sentence

@@ -150,6 +150,12 @@ class VideoSideGraph(nn.Module):
         return tuple(out[k] for k in self.form.video_names)
 
 
+def sentence_features(sentence: Tensor) -> TextFeatures:
+    """TextFeatures for sentence-only methods: the sentence, with placeholder token features
+    (one token, unmasked) that their pair sides never read."""
+    return TextFeatures(sentence, sentence[:, None], torch.ones_like(sentence[:, :1], dtype=torch.bool))
+
+
 class PairGraph(nn.Module):
     """Inputs: text_sentence [, text_tokens, text_mask], video_* (form.video_names order),
     then noise_* (noise-input mode). In fixed-seed mode the banks are buffers: constants of the graph."""
@@ -174,8 +180,8 @@ class PairGraph(nn.Module):
         t = args[:n_text]
         if len(t) == 3:
             text = TextFeatures(t[0], t[1], t[2])
-        else:  # sentence-only methods: empty token features (never read)
-            text = TextFeatures(t[0], t[0][:, None], torch.ones_like(t[0][:, :1], dtype=torch.bool))
+        else:
+            text = sentence_features(t[0])
         video = dict(zip(self.form.video_names, args[n_text:n_text + n_video]))
         if self.fixed:
             noise = {k: getattr(self, f"bank_{k}") for k in self.noise_keys}
