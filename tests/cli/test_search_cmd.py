@@ -26,20 +26,12 @@ pytestmark = pytest.mark.skipif(not PROBRET.exists(), reason="the probret entry 
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, make_spem_bundle):
     """(folder with 8 videos + 2 broken files, bundle dir, checkpoint dir, world dir, environment)."""
-    torch = pytest.importorskip("torch")
-    from probret.export.exporter import ExportOptions, export_checkpoint
-    from probret.train.checkpoint import save_checkpoint
-    from probret.train.config import ModelConfig
-    from probret.train.model import RetrievalModel
     from probret.train.world import generate_world
 
     root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(1)
-    model = RetrievalModel.from_config(ModelConfig(backbone="test-vit-tiny", pretrained=None, method="spem", num_frames=4))
-    ckpt = save_checkpoint(root / "ckpt", model)
-    export_checkpoint(ckpt, root / "bundle", ExportOptions(benchmark_videos=6))
+    ckpt, _ = make_spem_bundle(root, seed=1, benchmark_videos=6)
     world = root / "world"
     generate_world(world, videos=8, seed=4, resolution=(64, 64), frames=16, splits=(0.0, 0.0, 1.0))
     folder = root / "videos"

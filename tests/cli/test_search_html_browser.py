@@ -204,21 +204,13 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(tmp_path_factory, make_spem_bundle):
     """(results page, --json output, folder): 6 procedural 64x64 videos, 3 queries (two captions and one
     full of HTML markup characters), top 3."""
-    torch = pytest.importorskip("torch")
-    from probret.export.exporter import ExportOptions, export_checkpoint
-    from probret.train.checkpoint import save_checkpoint
-    from probret.train.config import ModelConfig
-    from probret.train.model import RetrievalModel
     from probret.train.world import generate_world
 
     root = tmp_path_factory.mktemp("html-browser")
-    torch.manual_seed(3)
-    model = RetrievalModel.from_config(ModelConfig(backbone="test-vit-tiny", pretrained=None, method="spem", num_frames=4))
-    ckpt = save_checkpoint(root / "ckpt", model)
-    export_checkpoint(ckpt, root / "bundle", ExportOptions(benchmark_videos=6))
+    make_spem_bundle(root, seed=3, benchmark_videos=6)
     world = root / "world"
     generate_world(world, videos=6, seed=11, resolution=(64, 64), frames=16, splits=(0.0, 0.0, 1.0))
     folder = root / "my videos"  # a space: the page's file links must be proper URIs

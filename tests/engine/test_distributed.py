@@ -24,25 +24,14 @@ WINDOW = 1.0  # the world's clips last ~2 s: two segments each
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_spem_bundle):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    torch = pytest.importorskip("torch")
-    from probret.export.exporter import ExportOptions, export_checkpoint
-    from probret.train.checkpoint import save_checkpoint
-    from probret.train.config import ModelConfig
-    from probret.train.model import RetrievalModel
     from probret.train.world import generate_world
 
     root = tmp_path_factory.mktemp("dist")
-    torch.manual_seed(0)
-    model = RetrievalModel.from_config(ModelConfig(backbone="test-vit-tiny", pretrained=None, method="spem", num_frames=4))
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    ckpt = save_checkpoint(root / "ckpt", model)
     generate_world(root / "world", videos=8, seed=5, resolution=(64, 64), frames=16, splits=(0.0, 0.0, 1.0))
-    export_checkpoint(ckpt, root / "bundle", ExportOptions(benchmark=root / "world", benchmark_videos=4))
+    make_spem_bundle(root, seed=0, jitter=True, benchmark=root / "world", benchmark_videos=4)
     (root / "world" / "videos" / "zz_broken.mp4").write_bytes(b"not a video" * 100)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield root

@@ -12,22 +12,8 @@ from probret.engine.errors import ModelError
 
 
 @pytest.fixture(scope="module")
-def spem_bundle(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from probret.export.exporter import ExportOptions, export_checkpoint
-    from probret.train.checkpoint import save_checkpoint
-    from probret.train.config import ModelConfig
-    from probret.train.model import RetrievalModel
-
-    root = tmp_path_factory.mktemp("rt")
-    torch.manual_seed(3)
-    model = RetrievalModel.from_config(ModelConfig(backbone="test-vit-tiny", pretrained=None, method="spem", num_frames=4))
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    ckpt = save_checkpoint(root / "ckpt", model)
-    export_checkpoint(ckpt, root / "bundle", ExportOptions(benchmark_videos=4))
-    return root / "bundle"
+def spem_bundle(tmp_path_factory, make_spem_bundle):
+    return make_spem_bundle(tmp_path_factory.mktemp("rt"), seed=3, jitter=True, benchmark_videos=4)[1]
 
 
 def _features(rt, n_videos: int, n_text: int, seed: int = 0):

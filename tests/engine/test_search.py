@@ -253,23 +253,12 @@ def test_resolve_model_errors(tmp_path, monkeypatch):
 # the real thing: a tiny SPEM checkpoint, its bundle, PyTorch
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, make_spem_bundle):
     """(checkpoint, bundle dir, world) for a random tiny SPEM (test-vit-tiny, 4 frames)."""
-    torch = pytest.importorskip("torch")
-    from probret.export.exporter import ExportOptions, export_checkpoint
-    from probret.train.checkpoint import save_checkpoint
-    from probret.train.config import ModelConfig
-    from probret.train.model import RetrievalModel
     from probret.train.world import generate_world
 
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    model = RetrievalModel.from_config(ModelConfig(backbone="test-vit-tiny", pretrained=None, method="spem", num_frames=4))
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    ckpt = save_checkpoint(root / "ckpt", model)
-    export_checkpoint(ckpt, root / "bundle", ExportOptions(benchmark_videos=6))
+    ckpt, _ = make_spem_bundle(root, seed=0, jitter=True, benchmark_videos=6)
     generate_world(root / "world", videos=10, seed=5, resolution=(64, 64), frames=16, splits=(0.0, 0.0, 1.0))
     return ckpt, root / "bundle", root / "world"
 
