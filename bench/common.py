@@ -82,3 +82,21 @@ def write_results(res: dict, out: str | Path | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
     say(f"results: {out}")
+
+
+def print_targets(targets: list[dict]) -> None:
+    print("\ntargets (issue 6)")
+    for t in targets:
+        print(f"  {t['target']}: measured {t['measured']} -> {t['status']}")
+
+
+def finish(res: dict, t0: float, out: str | Path | None, print_tables, targets=None) -> None:
+    """The end of every benchmark run: load average at the end, duration, the targets
+    (``targets(res) -> [{target, measured, status}]``), the tables on stdout, the JSON file."""
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    res["seconds"] = time.perf_counter() - t0
+    if targets is not None:
+        res["targets"] = targets(res)
+    print_tables(res)
+    print(f"\nbenchmark took {res['seconds']:.0f} s")
+    write_results(res, out)

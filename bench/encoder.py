@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import export_source_sha, machine, say, sgemm_peak, write_results  # noqa: E402
+from common import export_source_sha, finish, machine, say, sgemm_peak  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_VARIANTS = ("engine", "threads=P", "no-spin", "basic", "extended", "no-opt", "saved-opt", "tf-optimizer",
@@ -476,12 +476,7 @@ def main(argv=None) -> None:
     if a.quality:
         say("[int8] demo model: export with --quantize int8 and the retrieval gate")
         res["int8_quality"] = int8_quality(Path(a.quality_world), a.quality_videos, workdir)
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["seconds"] = time.perf_counter() - t0
-    res["targets"] = targets(res)
-    print_tables(res)
-    print(f"\nbenchmark took {res['seconds']:.0f} s")
-    write_results(res, a.out)
+    finish(res, t0, a.out, print_tables, targets)
 
 
 if __name__ == "__main__":

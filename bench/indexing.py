@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, say, write_results  # noqa: E402
+from common import finish, machine, print_targets, say  # noqa: E402
 
 
 def make_clips(root: Path, name: str, videos: int, seconds: int, resolution: tuple[int, int], seed: int) -> Path:
@@ -296,30 +296,25 @@ def main(argv=None) -> None:
     res["sets"] = {"short": bench_set("short", short, rt, settings, resolved.to_meta(), workdir, a, variants)}
     if long_ is not None:
         res["sets"]["long"] = bench_set("long", long_, rt, settings, resolved.to_meta(), workdir, a, variants)
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["seconds"] = time.perf_counter() - t0
-    s = res["sets"]["short"]
-    res["targets"] = [{"target": "indexing end to end >= 90% of encoder-only (short clips)",
-                       "measured": f"{100 * s['ratio']:.0f}% (overlap bound {100 * s['overlap_bound']:.0f}%)",
-                       "status": "met" if s["ratio"] >= 0.9 else "short"}]
-    if "long" in res["sets"]:
-        lg = res["sets"]["long"]
-        res["targets"].append({"target": "indexing end to end >= 90% of encoder-only (long clips, seeking)",
-                               "measured": f"{100 * lg['ratio']:.0f}% (overlap bound {100 * lg['overlap_bound']:.0f}%)",
-                               "status": "met" if lg["ratio"] >= 0.9 else "short"})
 
-    m = res["machine"]
-    print(f"machine: {m['nproc']} CPU(s), {m['cpu']}; load {tuple(round(x, 2) for x in m['loadavg_start'])} -> "
-          f"{tuple(round(x, 2) for x in m['loadavg_end'])}; {m['date']}")
-    print(f"model: {resolved.description}; {b.num_frames} frames x {settings.image_size}^2 per segment, window {settings.window} s, "
-          f"batches of {a.batch} segments, {a.repeats} repeat(s)")
-    for name, sset in res["sets"].items():
-        print_set(name, sset, a.verbose_files)
-    print("\ntargets (issue 6)")
-    for t in res["targets"]:
-        print(f"  {t['target']}: measured {t['measured']} -> {t['status']}")
-    print(f"\nbenchmark took {res['seconds']:.0f} s")
-    write_results(res, a.out)
+    def targets(res: dict) -> list[dict]:
+        return [{"target": f"indexing end to end >= 90% of encoder-only ({what})",
+                 "measured": f"{100 * s['ratio']:.0f}% (overlap bound {100 * s['overlap_bound']:.0f}%)",
+                 "status": "met" if s["ratio"] >= 0.9 else "short"}
+                for name, what in (("short", "short clips"), ("long", "long clips, seeking"))
+                if (s := res["sets"].get(name)) is not None]
+
+    def print_tables(res: dict) -> None:
+        m = res["machine"]
+        print(f"machine: {m['nproc']} CPU(s), {m['cpu']}; load {tuple(round(x, 2) for x in m['loadavg_start'])} -> "
+              f"{tuple(round(x, 2) for x in m['loadavg_end'])}; {m['date']}")
+        print(f"model: {resolved.description}; {b.num_frames} frames x {settings.image_size}^2 per segment, "
+              f"window {settings.window} s, batches of {a.batch} segments, {a.repeats} repeat(s)")
+        for name, sset in res["sets"].items():
+            print_set(name, sset, a.verbose_files)
+        print_targets(res["targets"])
+
+    finish(res, t0, a.out, print_tables, targets)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, say, write_results  # noqa: E402
+from common import finish, machine, say  # noqa: E402
 from search import D, M, T, head_bundle, queries, register_bench_backbone, video_pool  # noqa: E402
 
 HEADS = ["meanp", "xpool", "tmass", "spem", "duq"]
@@ -532,11 +532,7 @@ def main(argv=None) -> None:
         res["ranking"][f"random SPEM d=512, {a.rank_videos} videos"] = ranking_random(workdir, a.rank_videos, 64)
     if not a.skip_big:
         res["big"] = big_bench(a, workdir, res["layout"])
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["seconds"] = time.perf_counter() - t0
-    print_tables(res)
-    print(f"\nbenchmark took {res['seconds']:.0f} s")
-    write_results(res, a.out)
+    finish(res, t0, a.out, print_tables)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import export_source_sha, machine, say, sgemm_peak, write_results  # noqa: E402
+from common import export_source_sha, finish, machine, print_targets, say, sgemm_peak  # noqa: E402
 
 D, T, M = 512, 12, 20
 BENCH_BACKBONE = "bench-d512"
@@ -483,9 +483,7 @@ def print_tables(res: dict) -> None:
             print(f"  {method}: {h['bytes_per_video']:,} B stored, {h['bytes_per_video_read_by_search']:,} B read; "
                   f"{h['pair_flops'] / 1e3:.0f} kFLOP/pair; torch head.score per pair: {tor}; "
                   f"ORT pair graph 1x1 per pair: {ort}")
-    print("\ntargets (issue 6)")
-    for t in res["targets"]:
-        print(f"  {t['target']}: measured {t['measured']} -> {t['status']}")
+    print_targets(res["targets"])
 
 
 def targets(res: dict) -> list[dict]:
@@ -551,12 +549,7 @@ def main(argv=None) -> None:
     say("FP32 matmul peak")
     res["sgemm_gflop_s"] = sgemm_peak()
     res["query"] = query_bench(a, workdir, res["sgemm_gflop_s"])
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["seconds"] = time.perf_counter() - t0
-    res["targets"] = targets(res)
-    print_tables(res)
-    print(f"\nbenchmark took {res['seconds']:.0f} s")
-    write_results(res, a.out)
+    finish(res, t0, a.out, print_tables, targets)
 
 
 if __name__ == "__main__":

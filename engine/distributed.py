@@ -206,12 +206,7 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
         t = time.perf_counter()
         writer.add(done)
         stages["write"] += time.perf_counter() - t
-        for v in done:
-            if v.path in changed:
-                report.updated += 1
-            else:
-                report.added += 1
-        report.encoded_videos += len(done)
+        report.count_written(done, changed)
         done.clear()
 
     for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -124,6 +124,15 @@ class IndexReport:
     decode: dict[str, int] = field(default_factory=dict)
     compacted: bool = False
 
+    def count_written(self, videos: list[EncodedVideo], changed: set[str]) -> None:
+        """Count ``videos`` just committed: updated when their path was in the index before."""
+        for v in videos:
+            if v.path in changed:
+                self.updated += 1
+            else:
+                self.added += 1
+        self.encoded_videos += len(videos)
+
     @property
     def videos_per_s(self) -> float:
         return self.encoded_videos / self.seconds if self.seconds > 0 else 0.0
@@ -419,12 +428,7 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
         t = time.perf_counter()
         writer.add(done_videos)
         stages.add("write", time.perf_counter() - t)
-        for v in done_videos:
-            if v.path in changed:
-                report.updated += 1
-            else:
-                report.added += 1
-        report.encoded_videos += len(done_videos)
+        report.count_written(done_videos, changed)
         bar.update(len(done_videos))
         done_videos.clear()
 
