@@ -9,21 +9,18 @@ from probret.train.methods import TextFeatures, create_head
 from probret.train.methods.base import l2n
 from probret.train.methods.tmass import TMassHead, sample_cos, support_vector
 
+from method_features import losses_over_adam, perturb, sentence_text
+
 
 D, T = 8, 4
 
 
 def _text(n, g):
-    sentence, tokens = torch.randn(n, D, generator=g), torch.randn(n, 2, D, generator=g)
-    return TextFeatures(sentence, tokens, torch.ones(n, 2, dtype=torch.bool))
+    return sentence_text(n, D, g)
 
 
 def _head(g, **kw):
-    head = create_head("tmass", embed_dim=D, num_frames=T, **kw)
-    with torch.no_grad():
-        for p in head.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return head
+    return perturb(create_head("tmass", embed_dim=D, num_frames=T, **kw), g, 0.2)
 
 
 def test_radius_shapes_and_identity_init():
@@ -160,10 +157,7 @@ def test_loss_decreases_in_30_steps(radius):
     frames = torch.randn(8, T, 16, generator=g)
     fixed = head.draw_noise(8, 8, generator=torch.Generator().manual_seed(9), training=True)
     scale = torch.tensor(10.0)
-    first = head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"].item()
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(30):
-        opt.zero_grad()
-        head.loss(text, frames, logit_scale=scale, generator=g)["loss"].backward()
-        opt.step()
-    assert head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"].item() < 0.7 * first
+    first, last = losses_over_adam(head.parameters(), lambda: head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"],
+                                   train_loss=lambda: head.loss(text, frames, logit_scale=scale, generator=g)["loss"],
+                                   lr=1e-2)
+    assert last < 0.7 * first

@@ -5,19 +5,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from probret.train.methods import TextFeatures, create_head
+from probret.train.methods import create_head
 from probret.train.methods.xpool import XPoolFusion, XPoolHead
 
-
-def _text(n, d, g):
-    sentence, tokens = torch.randn(n, d, generator=g), torch.randn(n, 2, d, generator=g)
-    return TextFeatures(sentence, tokens, torch.ones(n, 2, dtype=torch.bool))
-
-
-def _perturb(module, g, std=0.3):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(std * torch.randn(p.shape, generator=g))
+from method_features import losses_over_adam, perturb, sentence_text
 
 
 def reference_xpool(fusion, text, frames, dropout=None):
@@ -45,7 +36,7 @@ def reference_xpool(fusion, text, frames, dropout=None):
 def test_fusion_matches_reference_multihead():
     g = torch.Generator().manual_seed(0)
     fusion = XPoolFusion(8, num_heads=2, dropout=0.3)
-    _perturb(fusion, g)
+    perturb(fusion, g, 0.3)
     text, frames = torch.randn(3, 8, generator=g), torch.randn(4, 5, 8, generator=g) * 3
     mask = fusion.draw_dropout(3, 4, g, fusion.q_proj.weight)["dropout"]
     got = fusion.pair_side(text, fusion.video_side(frames), mask)
@@ -89,8 +80,8 @@ def test_attention_sums_to_one_and_text_conditions_the_video():
 def test_head_score_split_shapes_and_dropout_noise():
     g = torch.Generator().manual_seed(3)
     head = create_head("xpool", embed_dim=8, num_frames=4, num_heads=2)
-    _perturb(head, g)
-    text, frames = _text(3, 8, g), torch.randn(5, 4, 8, generator=g)
+    perturb(head, g, 0.3)
+    text, frames = sentence_text(3, 8, g), torch.randn(5, 4, 8, generator=g)
     out = head.score(text, frames)
     assert out.scores.shape == (3, 5) and out.uncertainty is None
     torch.testing.assert_close(head.pair_side(text, head.video_side(frames)).scores, out.scores)
@@ -119,13 +110,10 @@ def test_loss_decreases_in_30_steps():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(4)
     head = XPoolHead(16, 4)
-    text, frames = _text(8, 16, g), torch.randn(8, 4, 16, generator=g)
+    text, frames = sentence_text(8, 16, g), torch.randn(8, 4, 16, generator=g)
     fixed = head.draw_noise(8, 8, generator=torch.Generator().manual_seed(9), training=True)
     scale = torch.tensor(10.0)
-    first = head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"].item()
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(30):
-        opt.zero_grad()
-        head.loss(text, frames, logit_scale=scale, generator=g)["loss"].backward()
-        opt.step()
-    assert head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"].item() < 0.7 * first
+    first, last = losses_over_adam(head.parameters(), lambda: head.loss(text, frames, logit_scale=scale, noise=fixed)["loss"],
+                                   train_loss=lambda: head.loss(text, frames, logit_scale=scale, generator=g)["loss"],
+                                   lr=1e-2)
+    assert last < 0.7 * first
