@@ -356,19 +356,23 @@ def _(d: Path) -> Spec:
     return Spec(path, np.arange(30) / 10, 10.0)
 
 
+def _mux_silence(container, stream, frames: int = 10) -> None:
+    """``frames`` x 1024 samples of mono silence at 16 kHz through ``stream``, then a flush."""
+    for i in range(frames):
+        fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        fr.sample_rate = 16000
+        fr.pts = i * 1024
+        for p in stream.encode(fr):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
+
+
 @builder("audio_only_m4a")
 def _(d: Path) -> Spec:
     path = d / "audio.m4a"
     with av.open(str(path), "w") as c:
-        s = c.add_stream("aac", rate=16000)
-        for i in range(10):
-            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            fr.sample_rate = 16000
-            fr.pts = i * 1024
-            for p in s.encode(fr):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+        _mux_silence(c, c.add_stream("aac", rate=16000))
     return Spec(path, np.zeros(0), 0.0)
 
 
@@ -385,14 +389,7 @@ def _(d: Path) -> Spec:
         frame.pts = 0
         for p in list(v.encode(frame)) + list(v.encode()):
             c.mux(p)
-        for i in range(10):
-            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            fr.sample_rate = 16000
-            fr.pts = i * 1024
-            for p in a.encode(fr):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        _mux_silence(c, a)
     return Spec(path, np.zeros(0), 0.0)
 
 
