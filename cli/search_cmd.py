@@ -372,8 +372,7 @@ def _table(header: list[str], rows: list[list[str]], right=()) -> None:
 
 def _video_to_text(s: _Session, reader, searcher, video: Path, captions_file: str, top_k: int, as_json: bool,
                    paths_only: bool) -> None:
-    from probret.engine.pipeline import decode_segments, encode_segments, plan_segments
-    from probret.engine.video import probe_video
+    from probret.engine.pipeline import decode_windows, encode_segments
 
     captions = _read_lines(captions_file, "--captions")
     vid = None
@@ -390,14 +389,13 @@ def _video_to_text(s: _Session, reader, searcher, video: Path, captions_file: st
         if not video.is_file():
             raise DataError(f"--video {video}: no such file")
         b = s.runtime.bundle
-        info = probe_video(video)
-        segments = plan_segments(info.duration, float(reader.settings.get("window", 30.0)))
         size = b.preprocessing["image_size"]
-        pixels, _ = decode_segments(video, info, segments, num_frames=b.num_frames,
-                                    image_size=size if isinstance(size, int) else int(size[0]),
-                                    mean=b.preprocessing["mean"], std=b.preprocessing["std"],
-                                    resize=reader.settings.get("resize", "auto"))
-        tensors = encode_segments(s.runtime, pixels)
+        d = decode_windows(video, float(reader.settings.get("window", 30.0)), num_frames=b.num_frames,
+                           image_size=size if isinstance(size, int) else int(size[0]),
+                           mean=b.preprocessing["mean"], std=b.preprocessing["std"],
+                           resize=reader.settings.get("resize", "auto"))
+        segments = d.segments
+        tensors = encode_segments(s.runtime, d.pixels)
         hits, truncated = searcher.rank_captions(captions, tensors=tensors, segments=segments, top_k=top_k)
         source = "encoded now (not in the index)"
     _warn_truncated(s.runtime, captions, truncated, what="caption")

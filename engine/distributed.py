@@ -89,17 +89,15 @@ class _Decode:
                 "width": int(info.width) if info else 0, "height": int(info.height) if info else 0}
 
     def __call__(self, item: dict) -> list[dict]:
-        from probret.engine.pipeline import decode_segments, plan_segments
-        from probret.engine.video import probe_video
+        from probret.engine.pipeline import decode_windows
 
         path = os.path.join(self.folder, item["path"])
         t0 = time.perf_counter()
         try:
-            info = probe_video(path)
-            segments = plan_segments(info.duration, self.window)
             # one decode task per CPU (num_cpus=1): no FFmpeg threads inside it (decode_segments)
-            pixels, ts = decode_segments(path, info, segments, num_frames=self.T, image_size=self.size,
-                                         mean=self.mean, std=self.std, resize=self.resize, thread_type="NONE")
+            d = decode_windows(path, self.window, num_frames=self.T, image_size=self.size, mean=self.mean,
+                               std=self.std, resize=self.resize, thread_type="NONE")
+            info, segments, pixels, ts = d.info, d.segments, d.pixels, d.timestamps
         except VideoDecodeError as exc:
             return [self._error_row(item, exc.reason)]
         except Exception as exc:  # noqa: BLE001 - a bad file must not stop the cluster

@@ -67,7 +67,7 @@ from probret.engine.index import EncodedVideo, FileEntry, IndexWriter, ScanResul
 from probret.engine.preprocess import preprocess_frames
 from probret.engine.video import DecodeStats, VideoInfo, open_video
 
-__all__ = ["PipelineOptions", "IndexReport", "plan_segments", "decode_segments", "encode_segments",
+__all__ = ["PipelineOptions", "IndexReport", "plan_segments", "decode_segments", "decode_windows", "encode_segments",
            "update_index", "RESIZE_MODES", "STAGES", "default_workers"]
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,15 @@ def decode_segments(path: str | Path, info: VideoInfo, segments: list[tuple[floa
     d = _decode_chunk(path, segments, num_frames=num_frames, image_size=image_size, mean=mean, std=std, resize=resize,
                       thread_type=thread_type)
     return d.pixels, d.timestamps
+
+
+def decode_windows(path: str | Path, window: float, *, num_frames: int, image_size: int, mean, std,
+                   resize: str = "auto", thread_type: str | None = None) -> "_DecodedChunk":
+    """Every ``window``-second segment of one video (``plan_segments``), planned from the probe of
+    the same single open that decodes them: ``.info``, ``.segments``, ``.pixels``, ``.timestamps``.
+    ``thread_type`` as in :func:`decode_segments`."""
+    return _decode_chunk(path, lambda info: plan_segments(info.duration, window), num_frames=num_frames,
+                         image_size=image_size, mean=mean, std=std, resize=resize, thread_type=thread_type)
 
 
 @dataclass
