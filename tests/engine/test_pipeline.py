@@ -21,8 +21,7 @@ import pytest
 
 from probret.engine.index import IndexReader, IndexSettings, IndexWriter
 from probret.engine import pipeline as pipeline_mod
-from probret.engine.pipeline import STAGES, PipelineOptions, decode_segments, plan_segments, update_index
-from probret.engine.video import probe_video
+from probret.engine.pipeline import STAGES, PipelineOptions, decode_windows, plan_segments, update_index
 
 COLORS = [(220, 30, 30), (30, 200, 60), (40, 80, 240), (240, 210, 30), (240, 240, 240), (160, 40, 210),
           (20, 20, 20), (120, 120, 120), (0, 200, 200), (200, 100, 0)]
@@ -243,11 +242,11 @@ def test_incremental_update_touches_only_changed_files(tmp_path):
 
 def test_resize_modes_agree(tmp_path):
     path = solid_video(tmp_path / "big.mp4", [COLORS[2], COLORS[3]], size=(160, 96))
-    info = probe_video(path)
     kw = dict(num_frames=4, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
-    exact, ts1 = decode_segments(path, info, [(0.0, 4.0)], resize="exact", **kw)
-    fast, ts2 = decode_segments(path, info, [(0.0, 4.0)], resize="decoder", **kw)
-    auto, _ = decode_segments(path, info, [(0.0, 4.0)], resize="auto", **kw)  # 96 > 2 x 16: decoder
+    # window 0: the whole file as one segment; auto = decoder here (96 > 2 x 16)
+    d = {r: decode_windows(path, 0.0, resize=r, **kw) for r in ("exact", "decoder", "auto")}
+    exact, fast, auto = d["exact"].pixels, d["decoder"].pixels, d["auto"].pixels
+    ts1, ts2 = d["exact"].timestamps, d["decoder"].timestamps
     assert exact.shape == fast.shape == (1, 4, 3, 16, 16)
     np.testing.assert_array_equal(ts1, ts2)
     np.testing.assert_array_equal(auto, fast)
