@@ -301,8 +301,9 @@ def _model_call(runtime, what: str, fn, arg) -> dict[str, np.ndarray] | np.ndarr
     except ProbretError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime / TensorRT raise: the model's problem
+        why = " ".join(str(exc).split())  # ONNX Runtime's messages span lines; an error is one
         raise ModelError(f"model {_model_name(runtime)}: the {what} failed on {len(arg)} segment(s) "
-                         f"({type(exc).__name__}: {exc}); no video was marked failed: check or re-export the model"
+                         f"({type(exc).__name__}: {why}); no video was marked failed: check or re-export the model"
                          ) from None
 
 
