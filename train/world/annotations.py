@@ -65,7 +65,7 @@ def msrvtt_record(specs: list[VideoSpec], settings: dict, fps: int, frames: int)
                 "url": f"procedural://seed{settings['seed']}/{v.video_id}",
                 "video_id": v.video_id,
                 "start time": 0.0,
-                "end time": duration,
+                "end time": duration if v.frames is None else round(v.frames / v.fps, 3),
                 "split": MSRVTT_SPLIT_NAMES[v.split],
                 "id": v.index,
             }
@@ -117,6 +117,7 @@ def world_record(specs: list[VideoSpec], settings: dict) -> dict:
                 "eval": c.sen_id == v.eval_sen_id,
                 "semantics": c.semantics,
                 "matches": c.matches,
+                **({} if c.moment is None else {"moment": c.moment}),
             }
             for v in specs for c in v.captions
         },

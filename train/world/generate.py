@@ -64,12 +64,13 @@ def split_counts(videos: int, fractions: Sequence[float]) -> dict[str, int]:
 
 def _render_job(args) -> int:
     spec, out_path, width, height, frames, fps, difficulty, seed = args
+    frames, fps = spec.frames or frames, spec.fps or fps  # a long video has its own length
     pixels = render_video(spec, width=width, height=height, frames=frames, difficulty=difficulty, seed=seed)
     encode_mp4(out_path, pixels, fps)
     return os.path.getsize(out_path)
 
 
-def _check_out_dir(out: Path, overwrite: bool, name: str) -> None:
+def check_out_dir(out: Path, overwrite: bool, name: str) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
@@ -126,15 +127,15 @@ def generate_world(
     t0 = time.perf_counter()
     out = Path(out_dir)
     d = parse_difficulty(difficulty)
-    width, height = _check_settings(videos, resolution, frames, fps, captions_per_video)
+    width, height = check_settings(videos, resolution, frames, fps, captions_per_video)
     counts = split_counts(videos, splits)
-    _check_out_dir(out, overwrite, name)
+    check_out_dir(out, overwrite, name)
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
     specs = build_specs(videos=videos, seed=seed, width=width, height=height, frames=frames,
                         difficulty=d, counts=counts, captions_per_video=tuple(captions_per_video))
     jobs = [(v, out / "videos" / f"{v.video_id}.mp4", width, height, frames, fps, d, seed) for v in specs]
-    disk = _render_all(jobs, workers, progress)
+    disk = render_all(jobs, workers, progress)
     settings = {
         "seed": seed, "videos": videos, "resolution": [width, height], "frames": frames, "fps": fps,
         "difficulty": d.to_dict(), "splits": counts, "split_fractions": list(map(float, splits)),
@@ -157,7 +158,7 @@ def generate_world(
     )
 
 
-def _check_settings(videos: int, resolution, frames: int, fps: int, captions_per_video) -> tuple[int, int]:
+def check_settings(videos: int, resolution, frames: int, fps: int, captions_per_video) -> tuple[int, int]:
     """Raise DataError on a bad setting (before anything is written); returns (width, height)."""
     width, height = (int(resolution[0]), int(resolution[1]))
     if videos < 1:
@@ -174,7 +175,7 @@ def _check_settings(videos: int, resolution, frames: int, fps: int, captions_per
     return width, height
 
 
-def _render_all(jobs: list[tuple], workers: int, progress: Callable[[int, int], None] | None) -> int:
+def render_all(jobs: list[tuple], workers: int, progress: Callable[[int, int], None] | None) -> int:
     """Render and encode every video (in ``workers`` forked processes); returns bytes written."""
     disk = 0
     if workers > 1 and len(jobs) > 1:

@@ -112,6 +112,11 @@ def render_video(v: VideoSpec, *, width: int, height: int, frames: int, difficul
         object_track(o, [e for e in v.events if e.actor == k], frames, width, height, d.object_scale)
         for k, o in enumerate(v.objects)
     ]
+    for k, o in enumerate(v.objects):
+        if o.visible is not None:  # off screen outside its span (long videos)
+            first, last = o.visible
+            tracks[k][:first, 4] = 0.0
+            tracks[k][last:, 4] = 0.0
     order = sorted(range(len(v.objects)), key=lambda k: v.objects[k].role == "actor")  # distractors behind
     cache: dict[int, tuple] = {}
 

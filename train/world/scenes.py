@@ -62,7 +62,7 @@ def sample_video(rng: np.random.Generator, index: int, split: str, d: Difficulty
     else:
         background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
         motions, n_actors = _draw_plot(rng, d)
-        actor_defs = _draw_actors(rng, motions, n_actors)
+        actor_defs = draw_actors(rng, motions, n_actors)
     timing = sample_timing(rng, len(motions), frames)
     events = [
         EventSpec(actor=a, motion=m, start_frame=s, end_frame=t, direction=1 if rng.random() < 0.5 else -1,
@@ -71,8 +71,8 @@ def sample_video(rng: np.random.Generator, index: int, split: str, d: Difficulty
         for (a, m), (s, t) in zip(motions, timing)
     ]
     objects = _place_actors(rng, actor_defs, events, d, frames, width, height)
-    _add_distractors(rng, objects, d, width, height)
-    bg_colors, bg_angle, bg_period, bg_phase = _texture(rng, background, min(width, height))
+    add_distractors(rng, objects, d, width, height)
+    bg_colors, bg_angle, bg_period, bg_phase = draw_texture(rng, background, min(width, height))
     return VideoSpec(
         video_id=f"video{index}", index=index, split=split, background=background, bg_colors=bg_colors,
         bg_angle=bg_angle, bg_period=bg_period, bg_phase=bg_phase, objects=objects, events=events,
@@ -105,7 +105,7 @@ def _draw_plot(rng, d: Difficulty) -> tuple[list[tuple[int, str]], int]:
     return [(0, MOTIONS[int(rng.integers(len(MOTIONS)))])], 1
 
 
-def _draw_actors(rng, motions: list[tuple[int, str]], n_actors: int) -> list[tuple[str, str, str]]:
+def draw_actors(rng, motions: list[tuple[int, str]], n_actors: int) -> list[tuple[str, str, str]]:
     """(shape, colour, size) of each actor, tellable apart, and able to show its motions."""
     actor_defs: list[tuple[str, str, str]] = []
     for a in range(n_actors):
@@ -147,7 +147,7 @@ def _place_actors(rng, actor_defs, events: list[EventSpec], d: Difficulty, frame
     return objects
 
 
-def _add_distractors(rng, objects: list[ObjectSpec], d: Difficulty, width: int, height: int) -> None:
+def add_distractors(rng, objects: list[ObjectSpec], d: Difficulty, width: int, height: int) -> None:
     """0-2 static objects no event is about (at most ``max_objects`` objects in all)."""
     room = max(d.max_objects - len(objects), 0)
     probs = np.array(d.distractor_probs, dtype=np.float64)
@@ -166,7 +166,7 @@ def _add_distractors(rng, objects: list[ObjectSpec], d: Difficulty, width: int, 
         objects.append(obj)
 
 
-def _texture(rng, background: str, side: int):
+def draw_texture(rng, background: str, side: int):
     """The background's two colours (its kind's palette, jittered), direction, period and phase."""
     c0, c1 = BG_PALETTES[background]
     jit = rng.uniform(-10, 10, 3)

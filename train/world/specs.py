@@ -18,6 +18,9 @@ class ObjectSpec:
     y: float
     angle: float
     rgb: tuple[int, int, int]
+    #: frames [first, last) the object is on screen; None = the whole clip. Long videos use it
+    #: so that only the actors of nearby events are in view (a frame stays uncluttered).
+    visible: tuple[int, int] | None = None
 
 
 @dataclass
@@ -48,6 +51,10 @@ class VideoSpec:
     near_duplicate_of: str | None = None
     captions: list["Caption"] = field(default_factory=list)
     eval_sen_id: int | None = None
+    #: a long video's own length and rate (None: the world's ``frames`` / ``fps``); when set,
+    #: world.json also records every event's and object's time span in seconds.
+    frames: int | None = None
+    fps: int | None = None
 
     def record(self) -> dict:
         """JSON description of the video (world.json ``videos`` entry)."""
@@ -74,6 +81,17 @@ class VideoSpec:
             "near_duplicate_of": self.near_duplicate_of,
             "sen_ids": [c.sen_id for c in self.captions],
             "eval_sen_id": self.eval_sen_id,
+            **(self._timeline() if self.frames is not None else {}),
+        }
+
+    def _timeline(self) -> dict:
+        """Long videos: length, and each event's / object's span in seconds (end exclusive)."""
+        fps = float(self.fps)
+        return {
+            "frames": self.frames, "fps": self.fps, "duration": round(self.frames / fps, 3),
+            "event_times": [[round(e.start_frame / fps, 3), round(e.end_frame / fps, 3)] for e in self.events],
+            "visible_times": [None if o.visible is None else [round(o.visible[0] / fps, 3), round(o.visible[1] / fps, 3)]
+                              for o in self.objects],
         }
 
 
@@ -89,3 +107,6 @@ class Caption:
     semantics: dict
     sen_id: int = -1
     matches: list[str] = field(default_factory=list)
+    #: a moment query of a long video: {"event": k, "start": s, "end": e, "moments": {video_id:
+    #: [[start, end], ...]}} (seconds; every matching event of every matching video)
+    moment: dict | None = None
