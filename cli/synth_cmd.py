@@ -62,6 +62,9 @@ def _human_bytes(n: int) -> str:
 @click.option("--splits", default="0.7,0.1,0.2", show_default=True, help="train,val,test fractions.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes rendering videos (the output does not depend on it).")
+@click.option("--benchmark", is_flag=True,
+              help="Quality-benchmark knobs (protocol v2, docs/world.md): dominant backgrounds rarely named in "
+                   "training captions, val/test queries that never name them, a fixed full/partial/short mix.")
 @click.option("--long", "long_videos", is_flag=True,
               help="Long videos (all in the test split) with several events at known times and one query per "
                    "event, for moment search (docs/world.md); --frames is then ignored.")
@@ -70,14 +73,14 @@ def _human_bytes(n: int) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace a world already in OUT (other files there are kept).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def synth(out: Path, videos: int, seed: int, resolution: str, frames: int, fps: int | None, difficulty: str,
-          splits: str, workers: int, long_videos: bool, duration: str, events: str, overwrite: bool,
+          splits: str, workers: int, benchmark: bool, long_videos: bool, duration: str, events: str, overwrite: bool,
           quiet: bool) -> None:
     """Generate a procedural video world in OUT: real H.264 mp4 files plus MSRVTT-format
     annotations (OUT/procedural_data.json, train/val/test.csv) and OUT/world.json (every
     video's attributes and, for every caption, the videos it truly describes)."""
     from tqdm import tqdm
 
-    from probret.train.world import LongVideos, generate_long_world, generate_world, parse_difficulty
+    from probret.train.world import BenchmarkKnobs, LongVideos, generate_long_world, generate_world, parse_difficulty
 
     size = _parse_resolution(resolution)
     fractions = _parse_splits(splits)
@@ -107,7 +110,7 @@ def synth(out: Path, videos: int, seed: int, resolution: str, frames: int, fps: 
         else:
             summary = generate_world(out, videos=videos, seed=seed, resolution=size, frames=frames, fps=fps,
                                      difficulty=level, splits=fractions, overwrite=overwrite, workers=workers,
-                                     progress=progress)
+                                     progress=progress, benchmark=BenchmarkKnobs() if benchmark else None)
     finally:
         bar.close()
 

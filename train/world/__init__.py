@@ -47,6 +47,7 @@ training extra, and ``probret synth`` stays fast to start. Its modules, one job 
     rendering    pixels; encoding: deterministic yuv420p + x264 mp4
     annotations  the files (MSRVTT formats, world.json) and reading them back
     generate     ``generate_world`` and ``build_specs``, which tie the rest together
+    benchmark    the quality-benchmark (protocol v2) knobs: dominant backgrounds, query-kind mix
     long         long videos (1-5 min) with several events at known times, and their moment queries
 """
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 from .annotations import (MSRVTT_SPLIT_NAMES, OUTPUT_FILES, SPLITS, WORLD_FORMAT, WORLD_VERSION, eval_match_sets,
                           load_world, write_annotations)
+from .benchmark import EVAL_KINDS, BenchmarkKnobs
 from .difficulty import DIFFICULTIES, Difficulty, parse_difficulty
 from .encoding import GOP_SIZE, X264_OPTIONS, encode_mp4
 from .generate import WorldSummary, build_specs, generate_world, split_counts
@@ -70,5 +72,5 @@ __all__ = [
     "SHAPES", "SIZES", "SPLITS", "TRANSLATIONS", "VideoSpec", "WORLD_FORMAT", "WORLD_VERSION", "WorldSummary",
     "X264_OPTIONS", "build_specs", "caption_matches", "encode_mp4", "eval_match_sets", "generate_world",
     "load_world", "parse_difficulty", "LONG_MOTIONS", "LongVideos", "build_long_specs", "generate_long_world",
-    "moment_queries", "render_video", "split_counts", "specificity", "write_annotations",
+    "moment_queries", "BenchmarkKnobs", "EVAL_KINDS", "render_video", "split_counts", "specificity", "write_annotations",
 ]

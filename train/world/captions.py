@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from .benchmark import BenchmarkKnobs, drop_background
 from .difficulty import Difficulty
 from .grammar import Grammar
 from .matching import SplitIndex, specificity
@@ -83,10 +84,14 @@ def eval_caption(v: VideoSpec) -> Caption:
 CAPTION_KINDS = ("full", "partial", "short")
 
 
-def draw_captions(rng, grammar: Grammar, v: VideoSpec, d: Difficulty, n: int) -> bool:
+def draw_captions(rng, grammar: Grammar, v: VideoSpec, d: Difficulty, n: int,
+                  knobs: BenchmarkKnobs | None = None, eval_kind: str | None = None) -> str:
     """Fill ``v.captions`` with n distinct sentences (the first full, the rest drawn from
-    ``d.caption_mix``). Returns whether a val/test video's evaluation caption should be partial
-    (then two one-event candidates, one per event, are among its captions)."""
+    ``d.caption_mix``). Returns the kind a val/test video's evaluation caption should have:
+    'partial' adds two one-event candidates (one per event), 'short' adds short candidates.
+    Without benchmark ``knobs`` a fraction ``eval_partial_fraction`` of two-event videos gets
+    'partial', the rest 'full'; with them ``eval_kind`` (dealt by quota) decides, and captions
+    drop the background as ``drop_background`` says."""
     mix = np.array(d.caption_mix, dtype=np.float64)
     mix = mix / mix.sum()
     v.captions = []
@@ -97,7 +102,7 @@ def draw_captions(rng, grammar: Grammar, v: VideoSpec, d: Difficulty, n: int) ->
         # times; identical text means identical meaning. With little paraphrasing ('easy')
         # a kind can run out of new sentences: then a less specific kind fills the slot.
         for _ in range(tries):
-            sem = draw()
+            sem = draw() if knobs is None else drop_background(rng, draw(), v.split, knobs)
             text = grammar.sentence(sem)
             if text not in seen:
                 seen.add(text)
@@ -109,23 +114,29 @@ def draw_captions(rng, grammar: Grammar, v: VideoSpec, d: Difficulty, n: int) ->
 
     add("full", lambda: caption_semantics(rng, v, "full", d))
     n_random = n - 1
-    partial = False
+    want = "full"
     if v.split != "train":
-        partial = len(v.events) == 2 and rng.random() < d.eval_partial_fraction
-        if partial:  # make room for the two evaluation candidates added below
-            n_random = max(n - 3, 0)
+        if knobs is None:
+            want = "partial" if len(v.events) == 2 and rng.random() < d.eval_partial_fraction else "full"
+        else:
+            want = eval_kind or "full"
+        extra = {"full": 0, "partial": 2, "short": knobs.short_candidates if knobs else 0}[want]
+        n_random = max(n - 1 - extra, 0)  # make room for the evaluation candidates added below
     for _ in range(n_random):
         kind = CAPTION_KINDS[int(rng.choice(3, p=mix))]
         add(kind, lambda kind=kind: caption_semantics(rng, v, kind, d), fallback=True)
-    if partial:
+    if want == "partial":
         # candidates for a one-event evaluation caption of a two-event video
         for k in range(2):
             add("partial", lambda k=k: caption_semantics(rng, v, "partial", d, event=k, force_background=True))
-    return partial
+    elif want == "short":
+        for _ in range(knobs.short_candidates):
+            add("short", lambda: caption_semantics(rng, v, "short", d))
+    return want
 
 
 def match_and_choose(rng, grammar: Grammar, members: list[VideoSpec], d: Difficulty,
-                     want_partial: dict[str, bool]) -> dict[str, Caption]:
+                     want_kind: dict[str, str]) -> dict[str, Caption]:
     """Compute every caption's match set within its split (``members``) and, for val/test,
     choose each video's evaluation caption: the candidate of the wanted kind with the fewest
     matches, ties broken by specificity. Returns video_id -> chosen caption."""
@@ -137,10 +148,10 @@ def match_and_choose(rng, grammar: Grammar, members: list[VideoSpec], d: Difficu
     if members[0].split == "train":
         return chosen
     for v in members:
-        kind = "partial" if want_partial.get(v.video_id) else "full"
+        kind = want_kind.get(v.video_id, "full")
         cands = [c for c in v.captions if c.kind == kind] or v.captions
         best = min(cands, key=lambda c: (len(c.matches), -specificity(c.semantics)))
-        if len(best.matches) > 1 and not best.semantics["mentions"]:
+        if kind != "short" and len(best.matches) > 1 and not best.semantics["mentions"]:
             # Not unique (typically a near-duplicate): naming one of the video's static
             # distractors may single it out. Swap such a caption in if it does.
             best = _try_mention(rng, grammar, v, best, index_) or best

@@ -13,6 +13,7 @@ import numpy as np
 from probret.engine.errors import DataError
 
 from .annotations import OUTPUT_FILES, SPLITS, write_annotations
+from .benchmark import BenchmarkKnobs, deal_eval_kinds
 from .captions import draw_captions, eval_caption, match_and_choose, number_sentences
 from .difficulty import Difficulty, parse_difficulty
 from .encoding import GOP_SIZE, X264_OPTIONS, encode_mp4
@@ -106,6 +107,7 @@ def generate_world(
     overwrite: bool = False,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    benchmark: BenchmarkKnobs | None = None,
 ) -> WorldSummary:
     """Generate a procedural world in ``out_dir`` (see the module docstring for the layout).
 
@@ -117,6 +119,9 @@ def generate_world(
     captions_per_video: inclusive range of captions drawn per video (the first is always full).
     workers: processes rendering videos in parallel (output identical for any number).
     progress: called as progress(done, total) after every video.
+    benchmark: the quality-benchmark knobs of protocol v2 (``BenchmarkKnobs``; docs/world.md):
+        dominant backgrounds rarely named in training captions, val/test queries that never
+        name the background, a fixed mix of full / partial / short evaluation queries.
     overwrite: a non-empty ``out_dir`` is refused (DataError) unless set; then only the files a
         world consists of (videos/*.mp4, the annotation files) are deleted, nothing else.
 
@@ -127,13 +132,17 @@ def generate_world(
     t0 = time.perf_counter()
     out = Path(out_dir)
     d = parse_difficulty(difficulty)
+    if benchmark is not None:
+        benchmark.check()
+        d = benchmark.difficulty(d)
     width, height = check_settings(videos, resolution, frames, fps, captions_per_video)
     counts = split_counts(videos, splits)
     check_out_dir(out, overwrite, name)
     (out / "videos").mkdir(parents=True, exist_ok=True)
 
     specs = build_specs(videos=videos, seed=seed, width=width, height=height, frames=frames,
-                        difficulty=d, counts=counts, captions_per_video=tuple(captions_per_video))
+                        difficulty=d, counts=counts, captions_per_video=tuple(captions_per_video),
+                        benchmark=benchmark)
     jobs = [(v, out / "videos" / f"{v.video_id}.mp4", width, height, frames, fps, d, seed) for v in specs]
     disk = render_all(jobs, workers, progress)
     settings = {
@@ -141,6 +150,7 @@ def generate_world(
         "difficulty": d.to_dict(), "splits": counts, "split_fractions": list(map(float, splits)),
         "captions_per_video": list(captions_per_video), "name": name,
         "encoder": {"codec": "libx264", "pix_fmt": "yuv420p", "gop_size": GOP_SIZE, "threads": 1, **X264_OPTIONS},
+        **({} if benchmark is None else {"benchmark": benchmark.to_dict()}),
     }
     disk += write_annotations(out, specs, settings, name=name, fps=fps, frames=frames)
     return WorldSummary(
@@ -196,8 +206,11 @@ def render_all(jobs: list[tuple], workers: int, progress: Callable[[int, int], N
 
 
 def build_specs(*, videos: int, seed: int, width: int, height: int, frames: int, difficulty: Difficulty,
-                counts: dict[str, int], captions_per_video: tuple[int, int] = (3, 5)) -> list[VideoSpec]:
+                counts: dict[str, int], captions_per_video: tuple[int, int] = (3, 5),
+                benchmark: BenchmarkKnobs | None = None) -> list[VideoSpec]:
     """Scenes and captions of the whole world (no pixels): fast, and what world.json records.
+    ``benchmark``: the protocol-v2 knobs (train/world/benchmark.py); ``difficulty`` must
+    already carry their background and two-event settings (``benchmark.difficulty(d)``).
 
     Scenes come from one generator seeded by ``seed`` in id order (near-duplicates copy an
     earlier video of their own split, so they matter for that split's evaluation); caption
@@ -207,16 +220,21 @@ def build_specs(*, videos: int, seed: int, width: int, height: int, frames: int,
     specs = sample_scenes(rng, counts, d, frames, width, height)
     grammar = Grammar(rng, d.paraphrase)
     lo_c, hi_c = captions_per_video
-    want_partial: dict[str, bool] = {}
+    dealt: dict[str, str] = {}
+    if benchmark is not None:  # the fixed mix of evaluation query kinds, by quota per split
+        for split in ("val", "test"):
+            members = [v for v in specs if v.split == split]
+            dealt.update(deal_eval_kinds(rng, members, benchmark.eval_mix) if members else {})
+    want_kind: dict[str, str] = {}
     for v in specs:
         n = int(rng.integers(lo_c, hi_c + 1))
-        partial = draw_captions(rng, grammar, v, d, n)
+        want = draw_captions(rng, grammar, v, d, n, benchmark, dealt.get(v.video_id))
         if v.split != "train":
-            want_partial[v.video_id] = partial
+            want_kind[v.video_id] = want
     chosen: dict[str, Caption] = {}
     for split in SPLITS:
         members = [v for v in specs if v.split == split]
         if members:
-            chosen.update(match_and_choose(rng, grammar, members, d, want_partial))
+            chosen.update(match_and_choose(rng, grammar, members, d, want_kind))
     number_sentences(specs, chosen)
     return specs
