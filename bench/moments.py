@@ -101,7 +101,7 @@ def evaluate(queries, results, durations, mean_event: float, n_moments: int) -> 
         d = durations[path]
         m0 = hit.moments[0]
         spans = {"moments": ((m0.start, m0.end), m0.best_time),
-                 "window": ((hit.window_start, hit.window_end), m0.best_time),
+                 "window": ((hit.window_start, hit.window_end), hit.window_best_time),
                  "whole_video": ((0.0, d), 0.5 * d),
                  "middle": ((max(0.0, 0.5 * (d - mean_event)), min(d, 0.5 * (d + mean_event))), 0.5 * d)}
         for name, (span, t) in spans.items():
@@ -120,13 +120,18 @@ def evaluate(queries, results, durations, mean_event: float, n_moments: int) -> 
 
 
 def with_windows(searcher, results):
-    """The best segment's window on every hit (the moment before moments were localised)."""
+    """The moment as it was before moments were localised, on every hit: the best segment's
+    window, and its frame closest to the query as best_time."""
+    from probret.engine.search import l2_normalize
+
     r = searcher.reader
-    for res in results:
+    units = searcher.encode_queries([res.query for res in results]).unit
+    for res, unit in zip(results, units):
         for h in res.hits:
-            v = r.video_index(h.path)
-            pos = int(r.video_offsets[v]) + h.segment
+            pos = int(r.video_offsets[r.video_index(h.path)]) + h.segment
             h.window_start, h.window_end = float(r.seg_start[pos]), float(r.seg_end[pos])
+            f = r.gather(["frame_features"], np.array([pos]))["frame_features"][0]
+            h.window_best_time = float(r.timestamps(pos)[int(np.argmax(l2_normalize(f) @ unit))])
     return results
 
 

@@ -7,9 +7,9 @@ moments, each ``(start, end, best_time, score)``.
 
 1. The anchor is the video's frame closest to the query (cosine; among equals, one in the best
    segment, the one the head ranked the video by): the first moment's ``best_time``. Looking in
-   the whole video rather than only inside the best segment measured better on bench/moments.py
-   (mean |best_time - event centre| 20 s against 27 s, tuning world), because a segment's score
-   mixes every event it holds.
+   the whole video rather than only inside the best segment measured better on bench/moments.py's
+   tuning world (mean |best_time - event centre| 20 s against 27 s; a segment's score mixes every
+   event it holds) and the same within noise on the world it reports on.
 2. A frame belongs to a moment when its similarity is above the video's background level (the
    :data:`BACKGROUND_QUANTILE` of its frames' similarities) by at least
    :data:`RELATIVE_THRESHOLD` of the anchor's height above it: the query's event stands out from
