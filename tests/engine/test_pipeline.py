@@ -384,6 +384,22 @@ def test_a_model_problem_stops_the_update_and_fails_no_video(tmp_path, how):
     assert report.encoded_videos == 7 - kept and not report.failed and report.unchanged == kept
 
 
+def test_preprocessing_a_model_cannot_have_is_a_model_error_before_any_decode(tmp_path):
+    from probret.engine.errors import ModelError
+
+    class BadBundle(FakeBundle):
+        preprocessing = {"image_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.0, 0.25]}
+
+    rt = FakeRuntime()
+    rt.bundle = BadBundle()
+    folder = make_folder(tmp_path / "v", n=2, broken=False)
+    with pytest.raises(ModelError, match="model fake: preprocessing needs .* positive stds"):
+        index_folder(folder, tmp_path / "idx", runtime=rt)
+    assert rt.encoded == []
+    with IndexReader(tmp_path / "idx") as r:
+        assert not r.failed and not r.videos  # no video blamed for the model's preprocessing
+
+
 # --------------------------------------------------------------------------------------------
 # kill -9
 # --------------------------------------------------------------------------------------------
