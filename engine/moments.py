@@ -25,10 +25,11 @@ moments, each ``(start, end, best_time, score)``.
    is that segment score (the hit's own score stays its best segment's). Moments never overlap
    (they are disjoint runs of frames).
 
-A video whose frames all match about equally (a short clip of one event) is one moment: the
-whole video. Precision is bounded by the frame spacing (window / T'; 2.5 s with the default
-30 s window and 12 frames): a smaller ``--window`` stores denser frames. bench/moments.py
-measures it (docs/benchmarks.md, "Moments").
+A video whose frames all match about equally is one moment: the whole video. A video of one
+segment (up to 1.5 windows long) is not cut at all: engine/search.py gives it one moment, the
+clip, with its best frame. Precision is bounded by the frame spacing (window / T'; 2.5 s with
+the default 30 s window and 12 frames): a smaller ``--window`` stores denser frames.
+bench/moments.py measures it (docs/benchmarks.md, "Moments").
 """
 
 from __future__ import annotations

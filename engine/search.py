@@ -372,6 +372,9 @@ class Searcher:
         frame_segment = np.repeat(np.arange(len(pos)), [len(t) for t in stamps])
         if not len(times):
             return [Moment(float(r.seg_start[pos[best]]), float(r.seg_end[pos[best]]), None, float(scores[best]))]
+        if len(pos) == 1:  # a clip of one window is one moment: the clip (a smaller --window cuts finer)
+            return [Moment(float(r.seg_start[pos[0]]), float(r.seg_end[pos[0]]), float(times[int(np.argmax(flat))]),
+                           float(scores[0]))]
         span = (float(r.seg_start[pos[0]]), float(r.seg_end[pos[-1]]))
         found = find_moments(times, flat, frame_segment, scores, span, best, n)
         return [m for m in found if np.isfinite(m.score)] or found[:1]

@@ -130,6 +130,8 @@ def test_moments_per_hit_and_the_hit_fields_are_the_first_moment(colour_index):
         assert all(a.end <= b.start or b.end <= a.start for a in h.moments for b in h.moments if a is not b)
         assert all(m.start <= m.best_time <= m.end for m in h.moments)
     assert set(blue.hits[0].to_dict()["moments"][0]) == {"start", "end", "best_time", "score"}
+    one = next(h for h in s.search(["red"], moments=3)[0].hits if h.path == "a_red.mp4")  # one window: the clip
+    assert [(m.start, m.end, m.best_time) for m in one.moments] == [(0.0, 4.0, 2.0)]
     with pytest.raises(DataError, match="moments"):
         s.search(["red"], moments=0)
 
