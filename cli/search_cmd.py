@@ -28,7 +28,6 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
 
     setup_logging(quiet=quiet, verbose=verbose)
     resolved = resolve_model(model, previous=recorded_model(folder, index_dir))
-    notes.info(f"model: {resolved.description}")
     vf = open_folder(folder, bundle=resolved.bundle, index=index_dir, device=device, window=window, resize=resize,
                      dtype=None if half is None else ("float16" if half else "float32"), workers=workers, batch=batch,
                      rebuild=rebuild, update=update, progress=False if quiet else None, model=resolved.to_meta(),

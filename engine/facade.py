@@ -78,6 +78,7 @@ def open_folder(folder: str | os.PathLike, *, bundle: Bundle | str | os.PathLike
             if rebuild:
                 raise UsageError("--rebuild builds the index again, which --no-update forbids; drop one of them")
             vf.check_searchable()
+            notes.info(f"model: {vf.model.get('description')}")
     except BaseException:
         vf.close()
         raise
@@ -189,6 +190,7 @@ class VideoFolder:
             scan = writer.scan(self.folder, retry_failed=self.retry_failed)
             if not scan.total_videos:
                 raise self._no_videos()
+            notes.info(f"model: {self.model.get('description')}")
             if scan.todo or scan.removed:
                 notes.info(f"index {self.index_dir}: {len(scan.new)} new, {len(scan.changed)} changed, "
                            f"{len(scan.removed)} removed, {scan.unchanged} unchanged")
