@@ -24,10 +24,12 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
           retry_failed, quiet, verbose, update: bool = True, ray_address: str | None = None):
     """(VideoFolder, the model's meta) after resolving ``--model`` and, unless ``update`` is
     False, bringing the index up to date."""
-    from probret.export.resolve import resolve_model
+    from probret.export.resolve import demo_caveat, resolve_model
 
     setup_logging(quiet=quiet, verbose=verbose)
     resolved = resolve_model(model, previous=recorded_model(folder, index_dir))
+    if resolved.kind == "demo" and (caveat := demo_caveat(folder)):
+        notes.info(caveat)
     vf = open_folder(folder, bundle=resolved.bundle, index=index_dir, device=device, window=window, resize=resize,
                      dtype=None if half is None else ("float16" if half else "float32"), workers=workers, batch=batch,
                      rebuild=rebuild, update=update, progress=False if quiet else None, model=resolved.to_meta(),

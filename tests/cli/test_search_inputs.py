@@ -117,6 +117,10 @@ def test_quiet_is_quiet(world):
     assert "broken.mp4" in p.stderr
     p = run(["search", folder, "a red circle", "-k", "1"], env)
     assert "model: shipped demo model" in p.stderr  # without -q the notes are there
+    # a folder that is not a procedural world: one line on what the demo model knows, and the fix
+    assert p.stderr.count("the default model is the tiny demo model") == 1 and "--model ViT-B-32:openai" in p.stderr
+    p = run(["search", world[0] / "world" / "videos", "a red circle", "-k", "1"], env)
+    assert "tiny demo model" not in p.stderr
 
 
 def test_min_confidence_needs_a_calibrator(world):
