@@ -15,7 +15,7 @@ import click
 from probret.cli import output
 from probret.cli.logs import setup_logging
 from probret.cli.options import index_options, read_lines, search_options
-from probret.engine import open_folder, recorded_model
+from probret.engine import display_safe, open_folder, recorded_model
 
 notes = logging.getLogger("probret.notes")
 
@@ -114,8 +114,8 @@ def search(folder, queries, top_k, moments, min_confidence, as_json, paths_only,
             output.write_html(html_out, folder, results, model=f"{meta['kind']} model ({meta['method']})")
             notes.info(f"results page: {html_out}")
     if as_json:
-        output.print_json({"folder": str(folder), "index": str(vf.index_dir), "model": meta,
-                           "indexing": vf.last_update.to_json() if vf.last_update else None,
+        output.print_json({"folder": display_safe(str(folder)), "index": display_safe(str(vf.index_dir)),
+                           "model": meta, "indexing": vf.last_update.to_json() if vf.last_update else None,
                            "seconds": round(seconds, 4), "queries": [r.to_json() for r in results]})
     elif paths_only:
         output.print_paths(results, folder, nul=nul)
