@@ -30,9 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ["meanp", "xpool", "tmass", "spem", "duq"]
-
-
 def run_one(job: dict) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -159,7 +156,10 @@ def main(argv=None) -> None:
     p.add_argument("--world-seed", type=int, default=2025)
     p.add_argument("--difficulty", default="0.25")
     p.add_argument("--resolution", default="64x64")
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    from probret.train.methods import list_methods
+
+    p.add_argument("--methods", nargs="+", default=list_methods(), choices=list_methods(),
+                   help="registered methods to train and compare (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--backbone", default="test-vit-mini")
     p.add_argument("--frames", type=int, default=8)

@@ -13,7 +13,7 @@ import click
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="JSON config (see configs/).")
 @click.option("--data", "data_root", default=None, help="Dataset root folder (overrides data.root).")
 @click.option("--dataset", default=None, help="Dataset reader: msrvtt, didemo, msvd, lsmdc, vatex, charades, procedural.")
-@click.option("--method", default=None, help="Retrieval method: spem, tmass, xpool, meanp, duq, dvtr, prota.")
+@click.option("--method", default=None, help="Retrieval method, a registered name (spem, tmass, ...; an unknown one lists them all).")
 @click.option("--out", default=None, help="Run directory (overrides train.out).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved state.")

@@ -3,8 +3,10 @@ R@1/5/10, MdR and MnR in both directions (``engine/metrics.py``).
 
 Videos are encoded once; captions are encoded once; the head then scores (block x block)
 pieces, so query-conditioned fusion (X-Pool, T-MASS, SPEM) never holds more than a block's
-(texts, videos, D) tensor. Best-of-M sampling noise is seeded by (eval_seed, block), so the
-same checkpoint, split and block size always give the same matrix.
+(texts, videos, D) tensor. Sampling heads score with the noise banks of ``seed``, shared by every
+text and video (``RetrievalModel.score_blocks``; docs/methods.md, "Sampling at inference"), so the
+same checkpoint, split and seed give the same matrix whatever the block size, and the same
+numbers as a bundle exported with ``--seed`` equal to it.
 
 ``save_similarities`` writes what anyone needs to recompute the metrics without probret:
 ``sims.npy`` (N_text, N_video float32), ``text_video_index.npy`` (N_text int64: column of each

@@ -106,6 +106,11 @@ def test_cli_train_then_eval_save_sims_recomputes_the_same_metrics(tiny_world, t
     for direction in ("t2v", "v2t"):
         for key, value in payload["metrics"][direction].items():
             assert recomputed[direction][key] == pytest.approx(value), (direction, key)
+    # one sampling convention: the noise banks do not depend on how the matrix is blocked
+    res = runner.invoke(eval_cmd, [str(tmp_path / "run" / "best"), "--data", str(tiny_world), "--split", "test",
+                                   "--json", "--quiet", "--workers", "0", "--block", "3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{"):])["metrics"] == payload["metrics"]
 
 
 @pytest.mark.slow

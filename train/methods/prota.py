@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method
 
 
 def w2_diag(mu_a: Tensor, std_a: Tensor, mu_b: Tensor, std_b: Tensor) -> Tensor:
@@ -109,8 +109,9 @@ class TokenGaussians(nn.Module):
                 "mu_pool": torch.einsum("nl,nld->nd", w, mu), "var_pool": torch.einsum("nl,nld->nd", w, var)}
 
 
+@register_method("prota")
 class ProTAHead(RetrievalHead):
-    name = "prota"
+    needs_tokens = True
 
     @dataclass
     class Config:
@@ -142,9 +143,6 @@ class ProTAHead(RetrievalHead):
         u_t = (ts["w"][..., None] * ts["var"]).sum(1).mean(-1)
         u_v = (video["w"][..., None] * video["var"]).sum(1).mean(-1)
         return ScoreOutput(self._scores(ts, video), 0.5 * (u_t[:, None] + u_v[None, :]))
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames))
 
     def adaptive_margins(self, ts: dict[str, Tensor], vs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Eq. 14 for aligned pairs (text i, video i): m_t2v, m_v2t (B,), stop-gradient."""
