@@ -22,7 +22,7 @@ def test_paper_protocol_configs_follow_tmass_hyperparameters():
     assert config.train.lr_backbone == 1e-6 and config.train.lr_head == 3e-5
     assert config.train.weight_decay == 0.2 and config.train.warmup_ratio == 0.1
     didemo = load_config(Path(__file__).parents[2] / "configs" / "didemo-spem-vitb16.json")
-    assert didemo.train.lr_head == 1e-5 and didemo.model.backbone == "ViT-B-16"
+    assert didemo.train.lr_head == 1e-5 and didemo.model.backbone == "ViT-B-16-quickgelu"
 
 
 def test_overrides_parse_json_values_and_nested_head_keys():
@@ -51,3 +51,10 @@ def test_unknown_keys_in_file_are_rejected(tmp_path):
         load_config(path)
     with pytest.raises(DataError, match="not found"):
         load_config(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "vitb" in p.name], ids=lambda p: p.name)
+def test_paper_configs_name_the_quickgelu_variant_of_openai_weights(path):
+    """OpenAI's CLIP was trained with QuickGELU: the architecture name says so (train/weights.py)."""
+    config = load_config(path)
+    assert config.model.pretrained == "openai" and config.model.backbone.endswith("-quickgelu")
