@@ -133,7 +133,7 @@ def create_backbone(
     Raises ModelError when the name is unknown or the weights cannot be found, reached or read.
     """
     register_model_configs()
-    _parse_freeze(freeze)  # fail before building anything
+    parse_freeze(freeze)  # fail before building anything
     plan = resolve_weights(name, pretrained, open_clip_kwargs=open_clip_kwargs)
     model, tokenizer = _build_open_clip(plan, cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
                                         device=device, precision=precision)
@@ -175,7 +175,7 @@ def _build_open_clip(plan: WeightPlan, *, cache_dir: str | None, device, precisi
     return model, tokenizer
 
 
-def _parse_freeze(mode: str) -> tuple[str, int]:
+def parse_freeze(mode: str) -> tuple[str, int]:
     """'none' | 'all' | 'text' | 'vision' -> (mode, 0); 'partial:N' -> ('partial', N)."""
     if mode in ("none", "all", "text", "vision"):
         return mode, 0
@@ -416,7 +416,7 @@ class Backbone(nn.Module):
         ``logit_scale`` (and ``logit_bias``) always stay trainable: set their ``requires_grad``
         yourself to fix the temperature.
         """
-        kind, keep = _parse_freeze(mode)
+        kind, keep = parse_freeze(mode)
         if kind == "partial" and not isinstance(self.clip.visual, VisionTransformer):
             raise ModelError(
                 f"freeze='{mode}' needs an open_clip VisionTransformer image tower; "

@@ -38,6 +38,8 @@ class EvalResult:
     uncertainty: np.ndarray | None = None
     failed_videos: list[str] = field(default_factory=list)
     dsl_metrics: dict | None = None
+    #: every video that could not be used: {"path", "reason": "missing" | "undecodable", "error"}
+    unusable_videos: list[dict] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -89,9 +91,24 @@ def evaluate(model, split: RetrievalSplit, *, batch_size: int = 64, block: int =
         metrics = retrieval_metrics(sims, index, relevant=relevant)
         dsl_metrics = dual_softmax_metrics(sims, index, relevant=relevant) if dsl else None
         unc = out.uncertainty.numpy().astype(np.float32) if out.uncertainty is not None else None
-        return EvalResult(metrics, sims, index, unc, list(failed.values()), dsl_metrics)
+        return EvalResult(metrics, sims, index, unc, list(failed.values()), dsl_metrics,
+                          unusable_videos(split, failed))
     finally:
         model.train(was_training)
+
+
+def unusable_videos(split: RetrievalSplit, failed: dict[int, str]) -> list[dict]:
+    """The videos that scored as failed candidates: missing files first named by the split, then
+    files that exist but did not decode (with the decoder's reason)."""
+    missing = set(split.missing)
+    out = []
+    for j in sorted(failed):
+        path = split.videos[j].path
+        if path in missing:
+            out.append({"path": path, "reason": "missing"})
+        else:
+            out.append({"path": path, "reason": "undecodable", "error": failed[j]})
+    return out
 
 
 def save_similarities(result: EvalResult, out_dir: str | Path, *, meta: dict | None = None) -> Path:
@@ -102,6 +119,7 @@ def save_similarities(result: EvalResult, out_dir: str | Path, *, meta: dict | N
     if result.uncertainty is not None:
         np.save(out / "uncertainty.npy", result.uncertainty)
     info = {"shape": list(result.sims.shape), "metrics": result.metrics, "failed_videos": result.failed_videos,
+            "unusable_videos": result.unusable_videos,
             "layout": "sims[i, j] = score of text i against video j; text_video_index[i] = j of text i's video",
             **(meta or {})}
     (out / "meta.json").write_text(json.dumps(info, indent=2) + "\n")
