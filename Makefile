@@ -26,7 +26,7 @@ test: $(STAMP)
 
 # Rebuild the shipped demo model (train/pretrained/demo-spem) from configs/demo-spem.json.
 demo-model: $(STAMP)
-	$(PY) -m probret.train.demo_model
+	$(VENV)/bin/probret demo-model
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ two calls it needs:
 * ``encode_frames(pixels (B, T, 3, H, W)) -> (B, T, D)``: the image tower run once on B*T images.
 
 Importing this module registers probret's tiny from-scratch configs (``test-vit-tiny``,
-``test-vit-small``; ``train/model_configs/*.json``) with open_clip, so
+``test-vit-small``; ``train/backbone_configs/*.json``) with open_clip, so
 ``open_clip.create_model_and_transforms("test-vit-tiny")`` works after it.
 
 Where the weights come from (tags, files, the Hub, offline caches), how they are checked before
@@ -45,12 +45,12 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "list_pretrained_tags",
-    "register_model_configs",
-    "MODEL_CONFIG_DIR",
+    "register_backbone_configs",
+    "BACKBONE_CONFIG_DIR",
     "FREEZE_MODES",
 ]
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+BACKBONE_CONFIG_DIR = Path(__file__).resolve().parent / "backbone_configs"
 #: Vocabulary size of open_clip's default tokenizer (SimpleTokenizer, OpenAI's BPE).
 SIMPLE_TOKENIZER_VOCAB = 49408
 FREEZE_MODES = ("none", "all", "text", "vision", "partial:N")
@@ -60,15 +60,15 @@ FREEZE_MODES = ("none", "all", "text", "vision", "partial:N")
 # --------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------
-def register_model_configs() -> None:
-    """Register ``train/model_configs/*.json`` with open_clip (idempotent; done on import)."""
+def register_backbone_configs() -> None:
+    """Register ``train/backbone_configs/*.json`` with open_clip (idempotent; done on import)."""
     paths = getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [])
-    if any(Path(p).resolve() == MODEL_CONFIG_DIR for p in paths):
+    if any(Path(p).resolve() == BACKBONE_CONFIG_DIR for p in paths):
         return
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    open_clip.add_model_config(BACKBONE_CONFIG_DIR)
 
 
-register_model_configs()
+register_backbone_configs()
 
 
 def list_backbones() -> list[str]:
@@ -132,7 +132,7 @@ def create_backbone(
 
     Raises ModelError when the name is unknown or the weights cannot be found, reached or read.
     """
-    register_model_configs()
+    register_backbone_configs()
     parse_freeze(freeze)  # fail before building anything
     plan = resolve_weights(name, pretrained, open_clip_kwargs=open_clip_kwargs)
     model, tokenizer = _build_open_clip(plan, cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from probret.engine.metrics import dual_softmax_metrics, retrieval_metrics
-from probret.train.data import EvalVideos
+from probret.train.loaders import EvalVideos
 from probret.train.datasets import RetrievalSplit
 from probret.train.methods.base import TextFeatures
 

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from probret.engine.errors import DataError, ModelError, VideoDecodeError
 from probret.train.checkpoint import load_train_state, save_checkpoint, save_train_state
 from probret.train.config import ExperimentConfig
-from probret.train.data import EpochSampler, TrainPairs
+from probret.train.loaders import EpochSampler, TrainPairs
 from probret.train.datasets import RetrievalSplit, load_split
 from probret.train.evaluate import evaluate
 from probret.train.model import RetrievalModel

@@ -42,15 +42,15 @@ def hf_offline(monkeypatch):
 def test_configs_registered_with_open_clip():
     names = list_backbones()
     assert {"test-vit-tiny", "test-vit-small", "ViT-B-32"} <= set(names)
-    for path in sorted(bb.MODEL_CONFIG_DIR.glob("*.json")):
+    for path in sorted(bb.BACKBONE_CONFIG_DIR.glob("*.json")):
         cfg = json.loads(path.read_text())
         assert set(cfg) >= {"embed_dim", "vision_cfg", "text_cfg"}
         assert cfg["text_cfg"]["vocab_size"] == 49408  # open_clip's SimpleTokenizer
         assert open_clip.get_model_config(path.stem) is not None
     model, _, preprocess = open_clip.create_model_and_transforms("test-vit-tiny")
     assert isinstance(model, open_clip.CLIP)
-    bb.register_model_configs()  # idempotent
-    assert sum(Path(p).resolve() == bb.MODEL_CONFIG_DIR for p in open_clip.factory._MODEL_CONFIG_PATHS) == 1
+    bb.register_backbone_configs()  # idempotent
+    assert sum(Path(p).resolve() == bb.BACKBONE_CONFIG_DIR for p in open_clip.factory._MODEL_CONFIG_PATHS) == 1
 
 
 def test_attributes(tiny):

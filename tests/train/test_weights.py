@@ -228,10 +228,10 @@ def tiny_with_quickgelu_variant(tmp_path_factory):
     ViT-B-32-quickgelu, and a file of random weights for it."""
     import json
 
-    from probret.train.backbone import MODEL_CONFIG_DIR
+    from probret.train.backbone import BACKBONE_CONFIG_DIR
 
     folder = tmp_path_factory.mktemp("configs")
-    cfg = json.loads((MODEL_CONFIG_DIR / "test-vit-tiny.json").read_text())
+    cfg = json.loads((BACKBONE_CONFIG_DIR / "test-vit-tiny.json").read_text())
     (folder / "test-vit-qg.json").write_text(json.dumps(cfg))
     (folder / "test-vit-qg-quickgelu.json").write_text(json.dumps({**cfg, "quick_gelu": True}))
     open_clip.add_model_config(folder)
