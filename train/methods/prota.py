@@ -51,14 +51,11 @@ from torch import Tensor, nn
 from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method
 
 
-def w2_diag(mu_a: Tensor, std_a: Tensor, mu_b: Tensor, std_b: Tensor) -> Tensor:
-    """2-Wasserstein distance between N(mu_a, diag std_a^2) and N(mu_b, diag std_b^2), elementwise
-    over leading dims (closed form)."""
-    return ((mu_a - mu_b) ** 2 + (std_a - std_b) ** 2).sum(-1).sqrt()
-
-
 def token_similarity(mu_t: Tensor, std_t: Tensor, mu_v: Tensor, std_v: Tensor) -> Tensor:
-    """Eq. 10 for every text token and frame of every pair: (N_t, L, D), (N_v, T, D) -> (N_t, N_v, L, T)."""
+    """Eq. 10 for every text token and frame of every pair: (N_t, L, D), (N_v, T, D) -> (N_t, N_v, L, T).
+
+    Minus the 2-Wasserstein distance of diagonal Gaussians, sqrt(|mu_a - mu_b|^2 + |std_a - std_b|^2)
+    (closed form), expanded so no (N_t, N_v, L, T, D) tensor is built."""
     def sqdist(x, y):
         return ((x**2).sum(-1)[:, None, :, None] + (y**2).sum(-1)[None, :, None, :]
                 - 2 * torch.einsum("ild,jtd->ijlt", x, y)).clamp_min(0)
