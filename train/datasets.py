@@ -82,6 +82,7 @@ from pathlib import Path
 import numpy as np
 
 from probret.engine.errors import DataError
+from probret.engine.index import VIDEO_EXTENSIONS as ENGINE_VIDEO_EXTENSIONS
 
 __all__ = [
     "DATASETS",
@@ -94,8 +95,9 @@ __all__ = [
 ]
 
 DATASETS = ("msrvtt", "didemo", "msvd", "lsmdc", "vatex", "charades", "procedural")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".flv",
-                    ".mts", ".ogv")
+#: The engine's video extensions (one list for the index and the datasets), ``.mp4`` first: the
+#: order in which another extension of a documented file name is looked for.
+VIDEO_EXTENSIONS = (".mp4",) + tuple(sorted(ENGINE_VIDEO_EXTENSIONS - {".mp4"}))
 DOCS = "docs/datasets.md"
 
 

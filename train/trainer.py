@@ -25,12 +25,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import shlex
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from probret.engine.errors import DataError, ModelError, VideoDecodeError
 from probret.train.checkpoint import load_train_state, save_checkpoint, save_train_state
 from probret.train.config import ExperimentConfig
 from probret.train.loaders import EpochSampler, TrainPairs
-from probret.train.datasets import RetrievalSplit, load_split
+from probret.train.datasets import DatasetWarning, RetrievalSplit, load_split
 from probret.train.evaluate import evaluate
 from probret.train.model import RetrievalModel
 from probret.train.interrupt import StopSignals
@@ -198,8 +200,12 @@ def _load_splits(config: ExperimentConfig, *, is_main: bool) -> tuple[RetrievalS
     """Both splits, read and checked before anything is written: captions exist and at least one
     training video decodes."""
     d = config.data
-    train_split = load_split(d.dataset, d.root, d.train_split, video_dir=d.video_dir, strict_missing=d.strict_missing)
-    val_split = load_split(d.dataset, d.root, d.val_split, video_dir=d.video_dir, strict_missing=d.strict_missing)
+    with warnings.catch_warnings():
+        if not is_main:  # the same dataset warnings once per job, not once per rank
+            warnings.simplefilter("ignore", DatasetWarning)
+        train_split = load_split(d.dataset, d.root, d.train_split, video_dir=d.video_dir,
+                                 strict_missing=d.strict_missing)
+        val_split = load_split(d.dataset, d.root, d.val_split, video_dir=d.video_dir, strict_missing=d.strict_missing)
     for split in (train_split, val_split):
         if split.missing and is_main:
             log.warning("%s/%s: %d video file(s) missing, e.g. %s", d.dataset, split.split, len(split.missing),
@@ -260,8 +266,6 @@ def _build_run(config, out, device, rank, world, train_split, val_split, progres
 
 
 def config_json(config: ExperimentConfig) -> str:
-    import json
-
     return json.dumps(config.to_dict(), indent=2) + "\n"
 
 

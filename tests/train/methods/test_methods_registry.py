@@ -78,3 +78,60 @@ def test_declared_inference_noise_is_what_draw_noise_draws(name, hp):
         else:
             assert x.min() < 0 < x.max()
             assert abs(x.mean()) < 0.03 and abs(x.std() - 1) < 0.03
+
+
+@pytest.fixture
+def new_method():
+    """A method defined the way a new file in train/methods/ defines one (removed afterwards)."""
+    from dataclasses import dataclass
+
+    from probret.train.methods.base import REGISTRY, NoiseSpec, l2n, symmetric_infonce
+
+    @register_method("noisymean")
+    class NoisyMeanHead(RetrievalHead):
+        @dataclass
+        class Config:
+            num_samples: int = 3
+
+        def draw_noise(self, n_text, n_video, *, generator=None, training=False):
+            m = 1 if training else self.config.num_samples
+            return {"eps": torch.randn(m, n_video, self.embed_dim, generator=generator)}
+
+        def inference_noise(self):
+            return [NoiseSpec("eps", "gaussian", 1.0, (self.config.num_samples, self.embed_dim), "video", 1)]
+
+        def video_side(self, frames):
+            return {"video": l2n(frames.mean(1))}
+
+        def pair_side(self, text, video, *, noise=None, generator=None):
+            eps = self._noise(noise, len(text), video["video"].shape[0], generator, False)["eps"]
+            samples = l2n(video["video"][None] + 0.1 * eps)  # (M, N_v, D)
+            return ScoreOutput(torch.einsum("ad,mvd->mav", l2n(text.sentence), samples).amax(0))
+
+        def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
+            return {"loss": symmetric_infonce(logit_scale * self.pair_side(text, self.video_side(frames)).scores)}
+
+    yield NoisyMeanHead
+    REGISTRY.pop("noisymean")
+
+
+def test_a_new_method_needs_nothing_outside_its_own_file(new_method):
+    """Registered: the config accepts it, export builds its form and noise banks from what it declares."""
+    from probret.export.forms import GenericForm, create_form
+    from probret.train.config import ExperimentConfig, apply_overrides
+    from probret.train.methods.base import TextFeatures
+
+    assert "noisymean" in list_methods()
+    config = apply_overrides(ExperimentConfig(), ["model.method=noisymean", "model.head.num_samples=5"])
+    assert config.model.method == "noisymean"
+    head = create_head("noisymean", embed_dim=D, num_frames=T, num_samples=5).eval()
+    form = create_form(head)
+    assert isinstance(form, GenericForm) and [s.key for s in form.noise_specs] == ["eps"]
+    g = torch.Generator().manual_seed(0)
+    text = TextFeatures(torch.randn(3, D, generator=g), torch.randn(3, 2, D, generator=g), torch.ones(3, 2, dtype=bool))
+    frames = torch.randn(4, T, D, generator=g)
+    banks = {"eps": torch.randn(5, D, generator=g)}
+    with torch.no_grad():
+        scores, _ = form.score(text, frames, banks)
+        ref = form.reference(text, frames, banks)
+    torch.testing.assert_close(scores, ref.scores)
