@@ -176,7 +176,8 @@ def check_section(values, cls, where: str, error: type[ProbretError]) -> None:
     if bad:
         raise error(f"{where}: unknown key(s) {bad}; known: {sorted(fields)}")
     for key, value in values.items():
-        annotation = str(fields[key].type)
+        kind = fields[key].type  # a string under `from __future__ import annotations`, else a type
+        annotation = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind)).replace("NoneType", "None")
         if not _type_ok(value, annotation):
             raise error(f"{where}.{key}: expected {annotation}, got {json.dumps(value, default=str)} "
                         f"({type(value).__name__})")

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from probret.engine.metrics import dual_softmax_metrics, retrieval_metrics
+from probret.train.interrupt import ignore_stop_signals
 from probret.train.loaders import EvalVideos
 from probret.train.datasets import RetrievalSplit
 from probret.train.methods.base import TextFeatures
@@ -59,7 +60,8 @@ def encode_videos(model, split: RetrievalSplit, *, batch_size: int, num_workers:
     backbone = model.backbone
     dataset = EvalVideos(split, num_frames=model.config.num_frames, image_size=backbone.image_size,
                          mean=backbone.image_mean, std=backbone.image_std)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        worker_init_fn=ignore_stop_signals)  # a Ctrl-C mid-training evaluation: see there
     features, failed, offset = [], {}, 0
     for pixels, ok, reason in tqdm(loader, desc="encode videos", disable=not progress, leave=False):
         features.append(model.encode_video(pixels.to(device)).float())

@@ -44,3 +44,12 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``DataLoader(worker_init_fn=...)``: workers ignore SIGINT / SIGTERM. A terminal's Ctrl-C (and
+    a scheduler's SIGTERM) reaches every process of the job; a worker that died of it would make the
+    main process fail with "DataLoader worker exited unexpectedly" instead of saving. The main
+    process shuts its workers down itself."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -49,7 +49,7 @@ from probret.train.loaders import EpochSampler, TrainPairs
 from probret.train.datasets import DatasetWarning, RetrievalSplit, load_split
 from probret.train.evaluate import evaluate
 from probret.train.model import RetrievalModel
-from probret.train.interrupt import StopSignals
+from probret.train.interrupt import StopSignals, ignore_stop_signals
 from probret.train.run_log import RunLog
 
 log = logging.getLogger("probret.train")
@@ -309,7 +309,8 @@ def _loop(run: _Run, stop_after: int | None, signals: StopSignals) -> str | None
             run.dataset.set_epoch(run.epoch)
             run.sampler.set_epoch(run.epoch, start=run.micro_in_epoch * t.batch_size)
             loader = DataLoader(run.dataset, batch_size=t.batch_size, sampler=run.sampler,
-                                num_workers=run.config.data.num_workers, drop_last=True, persistent_workers=False)
+                                num_workers=run.config.data.num_workers, drop_last=True, persistent_workers=False,
+                                worker_init_fn=ignore_stop_signals)
             run.optimizer.zero_grad(set_to_none=True)
             for texts, pixels in loader:
                 if not _micro_step(run, texts, pixels, bar, started):

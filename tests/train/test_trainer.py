@@ -167,7 +167,18 @@ def test_eval_json_records_missing_and_undecodable_videos(tiny_world, tmp_path):
     assert payload["videos"] == len(split.videos)  # they stay in the gallery
 
 
-def test_sigint_saves_a_resumable_state_and_prints_the_exact_resume_command(tiny_world, tmp_path):
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc): the DataLoader workers."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigint_saves_a_resumable_state_and_prints_the_exact_resume_command(tiny_world, tmp_path, workers):
+    """As a terminal's Ctrl-C does, the signal reaches the DataLoader workers too."""
     import shlex
     import signal
     import threading
@@ -177,13 +188,17 @@ def test_sigint_saves_a_resumable_state_and_prints_the_exact_resume_command(tiny
 
     out = tmp_path / "run"
     config_path = tmp_path / "c.json"
-    config_path.write_text(json.dumps(tiny_config(tiny_world, out, "meanp", max_steps=30, eval_every=100).to_dict()))
+    config = tiny_config(tiny_world, out, "meanp", max_steps=30, eval_every=100)
+    config.data.num_workers = workers
+    config_path.write_text(json.dumps(config.to_dict()))
 
     def interrupt_after_first_step():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             log = out / "log.jsonl"
             if log.is_file() and '"event": "train"' in log.read_text():
+                for pid in _children(os.getpid()):
+                    os.kill(pid, signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
                 return
             time.sleep(0.005)
