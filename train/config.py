@@ -77,7 +77,7 @@ class TrainConfig:
     eval_every: int | None = None  # steps; None = once per epoch
     eval_batch_size: int = 64
     eval_chunk: int = 256  # texts x videos block scored at once by the head
-    eval_seed: int = 0  # noise of best-of-M sampling at evaluation
+    eval_seed: int = 0  # seed of the inference noise banks at evaluation (same numbers as a bundle's --seed)
     max_eval_texts: int | None = None
     selection_metric: str = "t2v.R1"
     log_every: int = 10
