@@ -1,6 +1,6 @@
 """Quality benchmark: every method on the same procedural world, same budget, several seeds.
 
-    python bench/quality.py                        # full run (~30 min on 2 CPU cores)
+    python bench/quality.py                        # every registered method (~30 min on 2 CPU cores for five)
     python bench/quality.py --quick                # smoke run (a minute)
 
 Protocol (written so that no number is tuned on the split it is reported on):
