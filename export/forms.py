@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from probret.engine.errors import ModelError
 from probret.train.methods.base import NoiseSpec, RetrievalHead, ScoreOutput, TextFeatures
 
-__all__ = ["NoiseSpec", "ExportForm", "FusedXPool", "GenericForm", "create_form", "form_class", "probe_noise_specs",
+__all__ = ["NoiseSpec", "ExportForm", "FusedXPool", "GenericForm", "create_form", "form_class", "declared_noise_specs",
            "set_num_samples"]
 
 
@@ -70,7 +70,7 @@ def set_num_samples(head: RetrievalHead, samples: int | None) -> int | None:
     return int(head.config.num_samples) if has else None
 
 
-def probe_noise_specs(head: RetrievalHead) -> list[NoiseSpec]:
+def declared_noise_specs(head: RetrievalHead) -> list[NoiseSpec]:
     """The head's declared inference noise (``inference_noise``, sorted by key: the order the
     banks are drawn in), checked against what ``draw_noise`` really draws: the same keys, and each
     declared text / video axis follows that count when ``draw_noise`` is called with two different
@@ -134,7 +134,7 @@ class ExportForm(nn.Module):
         self.embed_dim = head.embed_dim
         self.num_frames = head.num_frames
         self.needs_tokens = bool(head.needs_tokens)
-        self.noise_specs: list[NoiseSpec] = probe_noise_specs(head)
+        self.noise_specs: list[NoiseSpec] = declared_noise_specs(head)
 
     # -- to implement ----------------------------------------------------------------------
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
