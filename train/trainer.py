@@ -172,8 +172,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
     rank, world, local_rank = _dist_info()
     device = _init_distributed(resolve_device(config.train.device), world, local_rank)
     out = Path(config.train.out)
-    if rank == 0 and not resume and (out / "state").exists():
-        raise DataError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
+    if rank == 0 and not resume:
+        _check_fresh_run_dir(out)
     if resume and not ((out / "state").exists() and (out / "last").exists()):
         raise ModelError(f"{out}: nothing to resume (no state/ and last/); start without --resume")
     train_split, val_split = _load_splits(config, is_main=rank == 0)
@@ -183,6 +183,24 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
     with StopSignals() as signals:
         stopped_by = _loop(run, stop_after, signals)
     return _finish(run, stopped_by)
+
+
+#: What probret writes in a run directory; anything else there means it is not (only) ours.
+RUN_DIR_ENTRIES = {"config.json", "log.jsonl", "best", "last", "state", "tensorboard"}
+
+
+def _check_fresh_run_dir(out: Path) -> None:
+    """A new run goes into a missing or empty directory, or one an earlier run left before its
+    first save; never into a finished run (that needs --resume) or a folder of other files."""
+    if (out / "state").exists():
+        raise DataError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory; choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_DIR_ENTRIES and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if foreign:
+        raise DataError(f"{out}: holds files probret did not write ({', '.join(foreign[:3])}); choose an empty or "
+                        "new --out")
 
 
 def _init_distributed(device: torch.device, world: int, local_rank: int) -> torch.device:

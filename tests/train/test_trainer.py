@@ -261,3 +261,15 @@ def test_library_info_lines_only_with_verbose(tiny_world, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert loud.returncode == 0, loud.stderr[-2000:]
     assert "Parsing model identifier" in loud.stderr
+
+
+def test_a_folder_of_other_files_is_not_used_as_a_run_directory(tiny_world, tmp_path):
+    from probret.engine.errors import DataError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="did not write .notes.txt"):
+        train(tiny_config(tiny_world, out, max_steps=1), progress=False)
+    assert (out / "config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
