@@ -13,6 +13,7 @@ Warnings and errors always show, as ``warning: ...`` / ``error: ...``. ``--quiet
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 __all__ = ["setup_logging", "warn"]
@@ -39,14 +40,28 @@ class _Handler(logging.StreamHandler):
         super().emit(record)
 
 
-def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
-    """Configure the ``probret`` loggers (idempotent: a second call only changes the levels)."""
-    root = logging.getLogger("probret")
-    if not any(isinstance(h, _Handler) for h in root.handlers):
+def _ensure_handler(logger: logging.Logger) -> None:
+    if not any(isinstance(h, _Handler) for h in logger.handlers):
         handler = _Handler()
         handler.setFormatter(_Formatter())
-        root.addHandler(handler)
-        root.propagate = False
+        logger.addHandler(handler)
+
+
+def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
+    """Configure the ``probret`` loggers (idempotent: a second call only changes the levels).
+
+    Other libraries' INFO lines (open_clip's "Loaded ... model config") show only with
+    ``--verbose``. Under DDP, ranks other than 0 (``RANK`` set by torchrun) say only warnings, so a
+    job prints each summary once."""
+    root = logging.getLogger("probret")
+    _ensure_handler(root)
+    root.propagate = False
+    libraries = logging.getLogger()
+    if verbose and not quiet:
+        _ensure_handler(libraries)
+    libraries.setLevel(logging.INFO if verbose and not quiet else logging.WARNING)
+    if int(os.environ.get("RANK", "0") or 0) != 0 and not verbose:
+        quiet = True
     if quiet:
         root.setLevel(logging.WARNING)
         logging.getLogger(NOTES).setLevel(logging.WARNING)
