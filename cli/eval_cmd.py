@@ -41,7 +41,7 @@ def eval_cmd(checkpoint, data_root, dataset, split, as_json, json_out, save_sims
 
     from probret.cli.logs import setup_logging
 
-    setup_logging(quiet=quiet, verbose=verbose)
+    setup_logging(quiet=quiet, verbose=verbose, stamped=True, details=True)
     dev = resolve_device(device)
     model, config = load_checkpoint(checkpoint, device=dev)
     dataset = dataset or config.get("experiment", {}).get("data", {}).get("dataset", "msrvtt")

@@ -37,7 +37,8 @@ def train(config_path, data_root, dataset, method, out, max_steps, resume, stop_
     from probret.train.config import apply_overrides, load_config
     from probret.train.trainer import train as run_training
 
-    setup_logging(verbose=verbose, quiet=quiet)
+    # train's --quiet hides progress and per-evaluation lines; -v still asks for libraries' lines
+    setup_logging(verbose=verbose, quiet=quiet and not verbose, stamped=True, details=True)
     config = load_config(config_path)
     shortcuts = [f"data.root={json.dumps(data_root)}" if data_root else None,
                  f"data.dataset={json.dumps(dataset)}" if dataset else None,

@@ -311,7 +311,8 @@ def _plan_file(plan: WeightPlan, arch: str) -> None:
         if _looks_like_path(pretrained):
             raise ModelError(
                 f"weight file not found: {pretrained}. Download the open_clip weights of {plan.name} on a machine "
-                "with internet and give that file (probret-train --set model.pretrained=/path/to/file.safetensors)"
+                "with internet and give that file (probret-train --set model.pretrained=/path/to/file.safetensors; "
+                f"probret search --model {plan.name}:/path/to/file.safetensors)"
             )
         raise ModelError(
             f"'{pretrained}' is neither a pretrained tag of {plan.name} nor an existing file. "
