@@ -60,7 +60,7 @@ def inside(t: float | None, truths) -> bool:
 def build(args, work: Path):
     """(world dict, queries, searcher, durations): the long world, indexed by the pipeline."""
     from probret.engine.index import IndexReader, IndexSettings, IndexWriter
-    from probret.engine.models import resolve_model
+    from probret.export.resolve import resolve_model
     from probret.engine.pipeline import PipelineOptions, update_index
     from probret.engine.runtime import BundleRuntime
     from probret.engine.search import Searcher
