@@ -6,8 +6,8 @@
 The world: ``generate_long_world`` (train/world/long.py): 1-5 minute videos at 2 fps, each with
 3-6 events at recorded times (an actor appears, holds still 2-6 s, does its motion for 4-10 s,
 holds still, leaves), one query per event that names the actor and its motion and never the
-background. The model: ``--model`` (default: the shipped demo model, train/pretrained/demo-spem,
-exported to a bundle through the usual resolution path), trained on short procedural clips,
+background. The model: ``--model`` (default: the shipped demo model, resolved by
+export/resolve.py exactly as ``probret search`` does), trained on short procedural clips,
 never on these long videos. The folder is indexed by the real pipeline with the index's
 ``--window`` and searched by the real ``Searcher`` (exact scoring, every video ranked).
 
