@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probret.engine.errors import DataError, IndexError_
+from probret.engine.errors import DataError, IndexError_, ModelError
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter
 from probret.engine.search import Searcher, faiss_available, l2_normalize
 
