@@ -47,7 +47,7 @@ from typing import Callable
 
 import numpy as np
 
-from probret.engine.errors import IndexError_
+from probret.engine.errors import IndexStoreError
 
 __all__ = ["choose_factory", "AnnStage", "build_index", "segment_keys", "ANN_DIR", "FLAT_MAX", "HNSW_MAX",
            "set_search_params"]
@@ -67,7 +67,7 @@ def _faiss():
     try:
         import faiss  # noqa: F401
     except ImportError:
-        raise IndexError_("the ANN first stage needs faiss: pip install faiss-cpu (or faiss-gpu)") from None
+        raise IndexStoreError("the ANN first stage needs faiss: pip install faiss-cpu (or faiss-gpu)") from None
     return faiss
 
 
@@ -103,7 +103,7 @@ def build_index(factory: str, vectors: np.ndarray | None, d: int, *, train_size:
     inner = _factory(d, factory)
     if not inner.is_trained:
         if vectors is None or len(vectors) == 0:
-            raise IndexError_(f"faiss index {factory!r} needs training vectors")
+            raise IndexStoreError(f"faiss index {factory!r} needs training vectors")
         n = len(vectors)
         take = np.sort(np.random.default_rng(seed).choice(n, size=min(n, train_size), replace=False))
         if say:
@@ -117,7 +117,7 @@ def _factory(d: int, factory: str):
     try:
         return faiss.index_factory(int(d), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise IndexError_(f"bad faiss factory string {factory!r}: {str(exc).strip().split(': ')[-1]}") from None
+        raise IndexStoreError(f"bad faiss factory string {factory!r}: {str(exc).strip().split(': ')[-1]}") from None
 
 
 def segment_keys(shard: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -143,7 +143,7 @@ class AnnStage:
         faiss = _faiss()
         say = say or (lambda m: log.info(m))
         if "ann" not in reader.layout:
-            raise IndexError_(f"{reader.root}: the index has no ANN embedding; run with --rebuild")
+            raise IndexStoreError(f"{reader.root}: the index has no ANN embedding; run with --rebuild")
         d = int(reader.layout["ann"]["shape"][0])
         n = reader.num_segments
         live = segment_keys(reader.seg_shard, reader.seg_row)

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from probret.engine.errors import IndexError_
+from probret.engine.errors import IndexStoreError
 from probret.engine.index import EncodedVideo, FileEntry, IndexReader, IndexSettings, IndexWriter
 
 __all__ = ["merge_indexes", "shard_manifest", "write_manifest", "compact", "settings_of"]
@@ -70,13 +70,13 @@ def merge_indexes(dest: str | Path, sources: Sequence[str | Path], *, prefixes: 
         settings = settings_of(readers[0])
         for s, r in zip(sources[1:], readers[1:]):
             if _key(settings_of(r)) != _key(settings):
-                raise IndexError_(f"{s} was built with other settings than {sources[0]} (model, frames, window, ...); "
+                raise IndexStoreError(f"{s} was built with other settings than {sources[0]} (model, frames, window, ...); "
                                   "shards can only be merged when built the same way")
         have = {}
         if (Path(dest) / "index.db").is_file():
             with IndexReader(dest) as d:
                 if _key(settings_of(d)) != _key(settings):
-                    raise IndexError_(f"{dest} holds an index built with other settings; merge into a new directory")
+                    raise IndexStoreError(f"{dest} holds an index built with other settings; merge into a new directory")
                 have = {v.path: (v.size, v.mtime_ns) for v in d.videos}
         counts = {"copied": 0, "skipped": 0, "failed": 0}
         with IndexWriter(dest, settings, model=readers[0].meta.get("model"), say=say) as w:
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
             print(json.dumps(write_manifest(a.index), indent=1))
         else:
             print(json.dumps({"compacted": compact(a.index, say=say)}))
-    except IndexError_ as exc:
+    except IndexStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from probret.engine.ann import ANN_DIR, AnnStage, choose_factory  # noqa: E402
-from probret.engine.errors import IndexError_  # noqa: E402
+from probret.engine.errors import IndexStoreError  # noqa: E402
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter  # noqa: E402
 
 D = 16
@@ -95,5 +95,5 @@ def test_hnsw_masks_removed_and_ivfpq_override(tmp_path):
         assert st.index.ntotal == r.num_segments
         _, pos = st.search(q, 100)  # PQ candidates, re-ranked downstream: the exact top 5 is among 100
         assert np.mean([len(set(a[:5]) & set(b)) / 5 for a, b in zip(_exact(r, q, 5), pos)]) >= 0.9
-        with pytest.raises(IndexError_, match="bad faiss factory"):
+        with pytest.raises(IndexStoreError, match="bad faiss factory"):
             AnnStage.open(r, factory="NoSuchIndex", persist=False)
