@@ -30,10 +30,10 @@ from typing import Sequence
 import numpy as np
 
 from probret.engine.errors import IndexStoreError
-from probret.engine.index.directory import lstat_or_none, open_nofollow, read_marker
+from probret.engine.index.directory import lstat_or_none, open_nofollow, read_marker, real_dir
 from probret.engine.index.layout import CRC_DTYPE, crc_file, row_bytes, shard_file
 from probret.engine.index.scan import ScanResult, diff, list_folder
-from probret.engine.index.schema import (DB_NAME, INDEX_FORMAT, INDEX_FORMAT_VERSION, IndexSettings, check_version, connect, damaged,
+from probret.engine.index.schema import (DB_NAME, INDEX_FORMAT, SHARD_DIR, INDEX_FORMAT_VERSION, IndexSettings, check_version, connect, damaged,
                                          describe_change, has_table, path_key, path_of, read_meta, schema_problem,
                                          stored_files)
 
@@ -143,13 +143,12 @@ def _open_db(root: Path) -> sqlite3.Connection:
 def _check_is_index(root: Path, conn: sqlite3.Connection) -> dict:
     """The header of the index behind ``conn``, refused with the true reason when it is not one
     this probret can read."""
-    marker = read_marker(root)
-    if not has_table(conn, "meta"):
-        raise IndexStoreError(f"{root}: the index is empty or unfinished; run `probret index FOLDER` again")
-    if marker is None:
+    if read_marker(root) is None:
         problem = schema_problem(conn)
         if problem:
             raise IndexStoreError(f"{root}: not a probret index ({problem})")
+    if not has_table(conn, "meta"):
+        raise IndexStoreError(f"{root}: the index is empty or unfinished; run `probret index FOLDER` again")
     meta = read_meta(conn, root)
     if meta.get("format") != INDEX_FORMAT:
         raise IndexStoreError(f"{root}: not a probret index")
@@ -219,6 +218,7 @@ class IndexReader:
         """Open both files of every tensor of every shard of the snapshot; False when one is gone
         (a compaction won the race: take a fresh snapshot), refused when it stays gone or short."""
         self._close_fds()
+        real_dir(self.root / SHARD_DIR, create=False)  # refuses a symlink
         rb = row_bytes(self.layout)
         for sid, rows in self.shard_rows.items():
             for name, nbytes in rb.items():
