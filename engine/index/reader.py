@@ -159,10 +159,12 @@ def _check_is_index(root: Path, conn: sqlite3.Connection) -> dict:
 class IndexReader:
     """A consistent snapshot of an index for searching: video and segment tables in RAM, the
     feature rows memory-mapped, every row checked against its checksum when first read. Takes no
-    lock and writes nothing (module docstring)."""
+    lock and writes nothing (module docstring). ``verify=False`` skips the checksums (for
+    measuring what they cost, bench/checksums.py; a search should keep them)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, verify: bool = True):
         self.root = Path(path)
+        self.verify = verify
         if not self.root.is_dir():
             raise IndexStoreError(f"{self.root}: no index here (run `probret index FOLDER` first)")
         self._conn = None
@@ -321,6 +323,8 @@ class IndexReader:
     def _check_rows(self, shard: int, name: str, rows: np.ndarray, data: np.ndarray) -> None:
         """Compare rows ``rows`` (their bytes in ``data``, one row each) with their stored CRC32,
         once per reader; a mismatch is reported, never ranked."""
+        if not self.verify:
+            return
         key = (shard, name)
         done = self._verified.get(key)
         if done is None:

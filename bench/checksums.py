@@ -1,0 +1,87 @@
+"""What the per-row checksums of the index cost a search (issue 12 §3 and §5: "must not slow
+search measurably").
+
+    OMP_NUM_THREADS=1 python bench/checksums.py --videos 10000 --out bench/results/checksums/checksums.json
+    python bench/checksums.py --videos 1000 --reps 3                                  # quick
+
+One run, side by side: a random-weight d=512 SPEM bundle (bench/search.py's ``bench-d512``, T'=12,
+M=20), an index of ``--videos`` videos written by the real IndexWriter with the head's real
+video-side outputs (bench/search.py's pool, one segment a video, float32), then alternately,
+``--reps`` times each:
+
+* **fresh, verified**: open an IndexReader and search one query: the CLI's case, every row the
+  pair graph reads is checked against its CRC32 (once per reader, so this is all of them);
+* **fresh, unverified**: the same with ``IndexReader(verify=False)``;
+* **warm**: a second query on the verified reader (nothing left to verify: `probret serve`).
+
+Printed: medians and the ratio verified / unverified, with the machine record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=10_000)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "probret-bench-search"))
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    from common import finish, machine, say
+    from search import build_index, head_bundle, register_bench_backbone, video_pool
+
+    from probret.engine.index import IndexReader
+    from probret.engine.runtime import BundleRuntime
+    from probret.engine.search import Searcher
+
+    t0 = time.perf_counter()
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    register_bench_backbone(work)
+    head = head_bundle(work, "spem")
+    rt = BundleRuntime(head["bundle"], device="cpu")
+    idx = Path(tempfile.mkdtemp(prefix="probret-crc-", dir=work))
+    try:
+        build_s = build_index(idx / "index", rt, video_pool(rt, 256), a.videos)
+        times = {"verified": [], "unverified": [], "warm": []}
+        for _ in range(a.reps):
+            for verify in (True, False):
+                t = time.perf_counter()
+                with IndexReader(idx / "index", verify=verify) as r:
+                    s = Searcher(rt, r, say=lambda m: None)
+                    s.search(["a red square moving left"], top_k=10, ann=False)
+                    times["verified" if verify else "unverified"].append(time.perf_counter() - t)
+                    if verify:
+                        t = time.perf_counter()
+                        s.search(["a blue circle"], top_k=10, ann=False)
+                        times["warm"].append(time.perf_counter() - t)
+        with IndexReader(idx / "index") as r:
+            stored = sum(r.row_bytes(s for s in r.layout if s != "frame_features" and s != "ann").values())
+    finally:
+        shutil.rmtree(idx, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {"videos": a.videos, "build_seconds": build_s, "times": times, "median_seconds": med,
+           "ratio_verified_over_unverified": med["verified"] / med["unverified"],
+           "bytes_read_per_video": stored, "machine": machine()}
+
+    def tables(r):
+        m = r["median_seconds"]
+        print(f"{r['videos']} videos (SPEM d=512, float32): fresh reader + 1 query: verified {m['verified']:.3f} s, "
+              f"unverified {m['unverified']:.3f} s -> ratio {r['ratio_verified_over_unverified']:.3f}; warm query "
+              f"{m['warm']:.3f} s; CPU {r['machine']['cpu']}")
+    say("done")
+    finish(res, t0, a.out, tables)
+
+
+if __name__ == "__main__":
+    main()
