@@ -217,7 +217,8 @@ def claim(root: Path, *, create: bool) -> Claim:
     marker = read_marker(root)
     if marker is not None:
         return Claim(marker, False, False)
-    entries = [n for n in os.listdir(root) if n != LOCK_NAME and not (n == SHARD_DIR and _empty_dir(root / n))]
+    entries = [n for n in os.listdir(root) if not (n == LOCK_NAME and _pid_file(root / n))
+               and not (n == SHARD_DIR and _empty_dir(root / n))]
     if not entries:  # empty, or what a writer killed while creating it left
         return Claim(None, True, False)
     foreign = foreign_entries(root)
@@ -238,6 +239,14 @@ def claim(root: Path, *, create: bool) -> Claim:
         raise IndexStoreError(f"{root}: {DB_NAME} is not a probret index ({problem}); probret creates an index only "
                               "in a new or empty directory: pass --index DIR with one")
     return Claim(None, False, True)
+
+
+def _pid_file(path: Path) -> bool:
+    """A lock file as a writer killed while creating the index leaves it: a pid, or nothing."""
+    st = lstat_or_none(path)
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > 32:
+        return False
+    return bool(re.fullmatch(rb"\d*\n?", path.read_bytes()))
 
 
 def _empty_dir(path: Path) -> bool:

@@ -464,7 +464,8 @@ def read_header(path: str | Path) -> dict | None:
     except (IndexStoreError, OSError):
         return None
     try:
-        return read_meta(conn, root) or None
+        meta = read_meta(conn, root)
+        return meta if meta.get("format") == INDEX_FORMAT else None
     except IndexStoreError:
         return None
     finally:

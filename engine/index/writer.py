@@ -216,19 +216,21 @@ class IndexWriter:
         self.say(f"index {self.root}: migrated from format {meta.get('format_version')} to {INDEX_FORMAT_VERSION}")
 
     def _write_crc_of_existing(self, sid: int, name: str, rows: int, nbytes: int) -> None:
-        src = shard_file(self.root, sid, name)
+        src, out = shard_file(self.root, sid, name), crc_file(self.root, sid, name)
+        step = max(1, (64 << 20) // max(1, nbytes))  # rows per read: 64 MB at a time
         fd = open_nofollow(src, os.O_RDONLY)
+        crc_fd = open_nofollow(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, for_writing=True)
         try:
-            data = os.pread(fd, rows * nbytes, 0)
+            for lo in range(0, rows, step):
+                n = min(step, rows - lo)
+                data = os.pread(fd, n * nbytes, lo * nbytes)
+                if len(data) < n * nbytes:
+                    break  # a short shard: recovery drops the videos whose rows are gone
+                _write_all(crc_fd, row_crcs(data, nbytes).tobytes(), lo * CRC_DTYPE.itemsize, out)
+            _fsync(crc_fd, out)
         finally:
             os.close(fd)
-        out = crc_file(self.root, sid, name)
-        fd = open_nofollow(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, for_writing=True)
-        try:
-            _write_all(fd, row_crcs(data, nbytes).tobytes(), 0, out)
-            _fsync(fd, out)
-        finally:
-            os.close(fd)
+            os.close(crc_fd)
 
     # -- recovery ------------------------------------------------------------------------------
     def _recover(self) -> None:

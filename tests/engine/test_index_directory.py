@@ -290,3 +290,15 @@ def test_newer_format_is_refused_never_misread(tmp_path):
     for open_it in (lambda: IndexReader(idx), lambda: IndexWriter(idx, SETTINGS)):
         with pytest.raises(IndexStoreError, match="format 3 was written by a newer probret"):
             open_it()
+
+
+def test_a_user_file_named_lock_is_not_mistaken_for_an_empty_index(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "lock").write_text("my own notes about locks, not a pid\n")
+    with pytest.raises(IndexStoreError, match="not a probret index and not empty"):
+        IndexWriter(d, SETTINGS)
+    assert (d / "lock").read_text() == "my own notes about locks, not a pid\n"
+    (d / "lock").write_text("12345\n")  # what a writer killed while creating the index leaves
+    make_index(d)
+    assert (d / MARKER_NAME).is_file()
