@@ -293,8 +293,8 @@ def one_point(work: Path, folder: Path, p: int, mode: str, all_states, labels, *
             res = child("resume_cli", [folder, idx], {"PROBRET_CRASH_AT": str(q)})
             out["resume_point"] = q
         out.update(check_after_crash(folder, idx, done, all_states, resumed_crash=crash_resume))
-    except AssertionError as exc:
-        out["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - every failure is a result, the run goes on
+        out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(run, ignore_errors=True)
     return out

@@ -36,6 +36,7 @@ from probret.engine.index.schema import (ANN_DIR, ANN_FILES, DB_NAME, INDEX_FORM
 #: Names of shard files (``shards/000001.video_mean.bin`` and its ``.crc``).
 SHARD_FILE_RE = re.compile(r"^\d{6}\.[A-Za-z0-9_]+\.(bin|crc)$")
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
+_MARKER_TMP_RE = re.compile(r"^\.probret-index\.json\.tmp-\d+$")
 _TMP_RE = re.compile(r"^\.(index\.faiss|ann\.json|manifest\.json|probret-index\.json)\.tmp-\d+$")
 
 
@@ -218,7 +219,7 @@ def claim(root: Path, *, create: bool) -> Claim:
     if marker is not None:
         return Claim(marker, False, False)
     entries = [n for n in os.listdir(root) if not (n == LOCK_NAME and _pid_file(root / n))
-               and not (n == SHARD_DIR and _empty_dir(root / n))]
+               and not (n == SHARD_DIR and _empty_dir(root / n)) and not _MARKER_TMP_RE.match(n)]
     if not entries:  # empty, or what a writer killed while creating it left
         return Claim(None, True, False)
     foreign = foreign_entries(root)
@@ -239,6 +240,15 @@ def claim(root: Path, *, create: bool) -> Claim:
         raise IndexStoreError(f"{root}: {DB_NAME} is not a probret index ({problem}); probret creates an index only "
                               "in a new or empty directory: pass --index DIR with one")
     return Claim(None, False, True)
+
+
+def remove_temporaries(root: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed writer left (probret's names only)."""
+    for folder in (root, root / ANN_DIR):
+        if real_dir(folder, create=False):
+            for name in os.listdir(folder):
+                if _TMP_RE.match(name):
+                    unlink_owned(folder / name)
 
 
 def _pid_file(path: Path) -> bool:

@@ -28,7 +28,7 @@ from probret.engine import _version
 from probret.engine.errors import IndexStoreError, ModelError
 from probret.engine.index import durability
 from probret.engine.index.directory import (DB_FILES, SHARD_FILE_RE, WriterLock, claim, fsync_dir, map_file,
-                                            open_nofollow, real_dir, unlink_owned, write_marker)
+                                            open_nofollow, real_dir, remove_temporaries, unlink_owned, write_marker)
 from probret.engine.index.layout import CRC_DTYPE, crc_file, row_bytes, row_crcs, shard_file, shard_files
 from probret.engine.index.scan import ScanResult, diff, list_folder
 from probret.engine.index.schema import (ANN_DIR, ANN_FILES, DB_NAME, INDEX_FORMAT, INDEX_FORMAT_VERSION, SHARD_DIR,
@@ -107,6 +107,7 @@ class IndexWriter:
 
     def _open(self, rebuild: bool) -> None:
         c = claim(self.root, create=True)  # again, under the lock
+        remove_temporaries(self.root)
         real_dir(self.root / SHARD_DIR, create=True)
         if c.adopt:  # migrate first, mark last: a crash in between leaves it adoptable again
             self.index_id = uuid.uuid4().hex
