@@ -200,7 +200,9 @@ def connect(db, *, writer: bool, read_only_fs: bool = False) -> sqlite3.Connecti
             conn.execute("PRAGMA synchronous=FULL")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError as exc:  # could not open or write (I/O, space, permissions): not damage
-        raise write_failed(os.path.dirname(db), exc) from None
+        if writer:
+            raise write_failed(os.path.dirname(db), exc) from None
+        raise IndexStoreError(f"cannot open the index {os.path.dirname(db)}: {exc}") from None
     except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed": the file is damaged
         raise damaged(os.path.dirname(db), exc) from None
     return conn

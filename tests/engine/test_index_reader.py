@@ -277,3 +277,21 @@ def test_kill_during_compaction_keeps_every_video(tmp_path):
     with IndexReader(idx) as r:
         for v in vids[1:]:
             assert_stored(r, v)
+
+
+def test_read_header_only_of_a_probret_index(tmp_path):
+    import sqlite3
+
+    from probret.engine.index import read_header
+    d = tmp_path / "d"
+    d.mkdir()
+    con = sqlite3.connect(d / "index.db")
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("""INSERT INTO meta VALUES ('format', '"something-else"')""")
+    con.commit()
+    con.close()
+    assert read_header(d) is None and read_header(tmp_path / "missing") is None
+    idx = tmp_path / "idx"
+    with IndexWriter(idx, SETTINGS):
+        pass
+    assert read_header(idx)["format"] == "probret-index"
