@@ -131,7 +131,7 @@ def observe(idx: Path) -> dict:
     """The state the index holds, every stored row checked against its version's features (and
     its checksum): path -> version, or raises AssertionError."""
     from probret.engine.index import IndexReader
-    with IndexReader(idx) as r:
+    with IndexReader(idx, verify="always") as r:
         paths = [v.path for v in r.videos]
         assert len(paths) == len(set(paths)), "duplicate videos"
         names = sorted(r.layout)

@@ -159,12 +159,21 @@ def _check_is_index(root: Path, conn: sqlite3.Connection) -> dict:
 class IndexReader:
     """A consistent snapshot of an index for searching: video and segment tables in RAM, the
     feature rows memory-mapped, every row checked against its checksum when first read. Takes no
-    lock and writes nothing (module docstring). ``verify=False`` skips the checksums (for
-    measuring what they cost, bench/checksums.py; a search should keep them)."""
+    lock and writes nothing (module docstring).
 
-    def __init__(self, path: str | Path, *, verify: bool = True):
+    ``verify``: ``"changed"`` (default) checks the rows of every shard file that changed since
+    probret wrote it (its size or ctime differ from the ``stamps`` table: an edit, a copy, a
+    truncation, a writer appending right now), and trusts the others, which costs nothing;
+    ``"always"`` checks every row read; ``"off"`` none (for measuring, bench/checksums.py)."""
+
+    VERIFY_MODES = ("changed", "always", "off")
+
+    def __init__(self, path: str | Path, *, verify: str = "changed"):
+        if verify not in self.VERIFY_MODES:
+            raise ValueError(f"verify must be one of {self.VERIFY_MODES}, got {verify!r}")
         self.root = Path(path)
         self.verify = verify
+        self._trusted: set[tuple[int, str]] = set()
         if not self.root.is_dir():
             raise IndexStoreError(f"{self.root}: no index here (run `probret index FOLDER` first)")
         self._conn = None
@@ -208,6 +217,8 @@ class IndexReader:
                            conn.execute("SELECT path, error FROM videos WHERE status != 'ok' ORDER BY path")]
             segs = self._read_segments(conn)
             self.shard_rows = dict(conn.execute("SELECT id, rows FROM shards").fetchall())
+            self._stamps = {n: (size, ctime) for n, size, ctime in conn.execute(
+                "SELECT name, size, ctime_ns FROM stamps")} if has_table(conn, "stamps") else {}
         finally:
             conn.execute("COMMIT")
         self.settings: dict = self.meta.get("settings") or {}
@@ -220,6 +231,7 @@ class IndexReader:
         """Open both files of every tensor of every shard of the snapshot; False when one is gone
         (a compaction won the race: take a fresh snapshot), refused when it stays gone or short."""
         self._close_fds()
+        self._trusted.clear()
         real_dir(self.root / SHARD_DIR, create=False)  # refuses a symlink
         rb = row_bytes(self.layout)
         for sid, rows in self.shard_rows.items():
@@ -233,6 +245,9 @@ class IndexReader:
                     raise IndexStoreError(f"{self.root}: shard file {Path(exc.filename).name} is missing (damaged "
                                           "outside probret?); run `probret index FOLDER` to repair it") from None
                 self._fds[(sid, name)] = fds
+                st = os.fstat(fds[0])
+                if self._stamps.get(paths[0].name) == (st.st_size, st.st_ctime_ns):
+                    self._trusted.add((sid, name))  # unchanged since probret wrote and checked it
                 for fd, p, width in zip(fds, paths, (nbytes, CRC_DTYPE.itemsize)):
                     if os.fstat(fd).st_size < rows * width:
                         raise IndexStoreError(f"{self.root}: shard file {p.name} is shorter than recorded; run "
@@ -323,9 +338,9 @@ class IndexReader:
     def _check_rows(self, shard: int, name: str, rows: np.ndarray, data: np.ndarray) -> None:
         """Compare rows ``rows`` (their bytes in ``data``, one row each) with their stored CRC32,
         once per reader; a mismatch is reported, never ranked."""
-        if not self.verify:
-            return
         key = (shard, name)
+        if self.verify == "off" or (self.verify == "changed" and key in self._trusted):
+            return
         done = self._verified.get(key)
         if done is None:
             n = self.shard_rows.get(shard, 0)
@@ -334,14 +349,16 @@ class IndexReader:
         todo = np.nonzero(~done[rows])[0]
         if not len(todo):
             return
-        flat = data.reshape(len(rows), -1).view(np.uint8)
-        want = self._crcs[key]
-        for j in todo.tolist():
-            r = int(rows[j])
-            if zlib.crc32(flat[j]) != int(want[r]):
-                raise IndexStoreError(f"{self.root}: shard {shard} of {name}, row {r}, fails its checksum (the file "
-                                      "was changed outside probret, or the disk flipped bytes); run with --rebuild")
-            done[r] = True
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        nbytes = len(view) // len(rows)
+        got = np.fromiter((zlib.crc32(view[j * nbytes:(j + 1) * nbytes]) for j in todo.tolist()), CRC_DTYPE,
+                          count=len(todo))
+        bad = np.nonzero(got != self._crcs[key][rows[todo]])[0]
+        if len(bad):
+            r = int(rows[todo[bad[0]]])
+            raise IndexStoreError(f"{self.root}: shard {shard} of {name}, row {r}, fails its checksum (the file was "
+                                  "changed outside probret, or the disk flipped bytes); run with --rebuild")
+        done[rows[todo]] = True
 
     def gather(self, names: Sequence[str], segments: np.ndarray) -> dict[str, np.ndarray]:
         """Rows of ``segments`` (positions in the reader's segment order) for each tensor, in RAM.

@@ -8,7 +8,9 @@ Format versions (``INDEX_FORMAT_VERSION``, stored in the ``meta`` table and in t
 * 2: paths stored as BLOB, the bytes of ``os.fsencode(path)`` (any name the OS gives round-trips);
   a ``files`` table recording every shard file probret created; per-row CRC32 of every stored
   tensor in ``shards/NNNNNN.<tensor>.crc``; ``build_id`` in the header (new on every rebuild:
-  the ANN cache is tied to it); the marker file ``probret-index.json``.
+  the ANN cache is tied to it); the marker file ``probret-index.json``; a ``stamps`` table with
+  the size and ctime of each shard file as probret last wrote it (layout.py: which rows a reader
+  must verify).
 
 An index of version 1 is migrated in place by the next writer (docs/reliability.md,
 "Adoption and migration"); a reader of a version-1 index says to run ``probret index``. An
@@ -69,6 +71,7 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE INDEX IF NOT EXISTS segments_by_shard ON segments (shard, row);
 CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS stamps (name TEXT PRIMARY KEY, size INTEGER NOT NULL, ctime_ns INTEGER NOT NULL);
 """
 #: The columns of each table, checked before an unmarked index is adopted.
 TABLE_COLUMNS = {

@@ -53,6 +53,13 @@ def _write_all(fd: int, data, offset: int, path) -> None:
     durability.point("write", path, offset)
 
 
+def _stamp(fd: int, path: Path) -> tuple[str, int, int]:
+    """(name, size, ctime_ns) of a shard file just written and synced: a reader trusts its rows
+    while the file still has this size and ctime (layout.py: any later write changes the ctime)."""
+    st = os.fstat(fd)
+    return path.name, int(st.st_size), int(st.st_ctime_ns)
+
+
 def _fsync(fd: int, path) -> None:
     os.fsync(fd)
     durability.point("fsync", path, os.fstat(fd).st_size)
@@ -204,6 +211,8 @@ class IndexWriter:
         names = [p.name for sid in shards for p in shard_files(self.root, sid, layout)]
         with Txn(conn, self.root):
             conn.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
+            conn.execute("CREATE TABLE IF NOT EXISTS stamps (name TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+                         "ctime_ns INTEGER NOT NULL)")
             conn.executemany("INSERT OR IGNORE INTO files VALUES (?)", [(n,) for n in names])
         for sid, rows in shards.items():
             for name, nbytes in row_bytes(layout).items():
@@ -270,6 +279,7 @@ class IndexWriter:
             try:
                 size = os.fstat(fd).st_size
                 if size > rows * width:
+                    self._conn.execute("DELETE FROM stamps WHERE name = ?", (path.name,))  # readers verify it all
                     os.ftruncate(fd, rows * width)
                     durability.point("truncate", path, rows * width)
                     _fsync(fd, path)
@@ -418,6 +428,7 @@ class IndexWriter:
         rows = sum(len(v.segments) for v in videos)
         sid, start = self._reserve(rows)
         rb = row_bytes(self.layout)
+        stamps = []
         try:
             for n in names:
                 data_fd, crc_fd = self._shard_fds(sid, n)
@@ -426,15 +437,18 @@ class IndexWriter:
                            crc_file(self.root, sid, n))
                 _fsync(data_fd, shard_file(self.root, sid, n))
                 _fsync(crc_fd, crc_file(self.root, sid, n))
+                stamps.append(_stamp(data_fd, shard_file(self.root, sid, n)))
         except OSError as exc:
             raise write_failed(self.root, exc) from None
-        self._commit_rows(videos, sid, start, rows)
+        self._commit_rows(videos, sid, start, rows, stamps)
 
-    def _commit_rows(self, videos: Sequence[EncodedVideo], sid: int, start: int, rows: int) -> None:
+    def _commit_rows(self, videos: Sequence[EncodedVideo], sid: int, start: int, rows: int,
+                     stamps: list[tuple[str, int, int]]) -> None:
         now = time.time()
         conn = self._conn
         with Txn(conn, self.root):
             conn.execute("INSERT OR REPLACE INTO shards (id, rows) VALUES (?, ?)", (sid, start + rows))
+            conn.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamps)
             row = start
             for v in videos:
                 self._delete_paths([v.path])
@@ -474,13 +488,15 @@ class IndexWriter:
         old_ids = sorted(self._shard_rows)
         segs = self._conn.execute("SELECT video_id, seg, shard, row FROM segments ORDER BY video_id, seg").fetchall()
         try:
-            moves, new_rows = self._copy_live(segs)
+            moves, new_rows, stamps = self._copy_live(segs)
         except OSError as exc:
             raise write_failed(self.root, exc) from None
         with Txn(self._conn, self.root):
             self._conn.executemany("UPDATE segments SET shard = ?, row = ? WHERE video_id = ? AND seg = ?", moves)
             self._conn.execute("DELETE FROM shards")
             self._conn.executemany("INSERT INTO shards (id, rows) VALUES (?, ?)", sorted(new_rows.items()))
+            self._conn.execute("DELETE FROM stamps")
+            self._conn.executemany("INSERT INTO stamps VALUES (?, ?, ?)", stamps)
             self._bump()
         gone = [p.name for s in old_ids for p in shard_files(self.root, s, self.layout)]
         for name in gone:
@@ -490,13 +506,13 @@ class IndexWriter:
         self._shard_rows = dict(self._conn.execute("SELECT id, rows FROM shards").fetchall())
         return True
 
-    def _copy_live(self, segs: list[tuple]) -> tuple[list[tuple], dict[int, int]]:
+    def _copy_live(self, segs: list[tuple]) -> tuple[list[tuple], dict[int, int], list[tuple[str, int, int]]]:
         """Copy the rows of ``segs`` (video_id, seg, shard, row) into new shards, fsynced; returns
-        the segment moves and the new shards' row counts."""
+        the segment moves, the new shards' row counts and their files' stamps."""
         rb = row_bytes(self.layout)
         cap = max(1, SHARD_MAX_BYTES // max(rb.values()))
         sid = self._next_shard_id()
-        moves, new_rows, maps = [], {}, {}
+        moves, new_rows, maps, stamps = [], {}, {}, []
         for i in range(0, len(segs), cap):
             part = segs[i:i + cap]
             self._shard_rows.setdefault(sid, 0)
@@ -511,8 +527,9 @@ class IndexWriter:
                 _write_all(crc_fd, row_crcs(data, nbytes).tobytes(), 0, crc_file(self.root, sid, name))
                 _fsync(data_fd, shard_file(self.root, sid, name))
                 _fsync(crc_fd, crc_file(self.root, sid, name))
+                stamps.append(_stamp(data_fd, shard_file(self.root, sid, name)))
             moves.extend((sid, k, vid, seg) for k, (vid, seg, _, _) in enumerate(part))
             new_rows[sid] = len(part)
             sid += 1
         maps.clear()
-        return moves, new_rows
+        return moves, new_rows, stamps

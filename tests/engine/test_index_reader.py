@@ -164,7 +164,8 @@ def test_a_read_only_index_is_searched_without_an_update():
     assert "read-only" in out["writer"] and "--no-update" in out["writer"]
 
 
-def test_flipped_bytes_are_detected_and_reported(tmp_path):
+@pytest.mark.parametrize("verify", ["changed", "always"])
+def test_flipped_bytes_are_detected_and_reported(tmp_path, verify):
     idx = tmp_path / "idx"
     vids = [video(f"v{i}.mp4", 2, seed=i) for i in range(3)]
     with IndexWriter(idx, SETTINGS) as w:
@@ -173,13 +174,31 @@ def test_flipped_bytes_are_detected_and_reported(tmp_path):
     data = bytearray(f.read_bytes())
     data[36 * 3 + 5] ^= 0x10  # one bit of row 3
     f.write_bytes(bytes(data))
-    with IndexReader(idx) as r:
+    with IndexReader(idx, verify=verify) as r:
         assert_stored(r, vids[0])  # rows 0-1 are intact and still readable
         with pytest.raises(IndexStoreError, match="row 3, fails its checksum.*--rebuild"):
             list(r.blocks(["video_x"]))
         with pytest.raises(IndexStoreError, match="fails its checksum"):
             r.gather(["video_x"], np.arange(r.num_segments))
         r.gather(["frame_features", "ann"], np.arange(r.num_segments))  # other tensors are fine
+
+
+def test_only_files_changed_since_probret_wrote_them_are_checked_by_default(tmp_path):
+    idx = tmp_path / "idx"
+    with IndexWriter(idx, SETTINGS) as w:
+        w.add([video("a.mp4", 2)])
+        with IndexReader(idx) as r:
+            assert r._trusted == {(1, n) for n in r.layout}  # as written: nothing to check
+        w.add([video("b.mp4", 1, seed=2)])
+        with IndexReader(idx) as r:
+            assert r._trusted == {(1, n) for n in r.layout}  # the stamps follow the writer's appends
+    f = idx / "shards" / "000001.ann.bin"
+    f.write_bytes(f.read_bytes())  # same bytes, but rewritten from outside: checked again
+    with IndexReader(idx) as r:
+        assert (1, "ann") not in r._trusted and (1, "video_x") in r._trusted
+        assert_stored(r, video("b.mp4", 1, seed=2))
+    with pytest.raises(ValueError, match="verify must be one of"):
+        IndexReader(idx, verify="sometimes")
 
 
 def test_nan_features_are_never_stored(tmp_path):
