@@ -11,8 +11,19 @@ next writer).
 Why per row: a reader verifies lazily exactly the rows it reads, whether an exact scan reads them
 as contiguous blocks or the ANN re-ranking gathers a thousand scattered ones, and nothing
 mutable is ever rewritten in place (a per-block checksum of a growing last block would be). The
-cost is 4 bytes a row per tensor and one CRC pass over the bytes read, once per reader
-(docs/reliability.md gives the measured search-time ratio).
+cost is 4 bytes a row per tensor and one CRC pass (~5 GB/s here) over the bytes read, once per
+reader.
+
+Which rows a reader checks (``IndexReader(verify=...)``): a full CRC pass costs about as much as
+an exact scan from the page cache itself (both are memory-bound: bench/checksums.py measured a
+fresh 10k-video search 3.8x slower with every row checked), so by default (``"changed"``) a
+reader checks only the shard files that changed since probret wrote them. At each commit the
+writer records every data file's size and ctime (``stamps`` table) right after its fsync; any
+later write to the file by anyone (an editor, ``dd``, a copy over it, a truncation, a writer
+appending now) moves its ctime, which no unprivileged process can set back, and the reader
+then checks every row of that file as it reads it. What the default does not catch is a change
+below the file system that leaves the ctime alone (silent media corruption that the disk's own
+ECC misses); ``verify="always"`` checks every row regardless.
 """
 
 from __future__ import annotations
