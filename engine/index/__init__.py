@@ -49,7 +49,6 @@ the storage dtype, of the index format or of the probret version forces a rebuil
 loud through ``say`` and recorded as the header's ``rebuild_reason``.
 """
 
-from probret.engine.index.durability import point as durability_point
 from probret.engine.index.reader import (BLOCK_BYTES, IndexReader, StoredSettings, VideoEntry, VideoTable,
                                          plan_update, read_header, stored_settings)
 from probret.engine.index.scan import VIDEO_EXTENSIONS, FolderListing, ScanResult, diff, list_folder, scan_folder
@@ -60,4 +59,4 @@ from probret.engine.index.writer import COMPACT_MIN_DEAD, SHARD_MAX_BYTES, Index
 __all__ = ["INDEX_DIRNAME", "INDEX_FORMAT", "INDEX_FORMAT_VERSION", "MARKER_NAME", "VIDEO_EXTENSIONS",
            "IndexSettings", "EncodedVideo", "FileEntry", "ScanResult", "FolderListing", "IndexWriter", "IndexReader",
            "scan_folder", "list_folder", "diff", "plan_update", "read_header", "stored_settings", "StoredSettings",
-           "VideoEntry", "VideoTable", "BLOCK_BYTES", "SHARD_MAX_BYTES", "COMPACT_MIN_DEAD", "durability_point"]
+           "VideoEntry", "VideoTable", "BLOCK_BYTES", "SHARD_MAX_BYTES", "COMPACT_MIN_DEAD"]
