@@ -33,7 +33,6 @@ No model runs in the inner loop.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
