@@ -1,6 +1,6 @@
 """Crash harness of the index: kill a real writer at every durability point, reopen, check.
 
-    OMP_NUM_THREADS=1 python bench/crash.py --out bench/results/crash/crash.json     # >= 200 crash points (~3 min)
+    OMP_NUM_THREADS=1 python bench/crash.py --out bench/results/crash/crash.json     # 340 crash points (~2 min)
     python bench/crash.py --points 12 --out /tmp/crash-quick.json                    # a sample (what CI runs)
 
 Modelled on SQLite's crash tests and LazyFS-style dropped writes (docs/reliability.md):
@@ -249,7 +249,7 @@ def check_no_leaks(idx: Path) -> None:
     assert on_disk == live, f"files outside the index's state: {sorted(on_disk - live)}"
 
 
-def run_harness(work: Path, *, points: int | None = None, min_points: int = 200, seed: int = 0,
+def run_harness(work: Path, *, points: int | None = None, min_points: int = 340, seed: int = 0,
                 say=print) -> dict:
     """The whole harness (module docstring); ``points`` samples that many of the scenario's points."""
     work.mkdir(parents=True, exist_ok=True)
@@ -273,6 +273,8 @@ def run_harness(work: Path, *, points: int | None = None, min_points: int = 200,
         results.append(one_point(work, folder, p, "kill", all_states, labels, crash_resume=True, rng=rng))
     return {"durability_points": n, "labels": sorted({ln.split()[1] for ln in labels}), "crash_points": len(results),
             "modes": {m: sum(r["mode"] == m for r in results) for m in ("kill", "drop", "resume")},
+            "resumes_that_crashed": sum(bool(r.get("resume_crashed")) for r in results),
+            "reencoded_total": sum(r.get("reencoded", 0) for r in results),
             "failures": [r for r in results if r.get("error")], "harness_seconds": round(time.time() - t0, 1)}
 
 
@@ -290,7 +292,8 @@ def one_point(work: Path, folder: Path, p: int, mode: str, all_states, labels, *
         if crash_resume:  # a second crash, inside the recovery run
             q = rng.randrange(1, 40)
             res = child("resume_cli", [folder, idx], {"PROBRET_CRASH_AT": str(q)})
-            out["resume_point"] = q
+            out["resume_point"], out["resume_crashed"] = q, res.returncode == CRASH_EXIT
+            assert res.returncode in (0, CRASH_EXIT), f"resume exit {res.returncode}: {res.stderr[-500:]}"
         out.update(check_after_crash(folder, idx, done, all_states, resumed_crash=crash_resume))
     except Exception as exc:  # noqa: BLE001 - every failure is a result, the run goes on
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -306,7 +309,7 @@ def resume_cli(folder: Path, idx: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=None, help="sample this many (point, mode) pairs (default: all)")
-    ap.add_argument("--min-points", type=int, default=200, help="add crashes inside resumes up to this many")
+    ap.add_argument("--min-points", type=int, default=340, help="add crashes inside resumes up to this many")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="results JSON")
     a = ap.parse_args(argv)
@@ -319,7 +322,9 @@ def main(argv=None) -> None:
 
     def tables(r):
         print(f"{r['crash_points']} crash points over {r['durability_points']} durability points "
-              f"({r['modes']}); failures: {len(r['failures'])}; {r['harness_seconds']} s")
+              f"({r['modes']}; {r['resumes_that_crashed']} of the resumes crashed as asked); "
+              f"videos re-encoded by the resumes: {r['reencoded_total']}; failures: {len(r['failures'])}; "
+              f"{r['harness_seconds']} s")
         for f in r["failures"][:10]:
             print("  FAIL", f)
     finish(res, t0, a.out, tables)
