@@ -32,6 +32,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def cpu_flags() -> list[str]:
+    """The SIMD flags of this CPU that matter to the numbers (bench/common.py's record has the model)."""
+    try:
+        line = next(ln for ln in open("/proc/cpuinfo") if ln.startswith(("flags", "Features")))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "sse4", "fma", "asimd", "neon")))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=10_000)
@@ -74,7 +83,7 @@ def main(argv=None) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"videos": a.videos, "build_seconds": build_s, "times": times, "median_seconds": med,
            "ratio_always_over_off": med["always"] / med["off"], "ratio_changed_over_off": med["changed"] / med["off"],
-           "bytes_read_per_video": stored, "machine": machine()}
+           "bytes_read_per_video": stored, "machine": {**machine(), "cpu_flags": cpu_flags()}}
 
     def tables(r):
         m = r["median_seconds"]
