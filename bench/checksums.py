@@ -32,15 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD flags of this CPU that matter to the numbers (bench/common.py's record has the model)."""
-    try:
-        line = next(ln for ln in open("/proc/cpuinfo") if ln.startswith(("flags", "Features")))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "sse4", "fma", "asimd", "neon")))
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=10_000)
@@ -48,7 +39,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "probret-bench-search"))
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from common import finish, machine, say
+    from common import cpu_flags, finish, machine, say
     from search import build_index, head_bundle, register_bench_backbone, video_pool
 
     from probret.engine.index import IndexReader

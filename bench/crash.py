@@ -306,15 +306,6 @@ def resume_cli(folder: Path, idx: Path) -> None:
     resume(folder, idx)
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD flags of this CPU that matter to the numbers (bench/common.py's record has the model)."""
-    try:
-        line = next(ln for ln in open("/proc/cpuinfo") if ln.startswith(("flags", "Features")))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "sse4", "fma", "asimd", "neon")))
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=None, help="sample this many (point, mode) pairs (default: all)")
@@ -323,7 +314,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="results JSON")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import finish, machine, say
+    from common import cpu_flags, finish, machine, say
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="probret-crash-") as tmp:
         res = run_harness(Path(tmp), points=a.points, min_points=a.min_points, seed=a.seed, say=say)
