@@ -93,10 +93,9 @@ def make_folder(folder: Path) -> None:
 # --------------------------------------------------------------------------------------------
 def run_scenario(idx: Path, done_log: Path) -> None:
     """Every step of STEPS on the index; each finished step is appended to ``done_log``."""
-    from probret.engine.index import FileEntry, IndexWriter, writer as W
-    W.SHARD_MAX_BYTES = SHARD_MAX_BYTES
+    from probret.engine.index import FileEntry, IndexWriter
     fd = os.open(done_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    with IndexWriter(idx, settings()) as w:
+    with IndexWriter(idx, settings(), shard_max_bytes=SHARD_MAX_BYTES) as w:
         for k, (op, arg) in enumerate(STEPS, 1):
             if op == "add":
                 w.add([encoded(p, table[p]) for p, table in arg])
@@ -156,9 +155,8 @@ def observe(idx: Path) -> dict:
 
 def resume(folder: Path, idx: Path) -> int:
     """The next run: scan the real folder, encode what the index lacks. Returns videos encoded."""
-    from probret.engine.index import IndexWriter, writer as W
-    W.SHARD_MAX_BYTES = SHARD_MAX_BYTES
-    with IndexWriter(idx, settings()) as w:
+    from probret.engine.index import IndexWriter
+    with IndexWriter(idx, settings(), shard_max_bytes=SHARD_MAX_BYTES) as w:
         scan = w.scan(folder)
         w.remove(scan.removed)
         todo = [e for e in scan.todo if e.path in FINAL]

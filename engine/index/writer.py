@@ -70,11 +70,14 @@ class IndexWriter:
 
     ``wait=False``: a second writer fails at once with :class:`IndexStoreError` naming the holder's
     pid; ``wait=True`` blocks until the lock is free. ``rebuild=True`` starts from scratch (also
-    the way out of an unreadable index); it deletes only files this index recorded."""
+    the way out of an unreadable index); it deletes only files this index recorded.
+    ``shard_max_bytes`` (default :data:`SHARD_MAX_BYTES`) closes a shard file at that size (the
+    crash harness uses tiny shards to rotate often)."""
 
     def __init__(self, path: str | Path, settings: IndexSettings, *, model: dict | None = None, wait: bool = False,
-                 rebuild: bool = False, say: Callable[[str], None] | None = None):
+                 rebuild: bool = False, say: Callable[[str], None] | None = None, shard_max_bytes: int | None = None):
         self.root = Path(path)
+        self.shard_max_bytes = int(shard_max_bytes or SHARD_MAX_BYTES)
         self.settings = settings
         self.model = dict(model or {})
         self.say = say or (lambda msg: log.info(msg))
@@ -368,7 +371,7 @@ class IndexWriter:
         """(shard, first row) for ``rows`` new rows: the last shard while it has room (an empty
         shard takes any batch), else a new one."""
         rb = row_bytes(self.layout)
-        cap = max(1, SHARD_MAX_BYTES // max(rb.values()))
+        cap = max(1, self.shard_max_bytes // max(rb.values()))
         sid = max(self._shard_rows) if self._shard_rows else 0
         if sid and (self._shard_rows[sid] == 0 or self._shard_rows[sid] + rows <= cap):
             return sid, self._shard_rows[sid]
@@ -510,7 +513,7 @@ class IndexWriter:
         """Copy the rows of ``segs`` (video_id, seg, shard, row) into new shards, fsynced; returns
         the segment moves, the new shards' row counts and their files' stamps."""
         rb = row_bytes(self.layout)
-        cap = max(1, SHARD_MAX_BYTES // max(rb.values()))
+        cap = max(1, self.shard_max_bytes // max(rb.values()))
         sid = self._next_shard_id()
         moves, new_rows, maps, stamps = [], {}, {}, []
         for i in range(0, len(segs), cap):
