@@ -54,6 +54,13 @@ class IndexStoreError(ProbretError):
     exit_code = 5
 
 
+class UsageError(ProbretError):
+    """An option has a value outside what it accepts (engine/options.py). Same exit code as
+    click's own usage errors, so a bad ``--window`` reads alike from the CLI and the Python API."""
+
+    exit_code = 2
+
+
 #: The old name, kept only until engine/search.py and cli/search_cmd.py (rewritten by the facade
 #: work) import IndexStoreError; nothing new may use it.
 IndexError_ = IndexStoreError
