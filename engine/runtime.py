@@ -18,6 +18,14 @@ Devices (``device=``):
 The provider each graph actually runs on is logged (logger ``probret.engine.runtime``) and kept in
 ``BundleRuntime.providers``.
 
+Builds: ``onnxruntime`` (CPU, the core install) and ``onnxruntime-gpu`` (``probret[gpu]``) are two
+packages that ship the same ``onnxruntime`` module, so ``pip install 'probret[gpu]'`` installs both
+and the files of whichever pip wrote last are imported (measured with pip 23.2: the CPU build's,
+leaving only CPUExecutionProvider); uninstalling either one then deletes files the other needs.
+``ort_build()`` names the active build and what is installed; ``provider_chain`` logs it, warns
+when a visible GPU is idle because the CPU build shadows onnxruntime-gpu, and its errors give the
+repair (docs/install.md).
+
 Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_search.md):
 
 * ``threads``: ONNX Runtime intra-op threads of the encoder and video-side sessions (None: ORT's
@@ -58,7 +66,7 @@ import numpy as np
 from probret.engine.bundle import Bundle, load_bundle
 from probret.engine.errors import ModelError
 
-__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise",
+__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise", "ort_build",
            "provider_chain", "tensorrt_status", "open_runtime"]
 
 log = logging.getLogger(__name__)
@@ -165,7 +173,47 @@ def _ort():
         import onnxruntime as ort
     except ImportError as exc:
         raise ModelError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu)") from exc
+    if not hasattr(ort, "InferenceSession"):  # the other build's uninstall removed the shared files
+        raise ModelError(f"the onnxruntime module is broken ({_ORT_COEXIST_FIX})")
     return ort
+
+
+#: The repair when onnxruntime and onnxruntime-gpu are both installed (docs/install.md): they ship
+#: the same ``onnxruntime`` module, so the files of the one installed last are the ones imported,
+#: and uninstalling either deletes files the other needs.
+_ORT_COEXIST_FIX = ("to run on the GPU: pip install --force-reinstall --no-deps onnxruntime-gpu; "
+                    "for the CPU build only: pip uninstall -y onnxruntime-gpu onnxruntime && pip install onnxruntime")
+
+
+def ort_build() -> dict[str, Any]:
+    """Which ONNX Runtime is active: ``{"version", "device" ("CPU"/"GPU"), "providers",
+    "distributions" (installed onnxruntime* packages), "description"}``. Both ``onnxruntime`` and
+    ``onnxruntime-gpu`` can be installed at once; ``device`` and ``providers`` say whose files won."""
+    from importlib import metadata
+
+    ort = _ort()
+    dists = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            dists.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    providers = list(ort.get_available_providers())
+    device = "GPU" if "CUDAExecutionProvider" in providers else "CPU"
+    description = (f"onnxruntime {ort.__version__} ({device} build; providers {', '.join(providers)}; "
+                   f"installed: {', '.join(dists) or 'unknown'})")
+    return {"version": ort.__version__, "device": device, "providers": providers, "distributions": dists,
+            "description": description}
+
+
+def _report_build(device: str, gpu: bool) -> None:
+    """Log the active build; warn when a GPU is idle because the CPU build shadows onnxruntime-gpu."""
+    build = ort_build()
+    log.info("ONNX Runtime: %s", build["description"])
+    shadowed = build["device"] == "CPU" and any(d.startswith("onnxruntime-gpu ") for d in build["distributions"])
+    if gpu and device == "auto" and shadowed:
+        log.warning("a CUDA GPU is visible but the active ONNX Runtime is the CPU build (%s); %s",
+                    build["description"], _ORT_COEXIST_FIX)
 
 
 def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None) -> list:
@@ -176,6 +224,8 @@ def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None)
     ort = _ort()
     available = set(ort.get_available_providers())
     gpu = cuda_device_count() > 0
+    if device != "cpu":
+        _report_build(device, gpu)
     trt_ok = "TensorrtExecutionProvider" in available and gpu and _trt_libs_present()
     cuda_ok = "CUDAExecutionProvider" in available and gpu
     if device == "cpu":
@@ -217,8 +267,12 @@ def _missing(device: str, available: set, gpu: bool) -> str:
     if not gpu:
         return f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu (or auto)"
     if provider not in available:
-        return (f"--device {device}: this onnxruntime has no {provider} (installed: {', '.join(sorted(available))}); "
-                "install onnxruntime-gpu")
+        build = ort_build()
+        if any(d.startswith("onnxruntime-gpu ") for d in build["distributions"]):
+            return f"--device {device}: the active ONNX Runtime is {build['description']}; {_ORT_COEXIST_FIX}"
+        return (f"--device {device}: the active ONNX Runtime is {build['description']}, without {provider}; "
+                "install the GPU build: pip install 'probret[gpu]' && "
+                "pip install --force-reinstall --no-deps onnxruntime-gpu")
     return f"--device {device}: TensorRT libraries are not installed (pip install 'tensorrt>=10')"
 
 
