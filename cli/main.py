@@ -4,6 +4,7 @@ imported lazily, so ``probret search`` never pays for (or needs) torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util  # find_spec; `import importlib` alone does not load it (non-editable installs crashed)
 import sys
 
 import click
