@@ -276,7 +276,7 @@ def _trt_libs_present() -> bool:
 
 
 def _trt_options(cache: str | Path | None) -> dict:
-    from probret.engine.models import cache_dir
+    from probret.engine.cache import cache_dir
 
     cache = Path(cache) if cache else cache_dir() / "ort-trt"
     return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": False}
@@ -298,10 +298,10 @@ def _cpu_signature() -> str:
 
 def optimized_graph_path(graph_sha256: str, cache: str | Path | None = None) -> Path:
     """Where ORT's optimised form of the graph with this sha256 is cached for the active ONNX
-    Runtime version and this CPU (CACHE/ort-optimized/; CACHE as in engine/models.py)."""
+    Runtime version and this CPU (CACHE/ort-optimized/; CACHE as in engine/cache.py)."""
     import hashlib
 
-    from probret.engine.models import cache_dir
+    from probret.engine.cache import cache_dir
 
     ort = _ort()
     key = hashlib.sha256(f"{graph_sha256}|onnxruntime {ort.__version__}|{_cpu_signature()}".encode()).hexdigest()

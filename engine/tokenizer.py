@@ -21,7 +21,7 @@ Pipeline, per text:
 Two BPE back ends do step 3 with identical ids (``backend=``): ``"python"``, the reference
 implementation below, and ``"tokenizers"``, Hugging Face's Rust BPE over the same vocabulary and
 merges (converted once to a ``tokenizer.json`` cached under CACHE/tokenizers/, keyed by the
-vocabulary file's sha256; CACHE as in engine/models.py). Steps 1, 2 and 4 are this module's in both,
+vocabulary file's sha256; CACHE as in engine/cache.py). Steps 1, 2 and 4 are this module's in both,
 because the Rust pre-tokenizer's Unicode tables and case folding are not ``regex``'s
 (``'\u017f`` folds to ``'s`` under ``regex.IGNORECASE``). :func:`load_tokenizer` (and so
 ``BundleRuntime``) uses :data:`DEFAULT_BACKEND`; ``"tokenizers"`` falls back to ``"python"``
@@ -338,7 +338,7 @@ def _rust_bpe(tok: Tokenizer):
 
     digest = hashlib.sha256(tok.vocab_path.read_bytes()).hexdigest()[:32]
     try:
-        from probret.engine.models import cache_dir
+        from probret.engine.cache import cache_dir
 
         path = cache_dir() / "tokenizers" / f"clip-bpe-{digest}.json"
     except Exception:  # noqa: BLE001 - an unusable cache only costs the conversion
