@@ -60,7 +60,6 @@ and videos are batched. The export's PyTorch reference uses exactly these number
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +89,8 @@ _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "
 def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarray]:
     """The noise banks of a pair graph: {input name: float32 array}, drawn in ``specs`` order from
     one ``np.random.Generator(np.random.PCG64(seed))`` (module docstring)."""
+    if not specs:
+        return {}  # no numpy.random import (~40 ms) for bundles without noise inputs
     rng = np.random.Generator(np.random.PCG64(int(seed)))
     out = {}
     for spec in specs:
@@ -130,7 +131,7 @@ def cuda_device_count() -> int:
         return _cuda_count
     count = 0
     # find_library runs ldconfig (~40 ms): only when the usual names are not loadable
-    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", lambda: ctypes.util.find_library("cuda")]
+    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", lambda: _find_library("cuda")]
     for name in names:
         name = name() if callable(name) else name
         if not name:
@@ -265,8 +266,14 @@ def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None)
     return chain + ["CPUExecutionProvider"]
 
 
+def _find_library(name: str) -> str | None:
+    import ctypes.util  # ~35 ms of imports (tempfile, shutil, subprocess): only when needed
+
+    return ctypes.util.find_library(name)
+
+
 def _trt_libs_present() -> bool:
-    if ctypes.util.find_library("nvinfer"):
+    if _find_library("nvinfer"):
         return True
     try:
         import tensorrt  # noqa: F401  (the pip wheel ships libnvinfer next to it)
