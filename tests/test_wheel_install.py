@@ -79,7 +79,7 @@ def test_core_install_is_cpu_sized_and_torch_free(wheel_venv, tmp_path):
     assert info["device"] == "CPU" and info["distributions"] == [f"onnxruntime {info['version']}"], info
 
 
-@pytest.mark.parametrize("args", [[], ["--help"], ["search", "--help"], ["index", "--help"]])
+@pytest.mark.parametrize("args", [[], ["--help"], ["search", "--help"], ["index", "--help"], ["serve", "--help"]])
 def test_help_runs_from_the_wheel(wheel_venv, tmp_path, args):
     p = _run([wheel_venv / "probret", *args], cwd=tmp_path, env=_env(tmp_path))
     assert "Traceback" not in p.stderr, p.stderr
@@ -88,8 +88,10 @@ def test_help_runs_from_the_wheel(wheel_venv, tmp_path, args):
     assert "Usage: probret" in text
     if args[:1] == ["search"]:
         assert "--no-update" in text and "--json" in text
+    elif args[:1] == ["serve"]:
+        assert "--host" in text and "--public" in text
     elif args[:1] != ["index"]:
-        assert "search" in text and "index" in text
+        assert "search" in text and "index" in text and "serve" in text
 
 
 def test_search_with_a_bundle_from_the_wheel(wheel_venv, tmp_path_factory, make_spem_bundle):
@@ -115,3 +117,12 @@ def test_search_with_a_bundle_from_the_wheel(wheel_venv, tmp_path_factory, make_
     p = _run([wheel_venv / "probret", "search", folder, caption, "--no-update", "--json", "-k", "3"], cwd=root, env=env)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["queries"][0]["results"] == result["results"]
+
+
+def test_serve_without_its_extra_names_the_extra(wheel_venv, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    p = _run([wheel_venv / "probret", "serve", folder], cwd=tmp_path, env=_env(tmp_path))
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "pip install 'probret[serve]'" in p.stderr and "starlette" in p.stderr
+    assert _run([wheel_venv / "probret", "serve", "--help"], cwd=tmp_path, env=_env(tmp_path)).returncode == 0
