@@ -212,7 +212,10 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     a.work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PROBRET_CACHE": str(a.work / "cache")}
+    # a pip install compiles every module to bytecode; PYTHONDONTWRITEBYTECODE (set on some dev
+    # machines) would make each run compile probret again and measure that instead
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "PROBRET_CACHE": str(a.work / "cache")}
     res = {"machine": machine(), "cpu_flags": _cpu_flags(), "videos": a.videos, "query": QUERY, "reps": a.reps}
     folder = build(a.work, a.videos, env)
     commands = {
