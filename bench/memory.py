@@ -277,10 +277,9 @@ def ranking_demo(workdir: Path, world: Path, limit: int | None) -> dict:
     """The demo model on the procedural test split: R@1 at float32 vs float16 storage."""
     import csv
 
-    from probret.engine.index import IndexSettings, IndexWriter
-    from probret.engine.models import resolve_model
-    from probret.engine.pipeline import PipelineOptions, update_index
+    from probret.engine import open_folder
     from probret.engine.runtime import BundleRuntime
+    from probret.export.resolve import resolve_model
 
     rows = list(csv.DictReader((world / "test.csv").open()))[:limit]
     folder = workdir / "demo-test-videos"
@@ -292,8 +291,8 @@ def ranking_demo(workdir: Path, world: Path, limit: int | None) -> dict:
     rt = BundleRuntime(model.bundle, device="cpu")
     a, b = workdir / "demo-f32", workdir / "demo-f16"
     t = time.perf_counter()
-    with IndexWriter(a, IndexSettings.for_bundle(rt.bundle, dtype="float32"), model=model.to_meta(), rebuild=True) as w:
-        update_index(folder, rt, w, PipelineOptions(progress=False))
+    open_folder(folder, bundle=model.bundle, runtime=rt, index=a, dtype="float32", rebuild=True, progress=False,
+                model=model.to_meta()).close()  # the search path's own indexing (engine facade)
     enc = time.perf_counter() - t
     copy_index(a, b, "float16")
     out = compare_rankings(rt, a, b, [r["sentence"] for r in rows], [f"{r['video_id']}.mp4" for r in rows])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import click
@@ -35,7 +33,9 @@ def eval_cmd(checkpoint, data_root, dataset, split, as_json, json_out, save_sims
     from probret.train.evaluate import evaluate, save_similarities
     from probret.train.trainer import resolve_device
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from probret.cli.logs import setup_logging
+
+    setup_logging(quiet=quiet)
     dev = resolve_device(device)
     model, config = load_checkpoint(checkpoint, device=dev)
     dataset = dataset or config.get("experiment", {}).get("data", {}).get("dataset", "msrvtt")

@@ -123,3 +123,19 @@ def search_options(fn):
         click.option("--captions", "captions_file", default=None, metavar="FILE",
                      help="Captions to rank (one per line) with --video."),
     ])(fn)
+
+
+class ResolutionType(click.ParamType):
+    """``WIDTHxHEIGHT``, checked by engine/options.py's ``parse_resolution``."""
+
+    name = "WIDTHxHEIGHT"
+
+    def convert(self, value, param, ctx):
+        from probret.engine.options import parse_resolution
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_resolution(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)

@@ -15,7 +15,7 @@ import click
 from probret.cli import output
 from probret.cli.logs import setup_logging
 from probret.cli.options import index_options, read_lines, search_options
-from probret.engine import open_folder, recorded_model
+from probret.engine import display_safe, open_folder, recorded_model
 
 notes = logging.getLogger("probret.notes")
 
@@ -24,10 +24,12 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
           retry_failed, quiet, verbose, update: bool = True, ray_address: str | None = None):
     """(VideoFolder, the model's meta) after resolving ``--model`` and, unless ``update`` is
     False, bringing the index up to date."""
-    from probret.export.resolve import resolve_model
+    from probret.export.resolve import demo_caveat, resolve_model
 
     setup_logging(quiet=quiet, verbose=verbose)
     resolved = resolve_model(model, previous=recorded_model(folder, index_dir))
+    if resolved.kind == "demo" and (caveat := demo_caveat(folder)):
+        notes.info(caveat)
     vf = open_folder(folder, bundle=resolved.bundle, index=index_dir, device=device, window=window, resize=resize,
                      dtype=None if half is None else ("float16" if half else "float32"), workers=workers, batch=batch,
                      rebuild=rebuild, update=update, progress=False if quiet else None, model=resolved.to_meta(),
@@ -112,8 +114,8 @@ def search(folder, queries, top_k, moments, min_confidence, as_json, paths_only,
             output.write_html(html_out, folder, results, model=f"{meta['kind']} model ({meta['method']})")
             notes.info(f"results page: {html_out}")
     if as_json:
-        output.print_json({"folder": str(folder), "index": str(vf.index_dir), "model": meta,
-                           "indexing": vf.last_update.to_json() if vf.last_update else None,
+        output.print_json({"folder": display_safe(str(folder)), "index": display_safe(str(vf.index_dir)),
+                           "model": meta, "indexing": vf.last_update.to_json() if vf.last_update else None,
                            "seconds": round(seconds, 4), "queries": [r.to_json() for r in results]})
     elif paths_only:
         output.print_paths(results, folder, nul=nul)

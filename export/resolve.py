@@ -41,8 +41,8 @@ from probret.engine.bundle import GRAPHS_REVISION, Bundle, is_bundle, load_bundl
 from probret.engine.cache import cache_dir
 from probret.engine.errors import ModelError
 
-__all__ = ["ResolvedModel", "resolve_model", "is_checkpoint", "demo_checkpoint", "DEMO_NAME", "SHIPPED_DEMO_BUNDLE",
-           "MODEL_KINDS"]
+__all__ = ["ResolvedModel", "resolve_model", "is_checkpoint", "demo_checkpoint", "demo_caveat", "DEMO_NAME",
+           "SHIPPED_DEMO_BUNDLE", "MODEL_KINDS"]
 
 log = logging.getLogger("probret.notes")
 
@@ -252,6 +252,16 @@ def _demo(say: Say) -> ResolvedModel:
                          "`make demo-bundle`, or pass --model BUNDLE|CHECKPOINT|NAME:TAG")
     b = export_cached(ckpt, DEMO_NAME, say, what="demo model")
     return ResolvedModel("demo", "", b, f"shipped demo model ({b.method}, bundle {b.path})")
+
+
+def demo_caveat(folder: str | os.PathLike) -> str | None:
+    """One line for a folder the demo model was not made for: it only knows the procedural world
+    (a folder written by ``probret synth`` has ``world.json`` beside or above its videos)."""
+    folder = Path(folder)
+    if any((d / "world.json").is_file() for d in (folder, folder.parent)):
+        return None
+    return ("the default model is the tiny demo model, which only knows the procedural world's shapes, colours and "
+            f"motions; for real footage use an open_clip model: probret search {folder} QUERY --model ViT-B-32:openai")
 
 
 def _previous(previous: dict, say: Say) -> ResolvedModel:
