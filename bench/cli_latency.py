@@ -181,6 +181,37 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     return out
 
 
+def breakdown(folder: Path, env: dict, reps: int) -> dict:
+    """Where one search's time goes after the imports, in this (warm) process, wall seconds, best
+    of ``reps``: opening the index, the two ORT sessions (cached optimised graphs), the tokenizer
+    tables, then one query (tokenize, text graph, scoring every video, ranking)."""
+    from probret.engine.facade import VideoFolder
+    from probret.engine.index import read_header
+    from probret.engine.runtime import BundleRuntime
+
+    os.environ["PROBRET_CACHE"] = env["PROBRET_CACHE"]
+    meta = read_header(folder / ".probret-index")["model"]
+    out = {"open_index_s": [], "sessions_s": [], "tokenizer_s": [], "first_query_s": [], "next_query_s": []}
+    for _ in range(min(reps, 5)):
+        rt = BundleRuntime(meta["bundle"], device="cpu")
+        t0 = time.perf_counter()
+        vf = VideoFolder(folder, rt.bundle, model=meta, runtime=rt)
+        len(vf)  # opens the reader
+        t1 = time.perf_counter()
+        rt.session("text_encoder"), rt.session("pair_score")
+        t2 = time.perf_counter()
+        rt.tokenizer
+        t3 = time.perf_counter()
+        vf.search(QUERY)
+        t4 = time.perf_counter()
+        vf.search(QUERY + " again")
+        t5 = time.perf_counter()
+        vf.close()
+        for k, v in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            out[k].append(v)
+    return {k: min(v) for k, v in out.items()}
+
+
 # --------------------------------------------------------------------------------------------
 def targets(res: dict) -> list[dict]:
     r = res["ratio_wall"]
@@ -199,6 +230,9 @@ def print_tables(res: dict) -> None:
           f"CPU {res['ratio_cpu']:.2f}x (target <= {TARGET_RATIO}x)")
     print("\nmeans (CPU seconds):")
     for k, v in res["means"].items():
+        print(f"  {k:<44} {v:.4f}")
+    print("\none search in a warm process (wall seconds, best of 5):")
+    for k, v in res["breakdown"].items():
         print(f"  {k:<44} {v:.4f}")
     print_targets(res["targets"])
 
@@ -229,6 +263,7 @@ def main(argv=None) -> None:
     res["ratio_wall"] = ours["wall_median_s"] / base["wall_median_s"]
     res["ratio_cpu"] = ours["cpu_median_s"] / base["cpu_median_s"]
     res["means"] = means(folder, a.work, env, a.reps)
+    res["breakdown"] = breakdown(folder, env, a.reps)
     finish(res, t0, a.out, print_tables, targets)
 
 
