@@ -42,8 +42,8 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
 * ``graph_cache``: on the CPU provider, ORT's optimised form of each graph is written once to
   CACHE/ort-optimized/ (or the folder given), keyed by the graph's sha256, the ONNX Runtime
   version and the CPU's model and flags, and later sessions load it with graph optimisation off:
-  creating the text and pair sessions of the demo model measured 40-60 % less CPU time
-  (bench/cli_latency.py). ``False`` turns it off. Outputs are the same: the cached file is the
+  creating the demo model's text session measured 0.064 -> 0.028-0.056 s CPU and its pair
+  session 0.036-0.051 -> 0.020-0.023 s (bench/cli_latency.py, docs/benchmarks.md). ``False`` turns it off. Outputs are the same: the cached file is the
   graph ORT would have run anyway (tests/engine/test_runtime.py checks equality);
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
   default, spinning on). Turning it off measured slower for the pair graph on a quiet machine

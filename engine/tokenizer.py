@@ -29,10 +29,10 @@ when the package is not installed.
 
 Why the default is ``"python"`` (bench/cli_latency.py, docs/benchmarks.md "CLI latency"): a CLI
 search tokenizes one query in a fresh process, so what counts is the time to get a tokenizer,
-and there Hugging Face's ``Tokenizer.from_file`` (~0.11 s CPU: parsing 49k vocabulary entries and
-48k merges) loses to this module's tables (~0.03 s: only the 48,894 merge lines CLIP uses are
-decompressed and split). Encoding is ~10 % faster with Rust BPE, which only matters for batches
-of thousands of captions.
+and there Hugging Face's ``Tokenizer.from_file`` (0.09-0.13 s CPU plus 0.01-0.03 s to import:
+parsing 49k vocabulary entries and 48k merges) loses to this module's tables (0.05-0.06 s: only
+the 48,894 merge lines CLIP uses are decompressed and split). Encoding is ~10 % faster with Rust
+BPE, which only matters for batches of thousands of captions.
 
 Cold-start costs are also why ftfy and regex are imported only for text that needs them: a text
 of printable ASCII without ``&`` is left unchanged by ``ftfy.fix_text`` and by HTML unescaping,
