@@ -1,4 +1,5 @@
-"""A non-editable install, the way a new user gets probret: ``pip wheel`` of this checkout, a
+"""The core install from a wheel, the way a new user gets probret (its sibling tests/cli/test_wheel_install.py
+reuses this environment's packages offline; this one installs the declared core dependencies): ``pip wheel`` of this checkout, a
 fresh venv, ``pip install`` of the wheel with its core dependencies only (no torch, no
 onnxruntime-gpu, no faiss), then the README's first commands through the installed ``probret``
 script. The editable install the other tests use hides packaging mistakes: a module missing from
