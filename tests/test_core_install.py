@@ -1,10 +1,8 @@
-"""The core install from a wheel, the way a new user gets probret (its sibling tests/cli/test_wheel_install.py
-reuses this environment's packages offline; this one installs the declared core dependencies): ``pip wheel`` of this checkout, a
-fresh venv, ``pip install`` of the wheel with its core dependencies only (no torch, no
-onnxruntime-gpu, no faiss), then the README's first commands through the installed ``probret``
-script. The editable install the other tests use hides packaging mistakes: a module missing from
-the wheel, a missing import that a test's own imports happen to provide, a core dependency left
-in an extra.
+"""The core install, the way a new user gets probret: ``pip wheel`` of this checkout, a fresh
+venv, ``pip install`` of the wheel with its declared core dependencies only (no torch, no
+onnxruntime-gpu, no faiss, no starlette), then the README's first commands through the
+installed ``probret`` script. Its sibling tests/cli/test_wheel_install.py checks the wheel offline
+against this environment's packages; this one checks what ``pip install probret`` brings.
 
 The venv is built once per test session under pytest's tmp (about a minute the first time: pip
 fetches the core wheels from the package index or its cache). Where pip cannot reach an index
