@@ -27,7 +27,7 @@ test: $(STAMP)
 # Rebuild the shipped demo model (train/pretrained/demo-spem) from configs/demo-spem.json,
 # then its torch-free bundle (export/pretrained/demo-spem), which the default search runs.
 demo-model: $(STAMP)
-	$(PY) -m probret.train.demo_model
+	$(VENV)/bin/probret demo-model
 	$(MAKE) demo-bundle
 
 # Re-export only the shipped demo bundle from the shipped checkpoint (export/demo_bundle.py).

@@ -69,7 +69,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, machine, say  # noqa: E402
 from search import D, M, T, head_bundle, queries, register_bench_backbone, video_pool  # noqa: E402
 
-HEADS = ["meanp", "xpool", "tmass", "spem", "duq"]
 DTYPES = ["float32", "float16"]
 GB = 1e9
 
@@ -481,7 +480,12 @@ def main(argv=None) -> None:
     p.add_argument("--videos", type=int, default=None, help="videos in the big index (default 1,000,000)")
     p.add_argument("--head", default="auto", help="head of the big index (default: the largest that fits the disk)")
     p.add_argument("--dtype", default="float16", choices=DTYPES)
-    p.add_argument("--heads", type=lambda s: s.split(","), default=HEADS)
+    from probret.train.methods import get_head_class, list_methods
+
+    # default: the heads whose export form restructures the pair graph (GenericForm ones are not tuned)
+    optimized = [m for m in list_methods() if get_head_class(m).export_form != "GenericForm"]
+    p.add_argument("--heads", type=lambda s: s.split(","), default=optimized,
+                   help=f"comma-separated registered methods (default: {','.join(optimized)})")
     p.add_argument("--reserve", type=float, default=15.0, help="GB of disk left free")
     p.add_argument("--pool", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3)

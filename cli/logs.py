@@ -13,6 +13,7 @@ Warnings and errors always show, as ``warning: ...`` / ``error: ...``. ``--quiet
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 __all__ = ["setup_logging", "warn"]
@@ -21,11 +22,18 @@ NOTES = "probret.notes"
 
 
 class _Formatter(logging.Formatter):
+    """``warning: ...`` for problems; INFO lines bare, or, for long jobs (training, evaluation),
+    with the time and the logger's name so that a log read later says when and where."""
+
+    def __init__(self, stamped: bool = False):
+        super().__init__("%(asctime)s %(name)s %(message)s" if stamped else None)
+        self.stamped = stamped
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.lower()}: {msg}"
-        return msg
+        return super().format(record) if self.stamped else msg
 
 
 class _Handler(logging.StreamHandler):
@@ -39,19 +47,36 @@ class _Handler(logging.StreamHandler):
         super().emit(record)
 
 
-def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
-    """Configure the ``probret`` loggers (idempotent: a second call only changes the levels)."""
-    root = logging.getLogger("probret")
-    if not any(isinstance(h, _Handler) for h in root.handlers):
+def _ensure_handler(logger: logging.Logger, stamped: bool) -> None:
+    handler = next((h for h in logger.handlers if isinstance(h, _Handler)), None)
+    if handler is None:
         handler = _Handler()
-        handler.setFormatter(_Formatter())
-        root.addHandler(handler)
-        root.propagate = False
+        logger.addHandler(handler)
+    handler.setFormatter(_Formatter(stamped))
+
+
+def setup_logging(*, quiet: bool = False, verbose: bool = False, stamped: bool = False,
+                  details: bool | None = None) -> None:
+    """Configure the ``probret`` loggers (idempotent: a second call only changes the levels).
+
+    Other libraries' INFO lines (open_clip's "Loaded ... model config") show only with
+    ``--verbose``. Under DDP, ranks other than 0 (``RANK`` set by torchrun) say only warnings, so a
+    job prints each summary once. ``details`` (default: ``verbose``) shows probret's own INFO
+    lines; long jobs (training, evaluation) turn it on, since their step lines are the output."""
+    root = logging.getLogger("probret")
+    _ensure_handler(root, stamped)
+    root.propagate = False
+    libraries = logging.getLogger()
+    if verbose and not quiet:
+        _ensure_handler(libraries, stamped)
+    libraries.setLevel(logging.INFO if verbose and not quiet else logging.WARNING)
+    if int(os.environ.get("RANK", "0") or 0) != 0 and not verbose:
+        quiet = True
     if quiet:
         root.setLevel(logging.WARNING)
         logging.getLogger(NOTES).setLevel(logging.WARNING)
     else:
-        root.setLevel(logging.INFO if verbose else logging.WARNING)
+        root.setLevel(logging.INFO if (verbose if details is None else details) else logging.WARNING)
         logging.getLogger(NOTES).setLevel(logging.INFO)
 
 

@@ -219,9 +219,9 @@ def _open_clip_checkpoint(name: str, tag: str, say: Say) -> Path:
         model = RetrievalModel.from_config(ModelConfig(backbone=name, pretrained=pretrained, method="meanp",
                                                        num_frames=ZERO_SHOT_FRAMES, head={}))
     except ModelError as exc:
-        # train/backbone.py words its advice for probret-train; here the weights come with --model
-        raise ModelError(f"--model {name}:{tag}: " + str(exc).replace(
-            "pass --pretrained ", f"pass --model {name}:")) from None
+        # train/weights.py gives advice for both probret-train and probret search; keep search's
+        advice = re.sub(r"probret-train --set model\.pretrained=[^,;)\s]+[,;]?\s*", "", str(exc))
+        raise ModelError(f"--model {name}:{tag}: " + advice.replace("pass --pretrained ", f"pass --model {name}:")) from None
     save_checkpoint(out, model, extra={"zero_shot": {"open_clip": name, "pretrained": tag}})
     say(f"  built {name} in {time.perf_counter() - t0:.1f} s")
     return out

@@ -36,6 +36,8 @@ def _commands() -> dict[str, click.Command]:
 
 def _options(command: click.Command) -> set[str]:
     names = {"--help"}
+    if isinstance(command, click.Group):  # `probret data convert-msvd|check`: the subcommands' options
+        names.update(*(_options(sub) for sub in command.commands.values()))
     for p in command.params:
         if isinstance(p, click.Option):
             names.update(o for o in p.opts + p.secondary_opts if o.startswith("--"))
