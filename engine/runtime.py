@@ -192,7 +192,7 @@ def _ort():
 #: The repair when onnxruntime and onnxruntime-gpu are both installed (docs/install.md): they ship
 #: the same ``onnxruntime`` module, so the files of the one installed last are the ones imported,
 #: and uninstalling either deletes files the other needs.
-_ORT_COEXIST_FIX = ("to run on the GPU: pip install --force-reinstall --no-deps onnxruntime-gpu; "
+_ORT_COEXIST_FIX = ("to run on the GPU: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu; "
                     "for the CPU build only: pip uninstall -y onnxruntime-gpu onnxruntime && pip install onnxruntime")
 
 
@@ -324,8 +324,7 @@ def _missing(device: str, available: set, gpu: bool) -> str:
         if any(d.startswith("onnxruntime-gpu ") for d in build["distributions"]):
             return f"--device {device}: the active ONNX Runtime is {build['description']}; {_ORT_COEXIST_FIX}"
         return (f"--device {device}: the active ONNX Runtime is {build['description']}, without {provider}; "
-                "install the GPU build: pip install 'probret[gpu]' && "
-                "pip install --force-reinstall --no-deps onnxruntime-gpu")
+                "install the GPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
     return f"--device {device}: TensorRT libraries are not installed (pip install 'tensorrt>=10')"
 
 
