@@ -179,7 +179,7 @@ class Server:
     def _refresh_counts(self) -> int:
         import sqlite3
 
-        from probret.engine.index import DB_NAME
+        from probret.engine.index.schema import DB_NAME
 
         try:
             con = sqlite3.connect(f"file:{self.index_dir / DB_NAME}?mode=ro", uri=True, timeout=5.0)
