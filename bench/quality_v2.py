@@ -46,11 +46,10 @@ import quality_stats as qs  # noqa: E402
 from common import REPO, machine, say  # noqa: E402
 
 PROTOCOL = REPO / "bench" / "protocols" / "quality_v2.json"
-#: The code a run's numbers depend on; its hash is part of every run key.
-CODE_FILES = ["bench/quality_v2.py", "bench/quality_stats.py", "train/trainer.py", "train/model.py",
-              "train/backbone.py", "train/evaluate.py", "train/data.py", "train/datasets.py", "train/config.py",
-              "train/checkpoint.py", "engine/metrics.py", "engine/video.py"]
-CODE_DIRS = ["train/methods", "train/world"]
+#: The code a run's numbers depend on; its hash is part of every run key. Whole folders, so a
+#: file added or renamed there is covered too.
+CODE_FILES = ["bench/quality_v2.py", "bench/quality_stats.py", "engine/metrics.py", "engine/video.py"]
+CODE_GLOBS = ["train/*.py", "train/methods/*.py", "train/world/*.py", "train/backbone_configs/*.json"]
 MARKER = "probret-quality-run.json"
 
 
@@ -60,7 +59,7 @@ def sha256_file(path: Path) -> str:
 
 def code_sha() -> str:
     h = hashlib.sha256()
-    files = [REPO / f for f in CODE_FILES] + sorted(p for d in CODE_DIRS for p in (REPO / d).glob("*.py"))
+    files = [REPO / f for f in CODE_FILES] + sorted(p for g in CODE_GLOBS for p in REPO.glob(g))
     for p in files:
         if p.is_file():
             h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
