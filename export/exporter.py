@@ -343,8 +343,8 @@ def _quantize_encoders(tmp: Path, manifest: dict, model, form, ort_rt, banks_np:
         src, rel = tmp / graphs[name]["file"], f"{name}.int8.onnx"
         say(f"quantizing {name} to int8 ({rel})")
         quantize_int8(src, tmp / rel)
-        src.unlink()
-        graphs[name] = {**_graph_entry(tmp / rel, rel, graphs[name]["dynamic_axes"]), "precision": "int8"}
+        graphs[name] = {**_graph_entry(tmp / rel, rel, graphs[name]["dynamic_axes"]), "precision": "int8",
+                        "fp32_file": graphs[name]["file"]}
     manifest["quantization"] = {"mode": "int8", "graphs": list(INT8_GRAPHS), **INT8_SCHEME}
     _write_manifest(tmp, manifest)
     say("parity: int8 encoders vs fp32 (ONNX Runtime)")
