@@ -18,6 +18,10 @@ Devices (``device=``):
 The provider each graph actually runs on is logged (logger ``probret.engine.runtime``) and kept in
 ``BundleRuntime.providers``.
 
+int8 bundles (``--quantize int8``): an int8 encoder is used only when the bundle's probe passes on
+this machine; otherwise its fp32 graph runs, with one warning (engine/int8_probe.py; the verdict
+is cached per bundle and CPU). ``BundleRuntime.precisions`` records the choice per graph.
+
 Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_search.md):
 
 * ``threads``: ONNX Runtime intra-op threads of the encoder and video-side sessions (None: ORT's
