@@ -489,6 +489,7 @@ class DUQForm(ExportForm):
         super().__init__(head)
         self.xpool = FusedXPool(head.fusion)
         self.gamma1, self.gamma2 = float(head.config.gamma1), float(head.config.gamma2)
+        self.shifted = getattr(head.config, "rerank", "paper") == "shifted"
 
     def video_side(self, frames):
         f = _l2n(frames)
@@ -509,7 +510,8 @@ class DUQForm(ExportForm):
         count = torch.ones_like(s).sum(1, keepdim=True)  # N_v of this call
         u_s = count / (F.relu(s) + 1).sum(1, keepdim=True)
         u_d = count / (F.relu(dist) + 1).sum(1, keepdim=True)
-        scores = torch.exp(-self.gamma1 * u_d) * (1 - dist) * torch.exp(-self.gamma2 * u_s) * s
+        closeness, sim = ((1 - dist / 2), (1 + s) / 2) if self.shifted else ((1 - dist), s)  # duq.rerank
+        scores = torch.exp(-self.gamma1 * u_d) * closeness * torch.exp(-self.gamma2 * u_s) * sim
         return scores, u_s.expand_as(s)
 
 
