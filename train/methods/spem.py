@@ -78,17 +78,23 @@ def boundary_cos(mu_a, sig_a, mu_b, sig_b, *, spread: str = "dimension", side=No
 
     spread="dimension": a_b = mu_a + sig_a * u (elementwise; the Mahalanobis-1 point, which moves
     |sig_a * u| ~ |sig_a| / sqrt(D) for a roughly isotropic sigma). spread="full": a_b = mu_a + |sig_a| u,
-    the typical sample radius (|sig * eps| ~ |sig| for eps ~ N(0, I)) along u.
+    the typical sample radius (|sig * eps| ~ |sig| for eps ~ N(0, I)) along u; points moving toward
+    each other stop where they meet (both steps scaled by min(1, |mu_b - mu_a| / (|sig_a| + |sig_b|))).
     side: None or +1 = both points toward each other (the pair's closest approach); -1 = away from
     each other (the farthest); a tensor of +-1 broadcast over the pair axes chooses per pair."""
-    u = l2n(mu_b - mu_a)
-    step_a, step_b = (sig_a * u, sig_b * u) if spread == "dimension" else \
-        (sig_a.norm(dim=-1, keepdim=True) * u, sig_b.norm(dim=-1, keepdim=True) * u)
-    if side is not None:
-        sign = side if isinstance(side, Tensor) else torch.tensor(float(side), dtype=u.dtype, device=u.device)
-        sign = sign[..., None] if sign.dim() else sign
-        step_a, step_b = sign * step_a, sign * step_b
-    return pair_cos(mu_a + step_a, mu_b - step_b)
+    diff = mu_b - mu_a
+    u = l2n(diff)
+    sign = torch.ones((), dtype=u.dtype, device=u.device) if side is None else \
+        torch.as_tensor(side, dtype=u.dtype, device=u.device)
+    sign = sign[..., None] if sign.dim() else sign  # broadcast over D
+    if spread == "dimension":
+        return pair_cos(mu_a + sign * sig_a * u, mu_b - sign * sig_b * u)
+    r_a, r_b = sig_a.norm(dim=-1, keepdim=True), sig_b.norm(dim=-1, keepdim=True)
+    # points moving toward each other stop where they meet: radii that overlap the gap give the
+    # closest approach, never points that cross and turn apart again
+    meet = (diff.norm(dim=-1, keepdim=True) / (r_a + r_b).clamp_min(1e-12)).clamp(max=1.0)
+    step = sign * torch.where(sign > 0, meet, torch.ones_like(meet))
+    return pair_cos(mu_a + step * r_a * u, mu_b - step * r_b * u)
 
 
 class SimilarityModulator(nn.Module):
