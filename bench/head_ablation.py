@@ -129,6 +129,7 @@ def train_head(method, kw, feats, *, seed, steps, batch, lr):
 def validate(head, feats, *, seed) -> dict:
     import torch
 
+    from probret.engine.calibration import fit_on_scores
     from probret.engine.metrics import retrieval_metrics
     from probret.engine.uncertainty import auroc, top1_correct
     from probret.train.methods import TextFeatures
@@ -151,6 +152,13 @@ def validate(head, feats, *, seed) -> dict:
         q_unc = unc[np.arange(len(sims)), sims.argmax(1)]
         row["auroc_uncertainty"] = auroc(q_unc, ~correct)
         row["pearson_unc_vs_cos"] = float(np.corrcoef(unc.reshape(-1), sims.reshape(-1))[0, 1])
+    else:
+        unc = None
+    # calibrated confidences, each cross-fitted over the validation queries (even / odd halves)
+    _, report = fit_on_scores(sims, rel, unc)
+    for name, m in report.items():
+        row[f"cal[{name}].ece"] = m["ece_top1"]
+        row[f"cal[{name}].auroc"] = m["auroc_top1"]
     return row
 
 
@@ -173,7 +181,7 @@ def run(args) -> None:
         mean = {k: float(np.mean([p[k] for p in per_seed])) for k in keys}
         std = {k: float(np.std([p[k] for p in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in keys}
         results.append({"row": row, "mean": mean, "std": std, "seeds": args.seeds, "per_seed": per_seed})
-        cells = " ".join(f"{k}={mean[k]:.3f}" for k in keys)
+        cells = " ".join(f"{k}={mean[k]:.3f}" for k in keys if not k.startswith("cal["))
         print(f"{row:55s} {cells} ({sum(p['seconds'] for p in per_seed):.0f} s)", flush=True)
     if args.out:
         from common import machine

@@ -113,6 +113,13 @@ class SimilarityModulator(nn.Module):
         return self.scale * torch.exp(log if content is None else log + content)
 
 
+def video_content(frames_unit: Tensor) -> Tensor:
+    """(N_v, T', D) unit frames -> (N_v, D + 1): [direction of the mean frame, 1 - its norm]. The norm
+    is 1 when every frame looks alike and shrinks as the clip changes (two events, camera motion)."""
+    g = frames_unit.mean(1)
+    return torch.cat([l2n(g), 1 - g.norm(dim=-1, keepdim=True)], -1)
+
+
 def zero_linear(n_in: int, n_out: int) -> nn.Linear:
     """A bias-free linear layer that starts at zero: a content term that is off at initialisation."""
     layer = nn.Linear(n_in, n_out, bias=False)
@@ -184,8 +191,7 @@ class SPEMHead(RetrievalHead):
         f = l2n(frames)
         out = {**self.fusion.video_side(frames), "frames": f}
         if self.config.content:
-            g = f.mean(1)  # |g| = 1 when every frame looks alike, smaller as the clip changes
-            out["content"] = torch.cat([l2n(g), 1 - g.norm(dim=-1, keepdim=True)], -1)
+            out["content"] = video_content(f)
         return out
 
     def pair_side(self, text: TextFeatures, video: dict[str, Tensor], *, noise=None, generator=None) -> ScoreOutput:
