@@ -59,10 +59,23 @@ def encode(args) -> None:
                    for t, j in zip(data.texts, data.text_video_index)]
         else:
             rel = data.relevant
+            out["val_kind"] = _query_kinds(Path(args.world) / "world.json", data)
         out[f"{split}_relevant"] = _pack(rel)
     out["logit_scale"] = np.float32(model.logit_scale().item())
     np.savez(args.out, **out)
     print(f"wrote {args.out}: train {out['train_frames'].shape}, val {out['val_frames'].shape}")
+
+
+KINDS = ("full", "partial", "short")
+
+
+def _query_kinds(world_json: Path, data) -> np.ndarray:
+    """Index into KINDS of every evaluation caption (protocol-v2 worlds record it; else "full")."""
+    captions = json.loads(world_json.read_text())["captions"].values()
+    kind = {(c["video_id"], " ".join(c["caption"].split())): c.get("kind", "full") for c in captions if c.get("eval")}
+    ids = data.video_ids
+    return np.array([KINDS.index(kind.get((ids[j], " ".join(t.split())), "full"))
+                     for t, j in zip(data.texts, data.text_video_index)], dtype=np.int64)
 
 
 def _pack(rel) -> np.ndarray:
@@ -90,13 +103,29 @@ def parse_row(row: str) -> tuple[str, dict]:
     return method, kw
 
 
+_TRAINED: dict = {}
+
+
 def train_head(method, kw, feats, *, seed, steps, batch, lr):
+    """Train (or reuse: rows that differ only in inference / num_samples share one training)."""
+    infer = {k: kw.pop(k) for k in ("inference", "num_samples") if k in kw}
+    key = (method, json.dumps(kw, sort_keys=True), seed, steps, batch, lr)
+    if key not in _TRAINED:
+        head = _train(method, dict(kw), feats, seed=seed, steps=steps, batch=batch, lr=lr)
+        defaults = {k: getattr(head.config, k) for k in ("inference", "num_samples") if hasattr(head.config, k)}
+        _TRAINED[key] = (head, defaults)
+    head, defaults = _TRAINED[key]
+    for k, v in {**defaults, **infer}.items():
+        setattr(head.config, k, v)
+    return head
+
+
+def _train(method, kw, feats, *, seed, steps, batch, lr):
     import torch
 
     from probret.train.methods import TextFeatures, create_head
 
     multi = bool(kw.pop("multi_positive", False))
-    infer = {k: kw.pop(k) for k in ("inference", "num_samples") if k in kw}
     torch.manual_seed(seed)
     frames = torch.from_numpy(feats["train_frames"])
     text = TextFeatures(torch.from_numpy(feats["train_sentence"]), torch.from_numpy(feats["train_tokens"]),
@@ -104,7 +133,10 @@ def train_head(method, kw, feats, *, seed, steps, batch, lr):
     index = feats["train_index"]
     rel = [set(r) for r in _unpack(feats["train_relevant"])]
     head = create_head(method, embed_dim=frames.shape[-1], num_frames=frames.shape[1], **kw)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    params = list(head.parameters())
+    if not params:  # meanP: nothing to train on a frozen backbone
+        steps = 0
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01) if params else None
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale = torch.tensor(float(feats["logit_scale"]))
@@ -121,8 +153,6 @@ def train_head(method, kw, feats, *, seed, steps, batch, lr):
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-    for k, v in infer.items():
-        setattr(head.config, k, v)
     return head
 
 
@@ -144,9 +174,14 @@ def validate(head, feats, *, seed) -> dict:
     sims = out.scores.numpy().astype(np.float64)
     metrics = retrieval_metrics(sims, feats["val_index"], relevant=rel)
     correct = top1_correct(sims, relevant=rel)
+    kinds = feats.get("val_kind")
     top = np.sort(sims, 1)[:, ::-1]
     row = {"R1": metrics["t2v_semantic"]["R1"], "R1_own": metrics["t2v"]["R1"], "v2t_R1": metrics["v2t"]["R1"],
            "auroc_score": auroc(-top[:, 0], ~correct), "auroc_margin": auroc(-(top[:, 0] - top[:, 1]), ~correct)}
+    if kinds is not None:
+        for k, name in enumerate(KINDS):
+            if (kinds == k).any():
+                row[f"R1_{name}"] = float(100.0 * correct[kinds == k].mean())
     if out.uncertainty is not None:
         unc = out.uncertainty.numpy().astype(np.float64)
         q_unc = unc[np.arange(len(sims)), sims.argmax(1)]
