@@ -208,7 +208,9 @@ def _trt_libs_present() -> bool:
 
 
 def _trt_options(cache: str | Path | None) -> dict:
-    cache = Path(cache) if cache else Path(os.environ.get("PROBRET_CACHE", Path.home() / ".cache" / "probret")) / "ort-trt"
+    from probret.engine.paths import cache_dir
+
+    cache = Path(cache) if cache else cache_dir() / "ort-trt"
     return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": False}
 
 
@@ -376,6 +378,7 @@ class BundleRuntime:
             self._ort_providers()  # an unusable explicit device fails here, at once
         self._sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
+        self.precisions: dict[str, str] = {}  # per opened ONNX graph: "fp32", or "int8" when its probe passed
         s = self.bundle.sampling
         self.seed = int(seed if seed is not None else s.get("seed", 0) or 0)
         self._noise_cache: dict[int, dict[str, np.ndarray]] = {}
@@ -425,15 +428,31 @@ class BundleRuntime:
                         raise
                     log.warning("%s; running %s with ONNX Runtime instead", exc, name)
             if sess is None:
-                threads = self.threads
-                if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
-                    threads = 1  # tiles run concurrently instead (module docstring)
-                sess = OrtGraph(self.bundle.graph_path(name), self._ort_providers(), name=name, threads=threads,
-                                spinning=self.spinning)
+                sess = self._open_checked(name)
             self._sessions[name] = sess
             self.providers[name] = sess.provider
             log.info("bundle %s: %s runs on %s", self.bundle.path, name, sess.provider)
         return self._sessions[name]
+
+    def _open_ort(self, name: str, path: Path) -> "OrtGraph":
+        threads = self.threads
+        if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
+            threads = 1  # tiles run concurrently instead (module docstring)
+        return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=self.spinning)
+
+    def _open_checked(self, name: str) -> "OrtGraph":
+        """The graph's ONNX Runtime session; an int8 graph only when it passes the bundle's probe
+        on this machine, else its fp32 graph (engine/int8_probe.py). ``precisions`` records which."""
+        spec = self.bundle.graphs[name]
+        sess = self._open_ort(name, spec.file)
+        self.precisions[name] = spec.precision
+        if spec.precision == "int8" and spec.fp32_file is not None and self.bundle.int8_probe is not None:
+            from probret.engine.int8_probe import int8_verdict
+
+            if not int8_verdict(self.bundle, name, sess):
+                sess = self._open_ort(name, spec.fp32_file)
+                self.precisions[name] = "fp32"
+        return sess
 
     # -- text ----------------------------------------------------------------------------------
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +14,20 @@ from probret.engine.errors import ModelError
 BENCH_VIDEOS = 8  # as in conftest.py
 
 
+def demo_checkpoint():
+    """The shipped demo model: trained, so its rankings have margins that int8 rounding must keep
+    (a random model ranks near chance, where one flipped query of 32 is a 3 pt R@1 change)."""
+    import probret.train
+
+    return Path(probret.train.__file__).parent / "pretrained" / "demo-spem"
+
+
 @pytest.fixture(scope="module")
-def int8_bundle(checkpoints, tmp_path_factory):
+def int8_bundle(tmp_path_factory):
     from probret.export.exporter import ExportOptions, export_checkpoint
 
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    return export_checkpoint(checkpoints("meanp"), out, ExportOptions(quantize="int8", benchmark_videos=BENCH_VIDEOS))
+    return export_checkpoint(demo_checkpoint(), out, ExportOptions(quantize="int8", benchmark_videos=BENCH_VIDEOS))
 
 
 def test_int8_bundle_contents(int8_bundle):
@@ -33,7 +42,8 @@ def test_int8_bundle_contents(int8_bundle):
         assert g["file"] == f"{name}.int8.onnx" and g["precision"] == "int8"
         ops = {n.op_type for n in onnx.load(str(out / g["file"])).graph.node}
         assert "DynamicQuantizeLinear" in ops
-        assert not (out / f"{name}.onnx").exists() and f"{name}.onnx" not in m["files"]
+        # the fp32 encoder stays beside it: the fallback where the int8 probe fails on a CPU
+        assert g["fp32_file"] == f"{name}.onnx" and (out / g["fp32_file"]).is_file() and g["fp32_file"] in m["files"]
     for name in ("video_side", "pair_score"):  # the heads stay fp32
         assert m["graphs"][name]["file"] == f"{name}.onnx" and "precision" not in m["graphs"][name]
     parity = json.loads((out / "parity.json").read_text())
@@ -47,18 +57,19 @@ def test_int8_bundle_contents(int8_bundle):
     load_bundle(out)
 
 
-def test_int8_features_close_to_fp32(int8_bundle, bundles):
+def test_int8_features_close_to_fp32(int8_bundle):
     """The int8 runtime's features are int8-rounded fp32 features: close, not identical."""
-    from probret.engine.runtime import BundleRuntime
+    from probret.engine.runtime import OrtGraph, BundleRuntime
 
     q = BundleRuntime(int8_bundle.out, device="cpu")
-    f = BundleRuntime(bundles("meanp").out, device="cpu")
+    fp32 = {n: OrtGraph(int8_bundle.out / f"{n}.onnx", ["CPUExecutionProvider"]) for n in ("text_encoder", "frame_encoder")}
     size = q.bundle.preprocessing["image_size"]
     px = np.random.default_rng(3).standard_normal((6, 3, size, size), dtype=np.float32)
-    a, b = q.encode_frames(px), f.encode_frames(px)
+    a, b = q.encode_frames(px), fp32["frame_encoder"].run({"pixels": px})["frame_features"]
     err = np.abs(a - b).max() / max(1.0, np.abs(b).max())
     assert 0 < err < 0.1
-    ta, tb = q.encode_text(["a red circle moves left"]), f.encode_text(["a red circle moves left"])
+    ids = q.tokenize(["a red circle moves left"])[0]
+    ta, tb = q.encode_text(ids), fp32["text_encoder"].run({"input_ids": ids})
     assert np.abs(ta["text_sentence"] - tb["text_sentence"]).max() > 0
 
 
@@ -83,3 +94,21 @@ def test_bad_quantize_options(checkpoints, tmp_path, kwargs, match):
     with pytest.raises(ModelError, match=match):
         export_checkpoint(checkpoints("meanp"), tmp_path / "b", ExportOptions(**kwargs))
     assert not (tmp_path / "b").exists()
+
+
+def test_int8_pair_sums_cannot_saturate_int16(int8_bundle, tmp_path):
+    """Correct by construction on AVX2 without VNNI: no pair of adjacent u8 x s8 products that
+    VPMADDUBSW adds into an int16 can pass 32,767, for any activations. The same check flags the
+    old full-range scheme on the same fp32 graph, so it is not vacuous."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from probret.export.graphs import INT16_MAX, int8_pair_sum_bound
+
+    m = json.loads((int8_bundle.out / "manifest.json").read_text())
+    assert m["quantization"]["name"] == "u8s8-reduce-range"
+    for name in ("text_encoder", "frame_encoder"):
+        assert 0 < int8_pair_sum_bound(int8_bundle.out / m["graphs"][name]["file"]) <= INT16_MAX
+    full = tmp_path / "full-range.onnx"
+    quantize_dynamic(str(int8_bundle.out / "frame_encoder.onnx"), str(full), op_types_to_quantize=["MatMul", "Gemm"],
+                     per_channel=True, weight_type=QuantType.QInt8)
+    assert int8_pair_sum_bound(full) > INT16_MAX
