@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from probret.engine.calibration import DEFAULT_TOP_K, fit_on_scores
@@ -47,5 +48,20 @@ def fit_calibration(checkpoint: str | Path, data_root: str | Path, *, dataset: s
     calibrator, report = fit_on_scores(result.sims, relevant, result.uncertainty, top_k=top_k,
                                        domain={"dataset": dataset, "split": split})
     out = calibrator.to_dict()
-    out["candidates"] = {name: {k: round(float(v), 5) for k, v in row.items()} for name, row in report.items()}
+    # JSON has no NaN: an AUROC is undefined when every top-1 hit of the split is right (or wrong)
+    out["candidates"] = {name: {k: round(float(v), 5) if math.isfinite(v) else None for k, v in row.items()}
+                         for name, row in report.items()}
     return out
+
+
+def calibration_for_export(model, checkpoint: str | Path, options, say=lambda msg: None) -> dict | None:
+    """The exporter's one call: the calibration dict when ``options.calibrate`` names a dataset root
+    (``options.calibrate_split``, default val; ``options.calibrate_dataset``, default procedural),
+    else None (the bundle then carries no calibration and search reports no confidence)."""
+    root = getattr(options, "calibrate", None)
+    if not root:
+        return None
+    split = getattr(options, "calibrate_split", None) or "val"
+    dataset = getattr(options, "calibrate_dataset", None) or "procedural"
+    say(f"fitting the confidence calibrator on {dataset}/{split} at {root}")
+    return fit_calibration(checkpoint, root, dataset=dataset, split=split, model=model)

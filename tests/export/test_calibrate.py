@@ -37,3 +37,16 @@ def test_fit_on_validation_gives_a_loadable_monotone_calibrator(checkpoints, wor
 def test_test_split_is_refused(checkpoints, world):
     with pytest.raises(DataError, match="never fitted on the test split"):
         fit_calibration(checkpoints("spem"), world, split="test")
+
+
+def test_export_stores_the_calibrator_in_the_manifest_and_the_bundle_reads_it(checkpoints, world, tmp_path):
+    from probret.engine.bundle import load_bundle
+    from probret.export.exporter import ExportOptions, export_checkpoint
+
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoints("spem"), out, ExportOptions(benchmark=world, benchmark_videos=3, calibrate=world))
+    stored = load_bundle(out).calibration
+    assert stored is not None and stored["domain"]["split"] == "val"
+    cal = Calibrator.from_dict(stored)
+    conf = cal.confidence(hit_signals(np.array([0.9, 0.5, 0.1]), uncertainty=np.array([0.1, 0.2, 0.3])))
+    assert np.all((conf >= 0) & (conf <= 1))
