@@ -17,6 +17,16 @@ Inference (cf. T-MASS Eq. 10), M samples per side, the m-th text sample paired w
     best_of_m: max_m cos(t_s^m, v_s^m)   |   mean: cos(mu_t, mu_v)   |   expected: mean_m cos(t_s^m, v_s^m)
     uncertainty = |sigma_t| + |sigma_v|  (expected noise radii relative to the unit-norm means)
 
+Options for issue 11's hypotheses (off by default; validation ablations in
+docs/methods_uncertainty.md, "Ablations": none beat the poster's defaults beyond noise, so the
+defaults stay the poster's):
+  * boundary="toward_full" / "margin": boundary points at the full radius |sigma| along u (stopping
+    where they meet); "margin" takes positives' farthest and negatives' nearest points, so the
+    required gap grows with the radii; pair it with width_weight > 0 (``radius_prior``).
+  * content=True: log sigma_t += C_t mu_t, log sigma_v += C_v [g/|g|, 1 - |g|], g = mean unit frame;
+    C zero-initialised; monotonicity in s is kept.
+  * loss(positives=...): multi-positive InfoNCE over the match sets (``multi_positive_infonce``).
+
 Choices:
   * Means are unit-normalised so that scale_m has a meaning: with eps ~ N(0, I_D), |sigma * eps|
     is about scale_m * exp(b - softplus(A) s), i.e. scale_m is the sample's distance from its mean,
