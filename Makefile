@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.probret-installed
 
-.PHONY: demo test install clean-venv demo-model
+.PHONY: demo test install clean-venv demo-model demo-bundle
 
 $(STAMP): pyproject.toml requirements/torch-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
-# Rebuild the shipped demo model (train/pretrained/demo-spem) from configs/demo-spem.json.
+# Rebuild the shipped demo model (train/pretrained/demo-spem) from configs/demo-spem.json,
+# then its torch-free bundle (export/pretrained/demo-spem), which the default search runs.
 demo-model: $(STAMP)
-	$(PY) -m probret.train.demo_model
+	$(VENV)/bin/probret demo-model
+	$(MAKE) demo-bundle
+
+# Re-export only the shipped demo bundle from the shipped checkpoint (export/demo_bundle.py).
+demo-bundle: $(STAMP)
+	$(PY) -m probret.export.demo_bundle
 
 clean-venv:
 	rm -rf $(VENV)

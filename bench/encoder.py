@@ -9,7 +9,7 @@ variant once, in turn), so load from other processes hits all of them alike; bes
 (the least disturbed call) gives the headline, the median is printed too.
 
 **Model.** ``--model`` (default ``ViT-B-32:random``: ViT-B/32 size with random weights) is
-resolved by ``engine.models.resolve_model`` exactly as ``probret index --model`` does: a zero-shot
+resolved by ``export.resolve.resolve_model`` exactly as ``probret index --model`` does: a zero-shot
 meanP checkpoint, exported once by ``probret.export`` to a bundle. The bench's model cache is
 keyed by a hash of the exporter's sources, so a changed exporter is measured, not a stale bundle.
 
@@ -171,9 +171,9 @@ def frame_flops(visual, size: int) -> dict:
 # models and graphs
 # --------------------------------------------------------------------------------------------
 def build(spec: str, workdir: Path):
-    """(resolved model, torch model) of ``spec`` through engine.models.resolve_model."""
+    """(resolved model, torch model) of ``spec`` through export.resolve.resolve_model."""
     os.environ["PROBRET_CACHE"] = str(workdir / f"cache-{export_source_sha()[:12]}")
-    from probret.engine.models import resolve_model
+    from probret.export.resolve import resolve_model
     from probret.train.checkpoint import load_checkpoint
 
     t = time.perf_counter()
@@ -330,7 +330,7 @@ def time_batch(fns: dict, n: int, size: int, rounds: int, gap: float) -> dict:
 # int8 quality on the demo model
 # --------------------------------------------------------------------------------------------
 def int8_quality(world: Path, videos: int, workdir: Path) -> dict:
-    from probret.engine.models import demo_checkpoint
+    from probret.export.resolve import demo_checkpoint
     from probret.export.exporter import ExportOptions, ParityError, export_checkpoint
 
     ckpt = demo_checkpoint()

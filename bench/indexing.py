@@ -33,7 +33,7 @@ perfectly overlapped pipeline reaches when the encoder already keeps every core 
 Runtime's intra-op pool uses them all): decoding is then hidden only to the extent it is cheap.
 
 Model ``--model`` (default ``ViT-B-32:random``: ViT-B/32 size, random weights, zero-shot meanP,
-exported once into the probret model cache: ``$PROBRET_CACHE``, see engine/models.py); ``--quick``
+exported once into the probret model cache: ``$PROBRET_CACHE``, see engine/cache.py); ``--quick``
 uses the shipped demo model and tiny clips. ``--variant NAME=k=v,...`` adds end-to-end runs with
 other ``PipelineOptions`` (e.g. ``--variant w1=workers=1``).
 """
@@ -279,7 +279,7 @@ def main(argv=None) -> None:
     variants = dict(parse_variant(v) for v in a.variant)
 
     from probret.engine.index import IndexSettings
-    from probret.engine.models import resolve_model
+    from probret.export.resolve import resolve_model
     from probret.engine.runtime import BundleRuntime
 
     t0 = time.perf_counter()

@@ -69,7 +69,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, machine, say  # noqa: E402
 from search import D, M, T, head_bundle, queries, register_bench_backbone, video_pool  # noqa: E402
 
-HEADS = ["meanp", "xpool", "tmass", "spem", "duq"]
 DTYPES = ["float32", "float16"]
 GB = 1e9
 
@@ -277,10 +276,9 @@ def ranking_demo(workdir: Path, world: Path, limit: int | None) -> dict:
     """The demo model on the procedural test split: R@1 at float32 vs float16 storage."""
     import csv
 
-    from probret.engine.index import IndexSettings, IndexWriter
-    from probret.engine.models import resolve_model
-    from probret.engine.pipeline import PipelineOptions, update_index
+    from probret.engine import open_folder
     from probret.engine.runtime import BundleRuntime
+    from probret.export.resolve import resolve_model
 
     rows = list(csv.DictReader((world / "test.csv").open()))[:limit]
     folder = workdir / "demo-test-videos"
@@ -292,8 +290,8 @@ def ranking_demo(workdir: Path, world: Path, limit: int | None) -> dict:
     rt = BundleRuntime(model.bundle, device="cpu")
     a, b = workdir / "demo-f32", workdir / "demo-f16"
     t = time.perf_counter()
-    with IndexWriter(a, IndexSettings.for_bundle(rt.bundle, dtype="float32"), model=model.to_meta(), rebuild=True) as w:
-        update_index(folder, rt, w, PipelineOptions(progress=False))
+    open_folder(folder, bundle=model.bundle, runtime=rt, index=a, dtype="float32", rebuild=True, progress=False,
+                model=model.to_meta()).close()  # the search path's own indexing (engine facade)
     enc = time.perf_counter() - t
     copy_index(a, b, "float16")
     out = compare_rankings(rt, a, b, [r["sentence"] for r in rows], [f"{r['video_id']}.mp4" for r in rows])
@@ -482,7 +480,12 @@ def main(argv=None) -> None:
     p.add_argument("--videos", type=int, default=None, help="videos in the big index (default 1,000,000)")
     p.add_argument("--head", default="auto", help="head of the big index (default: the largest that fits the disk)")
     p.add_argument("--dtype", default="float16", choices=DTYPES)
-    p.add_argument("--heads", type=lambda s: s.split(","), default=HEADS)
+    from probret.train.methods import get_head_class, list_methods
+
+    # default: the heads whose export form restructures the pair graph (GenericForm ones are not tuned)
+    optimized = [m for m in list_methods() if get_head_class(m).export_form != "GenericForm"]
+    p.add_argument("--heads", type=lambda s: s.split(","), default=optimized,
+                   help=f"comma-separated registered methods (default: {','.join(optimized)})")
     p.add_argument("--reserve", type=float, default=15.0, help="GB of disk left free")
     p.add_argument("--pool", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3)

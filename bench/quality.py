@@ -1,6 +1,6 @@
 """Quality benchmark: every method on the same procedural world, same budget, several seeds.
 
-    python bench/quality.py                        # full run (~30 min on 2 CPU cores)
+    python bench/quality.py                        # every registered method (~30 min on 2 CPU cores for five)
     python bench/quality.py --quick                # smoke run (a minute)
 
 Protocol (written so that no number is tuned on the split it is reported on):
@@ -29,9 +29,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-METHODS = ["meanp", "xpool", "tmass", "spem", "duq"]
-
 
 def run_one(job: dict) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -159,7 +156,10 @@ def main(argv=None) -> None:
     p.add_argument("--world-seed", type=int, default=2025)
     p.add_argument("--difficulty", default="0.25")
     p.add_argument("--resolution", default="64x64")
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    from probret.train.methods import list_methods
+
+    p.add_argument("--methods", nargs="+", default=list_methods(), choices=list_methods(),
+                   help="registered methods to train and compare (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--backbone", default="test-vit-mini")
     p.add_argument("--frames", type=int, default=8)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import click
@@ -20,22 +18,30 @@ import click
 @click.option("--save-sims", type=click.Path(file_okay=False), default=None,
               help="Write sims.npy, text_video_index.npy (and uncertainty.npy) to this folder.")
 @click.option("--dsl", is_flag=True, help="Also report metrics after dual-softmax post-processing (separately).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--block", type=int, default=256, show_default=True, help="Texts x videos scored at once.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of best-of-M sampling noise.")
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True)
+@click.option("--block", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
+              help="Texts x videos scored at once (memory only: the scores do not depend on it).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the sampling noise banks (the same numbers as a bundle exported with --seed).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 256), default=2, show_default=True)
 @click.option("--quiet", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Also show libraries' INFO lines (open_clip).")
 def eval_cmd(checkpoint, data_root, dataset, split, as_json, json_out, save_sims, dsl, batch_size, block, seed,
-             device, workers, quiet):
-    """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions."""
+             device, workers, quiet, verbose):
+    """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions.
+
+    The JSON records every video that could not be used (missing or undecodable); they stay in
+    the gallery as candidates ranked last, so the protocol keeps its size."""
     from probret.engine.metrics import format_metrics_table
     from probret.train.checkpoint import load_checkpoint
     from probret.train.datasets import load_split
     from probret.train.evaluate import evaluate, save_similarities
     from probret.train.trainer import resolve_device
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from probret.cli.logs import setup_logging
+
+    setup_logging(quiet=quiet, verbose=verbose, stamped=True, details=True)
     dev = resolve_device(device)
     model, config = load_checkpoint(checkpoint, device=dev)
     dataset = dataset or config.get("experiment", {}).get("data", {}).get("dataset", "msrvtt")
@@ -44,11 +50,12 @@ def eval_cmd(checkpoint, data_root, dataset, split, as_json, json_out, save_sims
         click.echo(f"warning: {len(data.missing)} video file(s) missing, e.g. {data.missing[:3]}", err=True)
     result = evaluate(model, data, batch_size=batch_size, block=block, seed=seed, num_workers=workers, device=dev,
                       progress=not quiet, dsl=dsl)
-    for failure in result.failed_videos:
-        click.echo(f"warning: could not decode {failure}", err=True)
+    for video in result.unusable_videos:
+        if video["reason"] == "undecodable":
+            click.echo(f"warning: could not decode {video['error']}", err=True)
     payload = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "texts": int(result.sims.shape[0]),
                "videos": int(result.sims.shape[1]), "method": config["model"]["method"], "seed": seed,
-               "metrics": result.metrics}
+               "metrics": result.metrics, "unusable_videos": result.unusable_videos}
     if result.dsl_metrics is not None:
         payload["metrics_dsl"] = result.dsl_metrics
     if save_sims:

@@ -8,8 +8,6 @@ GPU, a failed parity gate: then no bundle is written); 2 bad usage.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import time
 
 import click
@@ -45,7 +43,9 @@ def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark
         require_tensorrt()
     from probret.export.exporter import ExportOptions, export_checkpoint
 
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    from probret.cli.logs import setup_logging
+
+    setup_logging(quiet=quiet)
     t0 = time.perf_counter()
 
     def progress(msg: str) -> None:

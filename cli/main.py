@@ -4,6 +4,7 @@ imported lazily, so ``probret search`` never pays for (or needs) torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util  # find_spec; `import importlib` alone does not load it (non-editable installs crashed)
 import sys
 
 import click
@@ -19,6 +20,8 @@ SUBCOMMANDS = {
     "index": ("probret.cli.search_cmd:index", "Index a folder of videos."),
     "search": ("probret.cli.search_cmd:search", "Rank the videos of a folder for text queries."),
     "demo": ("probret.cli.demo_cmd:demo", "Run the end-to-end demo on a procedural world."),
+    "data": ("probret.cli.data_cmd:data", "Dataset utilities: check a layout, convert MSVD's caption pickle."),
+    "demo-model": ("probret.cli.demo_model_cmd:demo_model", "Rebuild the shipped demo model (make demo-model)."),
 }
 
 

@@ -7,20 +7,14 @@ this command starts fast and works without the training extra).
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import click
 
+from probret.cli.options import ResolutionType
+
 from probret.engine.errors import DataError
-
-
-def _parse_resolution(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-    if not m:
-        raise DataError(f"--resolution must look like WIDTHxHEIGHT (e.g. 112x112), got {value!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def _parse_splits(value: str) -> tuple[float, float, float]:
@@ -46,7 +40,8 @@ def _human_bytes(n: int) -> str:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--videos", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of videos.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Everything is a function of the seed.")
-@click.option("--resolution", default="112x112", show_default=True, help="WIDTHxHEIGHT, even numbers >= 32.")
+@click.option("--resolution", type=ResolutionType(), default="112x112", show_default=True,
+              help="WIDTHxHEIGHT, even numbers from 32 to 4096.")
 @click.option("--frames", type=click.IntRange(min=4), default=32, show_default=True, help="Frames per video.")
 @click.option("--fps", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per second.")
 @click.option("--difficulty", default="medium", show_default=True,
@@ -56,7 +51,7 @@ def _human_bytes(n: int) -> str:
               help="Processes rendering videos (the output does not depend on it).")
 @click.option("--overwrite", is_flag=True, help="Replace a world already in OUT (other files there are kept).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def synth(out: Path, videos: int, seed: int, resolution: str, frames: int, fps: int, difficulty: str,
+def synth(out: Path, videos: int, seed: int, resolution: tuple[int, int], frames: int, fps: int, difficulty: str,
           splits: str, workers: int, overwrite: bool, quiet: bool) -> None:
     """Generate a procedural video world in OUT: real H.264 mp4 files plus MSRVTT-format
     annotations (OUT/procedural_data.json, train/val/test.csv) and OUT/world.json (every
@@ -65,7 +60,7 @@ def synth(out: Path, videos: int, seed: int, resolution: str, frames: int, fps: 
 
     from probret.train.world import generate_world, parse_difficulty
 
-    size = _parse_resolution(resolution)
+    size = resolution
     fractions = _parse_splits(splits)
     level = parse_difficulty(difficulty)  # fail on a bad value before touching OUT
     if out.exists() and not out.is_dir():

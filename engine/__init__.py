@@ -2,8 +2,42 @@
 
 Nothing in this package may import torch: a deployed search installs numpy, av and
 onnxruntime only. ``tests/engine/test_no_torch.py`` enforces it in a subprocess.
+
+The names below are the engine's public face (engine/facade.py, engine/results.py,
+engine/options.py, engine/errors.py); ``probret search`` and ``probret serve`` use only these.
+They load on first use, so ``import probret.engine`` stays cheap for every submodule import.
 """
 
 from probret.engine._version import __version__
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "open_folder": "facade", "recorded_model": "facade", "VideoFolder": "facade", "NOTES_LOGGER": "facade", "DEFAULT_WINDOW": "facade",
+    "load_bundle": "bundle", "Bundle": "bundle",
+    "Moment": "results", "Hit": "results", "SearchResult": "results", "CaptionHit": "results",
+    "CaptionResult": "results", "SkippedFile": "results", "UpdateReport": "results", "display_safe": "results",
+    "Bound": "options", "IndexOptions": "options", "SearchOptions": "options", "WINDOW": "options",
+    "WORKERS": "options", "BATCH": "options", "TOP_K": "options", "ANN_CANDIDATES": "options",
+    "MOMENTS": "options", "MIN_CONFIDENCE": "options", "RESOLUTION_SIDE": "options", "DTYPES": "options", "RESIZE_MODES": "options",
+    "parse_resolution": "options",
+    "ProbretError": "errors", "DataError": "errors", "ModelError": "errors", "IndexError_": "errors",
+    "UsageError": "errors", "VideoDecodeError": "errors",
+    "DEVICES": "runtime", "cache_dir": "cache",
+    "png_bytes": "thumbnails", "thumbnail": "thumbnails",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probret.engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"probret.engine.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -37,7 +37,7 @@ __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "GRAPH_NAMES", "GRAPHS_REVI
 
 #: Revision of the graphs the exporter writes (same format, different nodes: e.g. 2 = ViT towers
 #: traced as single Gemms, SPEM pair side with batched bank products). Part of the model cache's
-#: key (engine/models.py), so bundles exported by older graph code are exported again. Bump it
+#: key (export/resolve.py), so bundles exported by older graph code are exported again. Bump it
 #: whenever export/graphs.py or export/forms.py changes the graphs.
 GRAPHS_REVISION = 2
 

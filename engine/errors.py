@@ -52,3 +52,10 @@ class IndexError_(ProbretError):
     builtin IndexError is not shadowed)."""
 
     exit_code = 5
+
+
+class UsageError(ProbretError):
+    """An option has a value outside what it accepts (engine/options.py). Same exit code as
+    click's own usage errors, so a bad ``--window`` reads alike from the CLI and the Python API."""
+
+    exit_code = 2

@@ -208,7 +208,7 @@ def _trt_libs_present() -> bool:
 
 
 def _trt_options(cache: str | Path | None) -> dict:
-    from probret.engine.paths import cache_dir
+    from probret.engine.cache import cache_dir
 
     cache = Path(cache) if cache else cache_dir() / "ort-trt"
     return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": False}

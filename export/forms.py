@@ -30,84 +30,34 @@ so per pair: attention logits (T'·d), two (J+2)-dim quadratic forms (J^2), and 
 (J+2)-dim combination of stored rows (J·d, when z itself is needed: tmass, spem) or, for a
 cosine with t alone (xpool, duq), ``t·z`` and ``|z|^2`` from (J+2)-dim products (J·d + J^2).
 
-Forms: meanp, xpool, tmass, spem, duq are restructured (``optimized = True``). dvtr and prota
-use ``GenericForm``, which calls the head's own ``video_side`` / ``pair_side``; their pair sides
-already cost O(d) resp. O(L·T'·d) per pair, so nothing is lost. Any other head falls back to
-``GenericForm`` as well (correct, but its pair graph may be O(d^2) per pair).
+Each head names its form (``RetrievalHead.export_form``, the name of a class here), declares
+whether its pair side reads token features (``needs_tokens``) and its inference noise
+(``inference_noise``); nothing here lists methods. meanp, xpool, tmass, spem, duq have
+restructured forms (``optimized = True``). dvtr and prota use ``GenericForm``, which calls the
+head's own ``video_side`` / ``pair_side``; their pair sides already cost O(d) resp. O(L·T'·d) per
+pair, so nothing is lost. A new head starts with ``GenericForm`` (correct, but its pair graph may
+be O(d^2) per pair) and gets a form of its own here when that matters.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probret.engine.errors import ModelError
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures
+from probret.train.methods.base import NoiseSpec, RetrievalHead, ScoreOutput, TextFeatures
 from probret.train.methods.spem import video_content
 
-__all__ = ["NoiseSpec", "ExportForm", "FusedXPool", "GenericForm", "create_form", "FORMS", "NEEDS_TOKENS",
-           "NOISE_DISTRIBUTIONS", "probe_noise_specs", "set_num_samples"]
-
-#: Heads whose pair side reads the text's token features and mask (others need only the sentence).
-NEEDS_TOKENS = {"duq", "dvtr", "prota"}
+__all__ = ["NoiseSpec", "ExportForm", "FusedXPool", "GenericForm", "create_form", "form_class", "declared_noise_specs",
+           "set_num_samples"]
 
 
 # --------------------------------------------------------------------------------------------
 # noise
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NoiseSpec:
-    """One noise input of a pair graph.
-
-    key:   the key in the head's noise dict (``draw_noise``), e.g. "eps", "eps_t".
-    name:  graph input name, ``noise_<key>``.
-    distribution: "uniform" (U[0, 1)) or "gaussian" (N(0, 1)), then multiplied by ``scale``.
-    shape: the bank's shape: the head's noise shape without its text / video axis.
-    side:  "text" or "video": which count the head's tensor has at ``axis``.
-    axis:  where the head's tensor has its N_text / N_video axis.
-    """
-
-    key: str
-    distribution: str
-    scale: float
-    shape: tuple[int, ...]
-    side: str
-    axis: int
-
-    @property
-    def name(self) -> str:
-        return f"noise_{self.key}"
-
-    def expand(self, bank: Tensor, n_text: int, n_video: int) -> Tensor:
-        """The head's layout: the bank broadcast along the text / video axis (a view)."""
-        n = n_text if self.side == "text" else n_video
-        x = bank.unsqueeze(self.axis)
-        shape = list(x.shape)
-        shape[self.axis] = n
-        return x.expand(*shape)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "key": self.key, "distribution": self.distribution, "scale": self.scale,
-                "shape": list(self.shape), "side": self.side, "axis": self.axis}
-
-
-#: Distribution and scale of every inference noise key, per method (the head's draw_noise).
-def _tmass_noise(head) -> dict:
-    c = head.config
-    return {"eps": ("uniform", 1.0) if c.prior == "uniform" else ("gaussian", float(c.prior_std))}
-
-
-NOISE_DISTRIBUTIONS = {
-    "tmass": _tmass_noise,
-    "spem": lambda head: {"eps_t": ("gaussian", 1.0), "eps_v": ("gaussian", 1.0)},
-    "duq": lambda head: {"text": ("gaussian", 1.0), "video": ("gaussian", 1.0)},
-}
-
-
 def set_num_samples(head: RetrievalHead, samples: int | None) -> int | None:
     """Override the head's number of inference samples M (``--samples``); returns the M in use
     (None for heads that do not sample)."""
@@ -121,35 +71,27 @@ def set_num_samples(head: RetrievalHead, samples: int | None) -> int | None:
     return int(head.config.num_samples) if has else None
 
 
-def probe_noise_specs(head: RetrievalHead) -> list[NoiseSpec]:
-    """Find the head's inference noise keys and their text / video axes by calling ``draw_noise``
-    with two different (n_text, n_video) and seeing which axis follows which count."""
+def declared_noise_specs(head: RetrievalHead) -> list[NoiseSpec]:
+    """The head's declared inference noise (``inference_noise``, sorted by key: the order the
+    banks are drawn in), checked against what ``draw_noise`` really draws: the same keys, and each
+    declared text / video axis follows that count when ``draw_noise`` is called with two different
+    (n_text, n_video)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         a = head.draw_noise(5, 7, generator=g, training=False)
         b = head.draw_noise(6, 9, generator=g, training=False)
-    if not a:
-        return []
-    table = NOISE_DISTRIBUTIONS.get(head.name)
-    if table is None:
-        raise ModelError(
-            f"method {head.name!r} draws noise at inference ({sorted(a)}) but export does not know its "
-            "distribution; add it to probret.export.forms.NOISE_DISTRIBUTIONS")
-    dists = table(head)
-    specs = []
-    for key in sorted(a):
-        sa, sb = tuple(a[key].shape), tuple(b[key].shape)
-        diff = [i for i, (x, y) in enumerate(zip(sa, sb)) if x != y]
-        if len(sa) != len(sb) or len(diff) != 1:
-            raise ModelError(f"{head.name}: noise {key!r} must have exactly one text or video axis (shapes {sa}, {sb})")
-        axis = diff[0]
-        side = {(5, 6): "text", (7, 9): "video"}.get((sa[axis], sb[axis]))
-        if side is None:
-            raise ModelError(f"{head.name}: noise {key!r} axis {axis} follows neither n_text nor n_video")
-        if key not in dists:
-            raise ModelError(f"{head.name}: no distribution known for noise {key!r}")
-        dist, scale = dists[key]
-        specs.append(NoiseSpec(key, dist, float(scale), sa[:axis] + sa[axis + 1:], side, axis))
+    specs = sorted(head.inference_noise(), key=lambda s: s.key)
+    declared = [s.key for s in specs]
+    if declared != sorted(a):
+        raise ModelError(f"method {head.name!r} draws inference noise {sorted(a)} but declares {declared} in "
+                         "inference_noise(); make the two agree")
+    for spec in specs:
+        for (n_t, n_v), drawn in (((5, 7), a), ((6, 9), b)):
+            n = n_t if spec.side == "text" else n_v
+            expected = spec.shape[:spec.axis] + (n,) + spec.shape[spec.axis:]
+            if tuple(drawn[spec.key].shape) != expected:
+                raise ModelError(f"{head.name}: noise {spec.key!r} is drawn with shape {tuple(drawn[spec.key].shape)} "
+                                 f"for {n_t} texts x {n_v} videos but declared as {expected}")
     return specs
 
 
@@ -192,8 +134,8 @@ class ExportForm(nn.Module):
         self.method = head.name
         self.embed_dim = head.embed_dim
         self.num_frames = head.num_frames
-        self.needs_tokens = head.name in NEEDS_TOKENS
-        self.noise_specs: list[NoiseSpec] = probe_noise_specs(head)
+        self.needs_tokens = bool(head.needs_tokens)
+        self.noise_specs: list[NoiseSpec] = declared_noise_specs(head)
 
     # -- to implement ----------------------------------------------------------------------
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
@@ -541,7 +483,6 @@ class GenericForm(ExportForm):
         super().__init__(head)
         if not (hasattr(head, "video_side") and hasattr(head, "pair_side")):
             raise ModelError(f"method {head.name!r} has no video_side / pair_side split; it cannot be exported")
-        self.needs_tokens = True if head.name not in FORMS else head.name in NEEDS_TOKENS
         with torch.no_grad():
             probe = head.video_side(torch.zeros(2, head.num_frames, head.embed_dim))
             probe3 = head.video_side(torch.zeros(3, head.num_frames, head.embed_dim))
@@ -566,21 +507,18 @@ class GenericForm(ExportForm):
         return out.scores, out.uncertainty
 
 
-FORMS: dict[str, type[ExportForm]] = {
-    "meanp": MeanPForm,
-    "xpool": XPoolForm,
-    "tmass": TMassForm,
-    "spem": SPEMForm,
-    "duq": DUQForm,
-    "dvtr": GenericForm,
-    "prota": GenericForm,
-}
+def form_class(head: RetrievalHead) -> type[ExportForm]:
+    """The form class the head declares (``RetrievalHead.export_form``, a class of this module)."""
+    cls = globals().get(head.export_form)
+    if not (isinstance(cls, type) and issubclass(cls, ExportForm)):
+        raise ModelError(f"method {head.name!r} declares export_form={head.export_form!r}, which is not a form in "
+                         "probret.export.forms; use 'GenericForm' or add the form there")
+    return cls
 
 
 def create_form(head: RetrievalHead, *, generic: bool = False) -> ExportForm:
     """The export form of ``head`` (eval mode); ``generic=True`` forces ``GenericForm``."""
     head.eval()
-    cls = GenericForm if generic else FORMS.get(head.name, GenericForm)
-    form = cls(head)
+    form = (GenericForm if generic else form_class(head))(head)
     form.eval()
     return form

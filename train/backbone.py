@@ -11,27 +11,22 @@ two calls it needs:
 * ``encode_frames(pixels (B, T, 3, H, W)) -> (B, T, D)``: the image tower run once on B*T images.
 
 Importing this module registers probret's tiny from-scratch configs (``test-vit-tiny``,
-``test-vit-small``; ``train/model_configs/*.json``) with open_clip, so
+``test-vit-small``; ``train/backbone_configs/*.json``) with open_clip, so
 ``open_clip.create_model_and_transforms("test-vit-tiny")`` works after it.
 
-Weights are never unpickled as arbitrary objects: ``.safetensors`` files are read with
-safetensors, anything else (``.bin``/``.pt``/``.pth``) only through ``torch.load(weights_only=True)``
-(a local file is checked that way by probret before open_clip reads it, which closes open_clip's
-fallback to a full unpickle). When weights cannot be reached (no network, ``HF_HUB_OFFLINE``, a
-missing file) a :class:`~probret.engine.errors.ModelError` says what to do. See docs/backbone.md.
+Where the weights come from (tags, files, the Hub, offline caches), how they are checked before
+open_clip reads them, and which activation (GELU / QuickGELU) they need is ``train/weights.py``;
+this module builds and wraps the model. See docs/backbone.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import os
-import socket
 import warnings
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -41,6 +36,7 @@ from torch import Tensor, nn
 
 from probret.engine.errors import ModelError
 from probret.train.methods.base import TextFeatures
+from probret.train.weights import WeightPlan, hf_offline_env, network_guard, resolve_weights, unreachable_message
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +45,30 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "list_pretrained_tags",
-    "register_model_configs",
-    "MODEL_CONFIG_DIR",
+    "register_backbone_configs",
+    "BACKBONE_CONFIG_DIR",
     "FREEZE_MODES",
 ]
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+BACKBONE_CONFIG_DIR = Path(__file__).resolve().parent / "backbone_configs"
 #: Vocabulary size of open_clip's default tokenizer (SimpleTokenizer, OpenAI's BPE).
 SIMPLE_TOKENIZER_VOCAB = 49408
 FREEZE_MODES = ("none", "all", "text", "vision", "partial:N")
 
-#: Seconds to wait for a TCP connection to the weight host before declaring it unreachable.
-NETWORK_PROBE_TIMEOUT = float(os.environ.get("PROBRET_NETWORK_TIMEOUT", "5"))
-#: Per-socket-operation timeout while open_clip downloads from a plain URL (urllib has none).
-DOWNLOAD_SOCKET_TIMEOUT = 60.0
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 # --------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------
-def register_model_configs() -> None:
-    """Register ``train/model_configs/*.json`` with open_clip (idempotent; done on import)."""
+def register_backbone_configs() -> None:
+    """Register ``train/backbone_configs/*.json`` with open_clip (idempotent; done on import)."""
     paths = getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [])
-    if any(Path(p).resolve() == MODEL_CONFIG_DIR for p in paths):
+    if any(Path(p).resolve() == BACKBONE_CONFIG_DIR for p in paths):
         return
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    open_clip.add_model_config(BACKBONE_CONFIG_DIR)
 
 
-register_model_configs()
+register_backbone_configs()
 
 
 def list_backbones() -> list[str]:
@@ -92,139 +82,8 @@ def list_pretrained_tags(name: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# weight resolution
+# factory
 # --------------------------------------------------------------------------------------------
-def _looks_like_path(s: str) -> bool:
-    return (
-        os.sep in s
-        or (os.altsep is not None and os.altsep in s)
-        or s.startswith((".", "~"))
-        or s.lower().endswith(_WEIGHT_SUFFIXES)
-    )
-
-
-def _check_weights_file(path: str) -> None:
-    """Refuse a local weight file that is not a plain tensor container.
-
-    ``.safetensors`` cannot hold code. Anything else must load with ``weights_only=True``;
-    doing that here (memory-mapped when the file allows it) means open_clip's own loader, which
-    falls back to a full unpickle on a ``TypeError``, only ever sees a file that is safe.
-    """
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as f:
-                f.keys()
-        except Exception as e:  # noqa: BLE001 - any failure means unusable weights
-            raise ModelError(f"{path}: not a readable .safetensors file ({e})") from e
-        return
-    if p.suffix in (".npz", ".npy"):
-        return  # numpy (big_vision) weights: open_clip reads them without pickle
-    try:
-        try:
-            torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            torch.load(str(p), map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(
-            f"{path}: refusing to load: it is not a plain weights file readable with "
-            f"torch.load(weights_only=True) ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            "probret never unpickles arbitrary objects; convert it to .safetensors "
-            "(safetensors.torch.save_file(state_dict, 'open_clip_model.safetensors')) on a machine you trust."
-        ) from e
-
-
-def _weights_source(name: str, tag: str) -> tuple[str, str]:
-    """(URL whose host serves the weights, human description of what to download) for a tag,
-    following open_clip's preference for the Hugging Face Hub over a plain URL."""
-    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
-    hf = cfg.get("hf_hub", "")
-    url = cfg.get("url", "")
-    if hf and open_clip.pretrained.has_hf_hub():
-        # open_clip's convention: 'org/repo/' (default file name) or 'org/repo/file.bin'
-        repo, filename = os.path.split(hf)
-        files = filename or "open_clip_model.safetensors or open_clip_pytorch_model.bin"
-        return _hf_endpoint(), f"the Hugging Face repo {repo} (file {files})"
-    if url:
-        return url, url
-    return "", f"the '{tag}' weights of {name}"
-
-
-def _hf_endpoint() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-    except Exception:  # noqa: BLE001
-        return "https://huggingface.co"
-
-
-def _hf_offline_env() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.is_offline_mode())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _proxy_configured() -> bool:
-    return any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
-                                            "ALL_PROXY", "all_proxy"))
-
-
-def _host_reachable(host: str, port: int = 443, timeout: float = NETWORK_PROBE_TIMEOUT) -> bool:
-    """One TCP connection attempt, so that an unreachable hub fails in seconds rather than after
-    huggingface_hub's ~45 s of retries. Behind a proxy we cannot tell, and assume reachable."""
-    if not host or _proxy_configured():
-        return True
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _url_reachable(url: str) -> bool:
-    if not url:
-        return True
-    parts = urlparse(url)
-    port = parts.port or (80 if parts.scheme == "http" else 443)
-    return _host_reachable(parts.hostname or "", port)
-
-
-@contextlib.contextmanager
-def _network_guard(offline: bool) -> Iterator[None]:
-    """While open_clip resolves weights: give plain-URL downloads (urllib, no timeout of its own)
-    a socket timeout, and, when the host is known to be unreachable, put huggingface_hub in
-    offline mode so that it answers from its cache (or fails) at once instead of retrying.
-    Note: the socket default timeout is process-wide while this runs."""
-    old_timeout = socket.getdefaulttimeout()
-    if old_timeout is None:
-        socket.setdefaulttimeout(NETWORK_PROBE_TIMEOUT if offline else DOWNLOAD_SOCKET_TIMEOUT)
-    hf_constants = None
-    old_offline = None
-    if offline:
-        try:
-            from huggingface_hub import constants as hf_constants
-
-            old_offline = hf_constants.HF_HUB_OFFLINE
-            hf_constants.HF_HUB_OFFLINE = True
-        except Exception:  # noqa: BLE001
-            hf_constants = None
-    try:
-        yield
-    finally:
-        if old_timeout is None:
-            socket.setdefaulttimeout(None)
-        if hf_constants is not None:
-            hf_constants.HF_HUB_OFFLINE = old_offline
-
-
 class _DropRandomInitNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "Model initialized randomly" not in record.getMessage()
@@ -245,29 +104,6 @@ def _quiet_random_init(active: bool) -> Iterator[None]:
         root.removeFilter(flt)
 
 
-def _unreachable_message(name: str, pretrained: str | None, what: str, cause: BaseException | str) -> str:
-    if name.startswith("hf-hub:"):
-        repo = name[len("hf-hub:"):]
-        fix = (
-            f"download the repo {repo} on a machine with internet "
-            f"(e.g. `huggingface-cli download {repo} --local-dir ./{repo.split('/')[-1]}`) and pass "
-            f"local-dir:/path/to/it as the backbone name, or set HF_HOME (or HF_HUB_CACHE / cache_dir) "
-            f"to a Hugging Face cache that has it"
-        )
-    else:
-        fix = (
-            f"download {what} on a machine with internet and pass --pretrained "
-            f"/path/to/open_clip_model.safetensors, or set HF_HOME (or HF_HUB_CACHE / cache_dir) to a cache "
-            f"that has it"
-        )
-    src = name if pretrained is None else f"{name} with pretrained='{pretrained}'"
-    first = str(cause).strip().splitlines()[0].rstrip(". ") if str(cause).strip() else type(cause).__name__
-    return f"cannot load pretrained weights for {src}: {first}. To fix: {fix}."
-
-
-# --------------------------------------------------------------------------------------------
-# factory
-# --------------------------------------------------------------------------------------------
 def create_backbone(
     name: str,
     pretrained: str | None = None,
@@ -280,12 +116,13 @@ def create_backbone(
 ) -> "Backbone":
     """Build an open_clip model and wrap it.
 
-    name: an open_clip architecture (``ViT-B-32``, ``test-vit-tiny``, see :func:`list_backbones`),
-        ``hf-hub:org/repo`` (config and weights from the Hub) or ``local-dir:/path`` (a folder with
-        ``open_clip_config.json`` and weights).
+    name: an open_clip architecture (``ViT-B-32``, ``ViT-B-32-quickgelu``, ``test-vit-tiny``, see
+        :func:`list_backbones`), ``hf-hub:org/repo`` (config and weights from the Hub) or
+        ``local-dir:/path`` (a folder with ``open_clip_config.json`` and weights).
     pretrained: None (random init), an open_clip tag (``openai``, ``laion2b_s34b_b79k``, ...) or a
         local weight file (``.safetensors`` preferred; ``.bin``/``.pt``/``.pth`` only if they load
         with ``torch.load(weights_only=True)``). Must be None for ``hf-hub:``/``local-dir:`` names.
+        Where the weights come from and which activation they need: ``train/weights.py``.
     cache_dir: download cache (passed to open_clip / huggingface_hub); default: HF_HUB_CACHE /
         HF_HOME for Hub downloads, ~/.cache/clip for plain URLs.
     freeze: "none" | "all" | "text" | "vision" | "partial:N" (see :meth:`Backbone.set_freeze`).
@@ -295,116 +132,50 @@ def create_backbone(
 
     Raises ModelError when the name is unknown or the weights cannot be found, reached or read.
     """
-    register_model_configs()
-    _parse_freeze(freeze)  # fail before building anything
-    kwargs = dict(open_clip_kwargs or {})
-    cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
-    if pretrained is not None:
-        pretrained = os.fspath(pretrained)
-        if pretrained == "" or pretrained.lower() == "none":
-            pretrained = None
-
-    schema = None
-    for prefix in ("hf-hub:", "local-dir:"):
-        if name.startswith(prefix):
-            schema = prefix[:-1]
-    if pretrained is not None and pretrained.startswith(("hf-hub:", "local-dir:")):
-        raise ModelError(
-            f"pretrained='{pretrained}': pass '{pretrained}' as the backbone name instead "
-            "(it carries its own config); pretrained is for a tag or a weight file"
-        )
-    if schema is not None and pretrained is not None:
-        raise ModelError(f"{name} brings its own weights; pretrained must be None (got '{pretrained}')")
-
-    offline = False
-    what = ""
-    if schema is None:
-        arch = name.replace("/", "-")
-        if open_clip.get_model_config(arch) is None:
-            close = difflib.get_close_matches(arch, list_backbones(), n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ModelError(
-                f"unknown backbone '{name}'. {hint}Known include test-vit-tiny, test-vit-small, ViT-B-32, "
-                "ViT-B-16, ViT-L-14 (all: probret.train.backbone.list_backbones()), or use an "
-                "hf-hub:org/repo or local-dir:/path name"
-            )
-        if pretrained is not None:
-            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-            if tag_cfg:
-                source_url, what = _weights_source(arch, pretrained)
-                if tag_cfg.get("quick_gelu", False) and not open_clip.get_model_config(arch).get("quick_gelu", False):
-                    # The weights were trained with QuickGELU; open_clip >= 2.x only warns about it.
-                    kwargs.setdefault("force_quick_gelu", True)
-                offline = _hf_offline_env() or not _url_reachable(source_url)
-            else:
-                expanded = os.path.expanduser(pretrained)
-                if os.path.isdir(expanded):
-                    raise ModelError(
-                        f"pretrained='{pretrained}' is a folder: pass the weight file inside it "
-                        f"(e.g. {os.path.join(pretrained, 'open_clip_model.safetensors')}), or "
-                        f"local-dir:{pretrained} as the backbone name if it holds open_clip_config.json"
-                    )
-                if not os.path.isfile(expanded):
-                    tags = list_pretrained_tags(arch)
-                    if _looks_like_path(pretrained):
-                        raise ModelError(
-                            f"weight file not found: {pretrained}. Download the open_clip weights of {name} "
-                            "on a machine with internet and pass --pretrained /path/to/open_clip_model.safetensors"
-                        )
-                    raise ModelError(
-                        f"'{pretrained}' is neither a pretrained tag of {name} nor an existing file. "
-                        f"Tags of {name}: {', '.join(tags) if tags else '(none)'}"
-                    )
-                pretrained = expanded
-                _check_weights_file(pretrained)
-    elif schema == "hf-hub":
-        what = f"the Hugging Face repo {name[len('hf-hub:'):]}"
-        offline = _hf_offline_env() or not _url_reachable(_hf_endpoint())
-    else:  # local-dir
-        folder = Path(name[len("local-dir:"):]).expanduser()
-        if not (folder / "open_clip_config.json").is_file():
-            raise ModelError(f"{name}: no open_clip_config.json in {folder}")
-        for f in folder.iterdir():
-            if f.suffix in (".bin", ".pt", ".pth"):
-                _check_weights_file(str(f))
-
-    if offline and not _hf_offline_env():
-        log.warning("weight host unreachable (no network?): looking for %s in the local caches only", what or name)
-    wants_weights = pretrained is not None or schema is not None
-    try:
-        with _network_guard(offline), _quiet_random_init(not wants_weights), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
-            model = open_clip.create_model(
-                name,
-                pretrained=pretrained,
-                precision=precision,
-                device=device,
-                cache_dir=cache_dir,
-                require_pretrained=wants_weights,
-                weights_only=True,
-                **kwargs,
-            )
-            tokenizer = open_clip.get_tokenizer(
-                name, context_length=_context_length_of(model), cache_dir=cache_dir
-            )
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError/FileNotFoundError/OSError/...
-        if pretrained is not None and os.path.isfile(pretrained):
-            raise ModelError(
-                f"cannot load weights {pretrained} into {name}: {str(e).splitlines()[0] if str(e) else e!r} "
-                "(is it an open_clip checkpoint of this architecture?)"
-            ) from e
-        if wants_weights:
-            raise ModelError(_unreachable_message(name, pretrained, what, e)) from e
-        raise ModelError(f"cannot build backbone {name}: {e}") from e
-
-    backbone = Backbone(model, tokenizer, name=name, pretrained=pretrained, precision=precision)
+    register_backbone_configs()
+    parse_freeze(freeze)  # fail before building anything
+    plan = resolve_weights(name, pretrained, open_clip_kwargs=open_clip_kwargs)
+    model, tokenizer = _build_open_clip(plan, cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+                                        device=device, precision=precision)
+    backbone = Backbone(model, tokenizer, name=name, pretrained=plan.pretrained, precision=precision)
     backbone.set_freeze(freeze)
     return backbone
 
 
-def _parse_freeze(mode: str) -> tuple[str, int]:
+def _build_open_clip(plan: WeightPlan, *, cache_dir: str | None, device, precision: str):
+    """open_clip's model and tokenizer for a plan; every failure becomes a ModelError that says why."""
+    if plan.offline and not hf_offline_env():
+        log.warning("weight host unreachable (no network?): looking for %s in the local caches only",
+                    plan.what or plan.name)
+    try:
+        with network_guard(plan.offline), _quiet_random_init(not plan.wants_weights), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            model = open_clip.create_model(
+                plan.name,
+                pretrained=plan.pretrained,
+                precision=precision,
+                device=device,
+                cache_dir=cache_dir,
+                require_pretrained=plan.wants_weights,
+                weights_only=True,
+                **plan.open_clip_kwargs,
+            )
+            tokenizer = open_clip.get_tokenizer(plan.name, context_length=_context_length_of(model), cache_dir=cache_dir)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError/FileNotFoundError/OSError/...
+        if plan.pretrained is not None and os.path.isfile(plan.pretrained):
+            raise ModelError(
+                f"cannot load weights {plan.pretrained} into {plan.name}: "
+                f"{str(e).splitlines()[0] if str(e) else e!r} (is it an open_clip checkpoint of this architecture?)"
+            ) from e
+        if plan.wants_weights:
+            raise ModelError(unreachable_message(plan.name, plan.pretrained, plan.what, e)) from e
+        raise ModelError(f"cannot build backbone {plan.name}: {e}") from e
+    return model, tokenizer
+
+
+def parse_freeze(mode: str) -> tuple[str, int]:
     """'none' | 'all' | 'text' | 'vision' -> (mode, 0); 'partial:N' -> ('partial', N)."""
     if mode in ("none", "all", "text", "vision"):
         return mode, 0
@@ -645,7 +416,7 @@ class Backbone(nn.Module):
         ``logit_scale`` (and ``logit_bias``) always stay trainable: set their ``requires_grad``
         yourself to fix the temperature.
         """
-        kind, keep = _parse_freeze(mode)
+        kind, keep = parse_freeze(mode)
         if kind == "partial" and not isinstance(self.clip.visual, VisionTransformer):
             raise ModelError(
                 f"freeze='{mode}' needs an open_clip VisionTransformer image tower; "

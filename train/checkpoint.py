@@ -14,6 +14,7 @@ saving leaves the previous checkpoint intact, never a half-written one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from probret.engine import __version__ as probret_version
 from probret.engine.errors import ModelError
-from probret.train.config import ModelConfig
+from probret.train.config import ModelConfig, check_model, check_section
 
 FORMAT = "probret-checkpoint"
 FORMAT_VERSION = 1
@@ -112,11 +113,63 @@ def read_checkpoint_config(path: str | Path) -> dict:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{config_file}: not valid JSON ({exc})") from exc
-    if config.get("format") != FORMAT:
-        raise ModelError(f"{config_file}: not a probret checkpoint config (format={config.get('format')!r})")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{config_file}: written by a newer probret (format {config['format_version']}); upgrade probret")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ModelError(f"{config_file}: not a probret checkpoint config (format={found!r})")
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ModelError(f"{config_file}: format_version must be a non-negative integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{config_file}: written by a newer probret (format {version}); upgrade probret")
+    check_checkpoint_config(config, source=str(config_file))
     return config
+
+
+#: The ``backbone`` section: what export and the runtime's preprocessing read (key: (low, high)).
+BACKBONE_LIMITS = {"embed_dim": (1, 65536), "context_length": (1, 100_000)}
+IMAGE_SIZE_LIMITS = (1, 16384)
+
+
+def check_checkpoint_config(config: dict, *, source: str) -> None:
+    """The ``model`` and ``backbone`` sections of a checkpoint's config.json, as strictly as a
+    training config (train/config.py), every mistake a ModelError naming the key. Other top-level
+    keys are free-form metadata (metrics, the experiment, ``zero_shot``) and are not read to
+    rebuild the model."""
+    if not isinstance(config.get("model"), dict):
+        raise ModelError(f"{source}: 'model' must be an object (the model settings)")
+    check_section(config["model"], ModelConfig, f"{source}: model", ModelError)
+    check_model(ModelConfig(**config["model"]), source=source, error=ModelError)
+    section = config.get("backbone")
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ModelError(f"{source}: 'backbone' must be an object")
+    known = {"embed_dim", "image_size", "image_mean", "image_std", "context_length"}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ModelError(f"{source}: backbone: unknown key(s) {unknown}; known: {sorted(known)}")
+    for key, (low, high) in BACKBONE_LIMITS.items():
+        value = section.get(key)
+        if key in section and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise ModelError(f"{source}: backbone.{key}: must be an integer in [{low}, {high}], got {value!r}")
+    if "image_size" in section:
+        _check_image_size(section["image_size"], source)
+    for key in ("image_mean", "image_std"):
+        value = section.get(key)
+        if key in section and not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise ModelError(f"{source}: backbone.{key}: must be a list of 3 finite numbers, got {value!r}")
+    if "image_std" in section and min(section["image_std"]) <= 0:
+        raise ModelError(f"{source}: backbone.image_std: must be positive, got {section['image_std']}")
+
+
+def _check_image_size(value, source: str) -> None:
+    sizes = value if isinstance(value, list) else [value]
+    low, high = IMAGE_SIZE_LIMITS
+    if not (1 <= len(sizes) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+                                         for v in sizes)):
+        raise ModelError(f"{source}: backbone.image_size: must be an integer (or [height, width]) in "
+                         f"[{low}, {high}], got {value!r}")
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"):

@@ -59,7 +59,7 @@ walks the folder the same way), so re-encoded copies (``.mp4`` for ``.avi``) are
 MSVD captions come from CLIP4Clip as a pickle (``raw-captions.pkl``); probret never unpickles
 files on its own. Convert once with::
 
-    python -m probret.train.datasets msvd-pickle-to-json raw-captions.pkl
+    probret data convert-msvd raw-captions.pkl
 
 which reads the pickle with an unpickler that refuses every class and function (only dict,
 list, str, int ... can be built) and writes ``raw-captions.json`` next to it.
@@ -67,14 +67,12 @@ list, str, int ... can be built) and writes ``raw-captions.json`` next to it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
 import pickle
 import re
-import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -84,6 +82,7 @@ from pathlib import Path
 import numpy as np
 
 from probret.engine.errors import DataError
+from probret.engine.index import VIDEO_EXTENSIONS as ENGINE_VIDEO_EXTENSIONS
 
 __all__ = [
     "DATASETS",
@@ -96,8 +95,9 @@ __all__ = [
 ]
 
 DATASETS = ("msrvtt", "didemo", "msvd", "lsmdc", "vatex", "charades", "procedural")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".flv",
-                    ".mts", ".ogv")
+#: The engine's video extensions (one list for the index and the datasets), ``.mp4`` first: the
+#: order in which another extension of a documented file name is looked for.
+VIDEO_EXTENSIONS = (".mp4",) + tuple(sorted(ENGINE_VIDEO_EXTENSIONS - {".mp4"}))
 DOCS = "docs/datasets.md"
 
 
@@ -674,7 +674,7 @@ def _read_msvd(root: Path, split: str) -> _Raw:
         pkl = root / "raw-captions.pkl"
         if pkl.is_file():
             raise DataError(f"{pkl}: probret does not load pickles implicitly; convert it once with "
-                            f"`python -m probret.train.datasets msvd-pickle-to-json {pkl}` (safe: no code can run), "
+                            f"`probret data convert-msvd {pkl}` (safe: no code can run), "
                             f"which writes {root / 'raw-captions.json'}")
         raise DataError(f"{root}: raw-captions.json or captions_msvd.json not found (MSVD captions; see {DOCS})")
     captions = _caption_dict(path, _read_json(path))
@@ -826,43 +826,3 @@ READERS: dict[str, Callable[[Path, str], _Raw]] = {
     "charades": _read_charades,
     "procedural": _read_procedural,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# python -m probret.train.datasets ...
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probret.train.datasets",
-                                     description="Dataset utilities: check a layout, convert MSVD's pickle.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("msvd-pickle-to-json", help="convert CLIP4Clip's raw-captions.pkl to raw-captions.json")
-    conv.add_argument("pickle")
-    conv.add_argument("json", nargs="?", default=None)
-    check = sub.add_parser("check", help="load a split and print what was found")
-    check.add_argument("dataset", choices=DATASETS)
-    check.add_argument("root")
-    check.add_argument("split")
-    check.add_argument("--video-dir", default=None)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "msvd-pickle-to-json":
-            out = convert_msvd_pickle(args.pickle, args.json)
-            n = len(json.loads(out.read_text(encoding="utf-8")))
-            print(f"wrote {out} ({n} videos)")
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DatasetWarning)
-                s = load_split(args.dataset, args.root, args.split, video_dir=args.video_dir)
-            print(f"{s.name}/{s.split}: {len(s.texts)} texts, {len(s.videos)} videos, {len(s.missing)} missing")
-            for path in s.missing[:10]:
-                print(f"  missing: {path}")
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 It is what ``probret demo`` evaluates and what later ``probret search`` uses by default, so
 probret works offline out of the box. One command rebuilds it (about 10 minutes on 2 CPU cores):
 
-    make demo-model          # = python -m probret.train.demo_model
+    make demo-model          # = probret demo-model (cli/demo_model_cmd.py)
 
 which (1) generates the procedural world ``data/procedural`` (``probret synth`` with the world
 settings below) unless it exists, (2) trains with ``configs/demo-spem.json`` (selection on the
@@ -16,9 +16,7 @@ backgrounds); it is a demonstration and a test fixture, not a general video mode
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 from pathlib import Path
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "demo-spem"
@@ -42,29 +40,22 @@ def ship(checkpoint: str | Path, dest: str | Path = DEMO_CHECKPOINT) -> Path:
     return Path(dest)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO_ROOT / "data" / "procedural"))
-    parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "demo-spem"))
-    parser.add_argument("--dest", default=str(DEMO_CHECKPOINT))
-    args = parser.parse_args(argv)
-
+def build(data: str | Path, out: str | Path, dest: str | Path = DEMO_CHECKPOINT, *, progress: bool = True) -> dict:
+    """Generate the world at ``data`` unless it exists, train into the run directory ``out`` and
+    ship its best checkpoint to ``dest``. ``out`` must not exist yet: probret removes nothing it
+    did not make in this call (delete an old run yourself, or pick another ``out``)."""
+    from probret.engine.errors import DataError
     from probret.train.config import apply_overrides, load_config
     from probret.train.trainer import train
     from probret.train.world import generate_world
 
-    data = Path(args.data)
+    data, out = Path(data), Path(out)
+    if out.exists():
+        raise DataError(f"{out}: already exists (an earlier demo-model run?); remove it or pass another --out")
+    config = apply_overrides(load_config(DEMO_CONFIG), [f"data.root={json.dumps(str(data))}",
+                                                        f"train.out={json.dumps(str(out))}"])
     if not (data / "world.json").exists():
         generate_world(data, **WORLD_SETTINGS)
-    config = apply_overrides(load_config(DEMO_CONFIG), [f"data.root={json.dumps(str(data))}",
-                                                        f"train.out={json.dumps(args.out)}"])
-    if Path(args.out).exists():
-        shutil.rmtree(args.out)
-    result = train(config, progress=True)
-    dest = ship(Path(args.out) / "best", args.dest)
-    print(json.dumps({"shipped": str(dest), "best_step": result.best.get("step"),
-                      "val_t2v_R1": result.best.get("value")}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    result = train(config, progress=progress)
+    shipped = ship(out / "best", dest)
+    return {"shipped": str(shipped), "best_step": result.best.get("step"), "val_t2v_R1": result.best.get("value")}

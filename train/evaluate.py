@@ -3,8 +3,10 @@ R@1/5/10, MdR and MnR in both directions (``engine/metrics.py``).
 
 Videos are encoded once; captions are encoded once; the head then scores (block x block)
 pieces, so query-conditioned fusion (X-Pool, T-MASS, SPEM) never holds more than a block's
-(texts, videos, D) tensor. Best-of-M sampling noise is seeded by (eval_seed, block), so the
-same checkpoint, split and block size always give the same matrix.
+(texts, videos, D) tensor. Sampling heads score with the noise banks of ``seed``, shared by every
+text and video (``RetrievalModel.score_blocks``; docs/methods.md, "Sampling at inference"), so the
+same checkpoint, split and seed give the same matrix whatever the block size, and the same
+numbers as a bundle exported with ``--seed`` equal to it.
 
 ``save_similarities`` writes what anyone needs to recompute the metrics without probret:
 ``sims.npy`` (N_text, N_video float32), ``text_video_index.npy`` (N_text int64: column of each
@@ -23,7 +25,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from probret.engine.metrics import dual_softmax_metrics, retrieval_metrics
-from probret.train.data import EvalVideos
+from probret.train.interrupt import ignore_stop_signals
+from probret.train.loaders import EvalVideos
 from probret.train.datasets import RetrievalSplit
 from probret.train.methods.base import TextFeatures
 
@@ -36,6 +39,8 @@ class EvalResult:
     uncertainty: np.ndarray | None = None
     failed_videos: list[str] = field(default_factory=list)
     dsl_metrics: dict | None = None
+    #: every video that could not be used: {"path", "reason": "missing" | "undecodable", "error"}
+    unusable_videos: list[dict] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -55,7 +60,8 @@ def encode_videos(model, split: RetrievalSplit, *, batch_size: int, num_workers:
     backbone = model.backbone
     dataset = EvalVideos(split, num_frames=model.config.num_frames, image_size=backbone.image_size,
                          mean=backbone.image_mean, std=backbone.image_std)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        worker_init_fn=ignore_stop_signals)  # a Ctrl-C mid-training evaluation: see there
     features, failed, offset = [], {}, 0
     for pixels, ok, reason in tqdm(loader, desc="encode videos", disable=not progress, leave=False):
         features.append(model.encode_video(pixels.to(device)).float())
@@ -87,9 +93,24 @@ def evaluate(model, split: RetrievalSplit, *, batch_size: int = 64, block: int =
         metrics = retrieval_metrics(sims, index, relevant=relevant)
         dsl_metrics = dual_softmax_metrics(sims, index, relevant=relevant) if dsl else None
         unc = out.uncertainty.numpy().astype(np.float32) if out.uncertainty is not None else None
-        return EvalResult(metrics, sims, index, unc, list(failed.values()), dsl_metrics)
+        return EvalResult(metrics, sims, index, unc, list(failed.values()), dsl_metrics,
+                          unusable_videos(split, failed))
     finally:
         model.train(was_training)
+
+
+def unusable_videos(split: RetrievalSplit, failed: dict[int, str]) -> list[dict]:
+    """The videos that scored as failed candidates: missing files first named by the split, then
+    files that exist but did not decode (with the decoder's reason)."""
+    missing = set(split.missing)
+    out = []
+    for j in sorted(failed):
+        path = split.videos[j].path
+        if path in missing:
+            out.append({"path": path, "reason": "missing"})
+        else:
+            out.append({"path": path, "reason": "undecodable", "error": failed[j]})
+    return out
 
 
 def save_similarities(result: EvalResult, out_dir: str | Path, *, meta: dict | None = None) -> Path:
@@ -100,6 +121,7 @@ def save_similarities(result: EvalResult, out_dir: str | Path, *, meta: dict | N
     if result.uncertainty is not None:
         np.save(out / "uncertainty.npy", result.uncertainty)
     info = {"shape": list(result.sims.shape), "metrics": result.metrics, "failed_videos": result.failed_videos,
+            "unusable_videos": result.unusable_videos,
             "layout": "sims[i, j] = score of text i against video j; text_video_index[i] = j of text i's video",
             **(meta or {})}
     (out / "meta.json").write_text(json.dumps(info, indent=2) + "\n")

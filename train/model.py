@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from probret.train.backbone import Backbone, create_backbone
 from probret.train.config import ModelConfig
 from probret.train.methods import create_head
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, noise_banks
 
 
 class RetrievalModel(nn.Module):
@@ -61,18 +61,20 @@ class RetrievalModel(nn.Module):
     ) -> ScoreOutput:
         """Score every text against every video in (block x block) pieces.
 
-        The sampling noise of each block comes from a generator seeded with (seed, block
-        position), so a given block size and seed always give the same matrix."""
+        Sampling heads get the noise banks of ``seed`` (``noise_banks``: the numbers an exported
+        noise-input bundle with that seed uses), shared by every text and every video, so the
+        matrix does not depend on ``block`` (up to float rounding)."""
         n_text, n_video = len(text), frames.shape[0]
+        specs = self.head.inference_noise()
+        banks = {k: b.to(frames.device, frames.dtype) for k, b in noise_banks(specs, seed).items()}
         scores = torch.empty(n_text, n_video)
         uncertainty = None
         for i in range(0, n_text, block):
             text_block = text.select(slice(i, i + block))
             for j in range(0, n_video, block):
-                generator = torch.Generator(device=frames.device).manual_seed(
-                    seed * 1_000_003 + (i // block) * 7919 + j // block
-                )
-                out = self.head.score(text_block, frames[j : j + block], generator=generator)
+                video_block = frames[j : j + block]
+                noise = {s.key: s.expand(banks[s.key], len(text_block), video_block.shape[0]) for s in specs}
+                out = self.head.score(text_block, video_block, noise=noise or None)
                 scores[i : i + block, j : j + block] = out.scores.float().cpu()
                 if out.uncertainty is not None:
                     if uncertainty is None:

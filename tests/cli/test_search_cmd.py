@@ -82,6 +82,9 @@ def test_index_then_search_outputs(env, tmp_path):
             assert (folder / h["path"]).is_file() and h["path"].endswith(".mp4")
             assert isinstance(h["uncertainty"], float) and h["start"] == 0.0 and h["end"] == pytest.approx(2.0)
             assert 0.0 <= h["best_time"] <= 2.0
+            assert h["confidence"] is None  # this bundle carries no calibrator
+            assert h["moments"] == [{"start": h["start"], "end": h["end"], "best_time": h["best_time"],
+                                     "score": h["score"]}]
     assert out["model"]["method"] == "spem" and out["indexing"]["encoded_videos"] == 0
 
     p = run(["search", folder, q[0], "--paths-only", "-k", "3"], e)
@@ -95,7 +98,8 @@ def test_index_then_search_outputs(env, tmp_path):
     p = run(["search", folder, q[0], "-k", "2"], e)
     assert p.stdout.splitlines()[0] == f"query: {q[0]}"
     assert re.match(r"rank\s+score\s+uncertainty\s+path\s+moment", p.stdout.splitlines()[1])
-    assert re.search(r"^\s+1\s+-?\d\.\d{4}\s+\d\.\d{4}\s+\S+\.mp4\s+0:00\.0-0:02\.0$", p.stdout, re.M)
+    # the moment and, after @, its best instant
+    assert re.search(r"^\s+1\s+-?\d\.\d{4}\s+\d\.\d{4}\s+\S+\.mp4\s+0:00\.0-0:02\.0 @0:0[0-2]\.\d$", p.stdout, re.M)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -122,6 +126,8 @@ def test_queries_file_and_html_page(env, tmp_path):
     assert len(imgs) == 9
     assert _png_size(base64.b64decode(imgs[0])) == (64, 64)  # small videos are not enlarged
     assert text.count("class='hit'") == 9 and "#t=0.00,2.00" in text
+    # links relative to the page, no absolute path anywhere on it
+    assert str(folder) not in text and str(folder.resolve()) not in text and "file://" not in text
     # queries from stdin
     p = run(["search", folder, "--queries", "-", "--paths-only", "-k", "1"], e, stdin="\n".join(qs) + "\n")
     assert len(p.stdout.splitlines()) == 3
@@ -244,20 +250,3 @@ def test_demo_command(env, tmp_path):
     assert p.stdout.count("query: ") == 2 and "right video first for" in p.stdout
     p = run(["demo", "--out", tmp_path / "demo", "--videos", "12", "--queries", "2", "--model", bundle], e)
     assert "1. reusing" in p.stdout and "is up to date" in p.stdout
-
-
-def test_thumbnails_and_png_writer(tmp_path):
-    from probret.cli.search_cmd import png_bytes, thumbnail
-    from probret.train.world import encode_mp4
-
-    frames = np.zeros((8, 240, 320, 3), np.uint8)
-    frames[4:, :, :, 0] = 200  # red from 1 s on
-    encode_mp4(tmp_path / "v.mp4", frames, 4)
-    early, late = thumbnail(tmp_path / "v.mp4", 0.2), thumbnail(tmp_path / "v.mp4", 1.6)
-    assert early.shape == late.shape == (160, 213, 3)
-    assert early[..., 0].mean() < 30 and late[..., 0].mean() > 170
-    data = png_bytes(late)
-    assert _png_size(data) == (213, 160)
-    raw = zlib.decompress(data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8])
-    rows = np.frombuffer(raw, np.uint8).reshape(160, 1 + 213 * 3)
-    assert (rows[:, 0] == 0).all() and np.array_equal(rows[:, 1:].reshape(160, 213, 3), late)

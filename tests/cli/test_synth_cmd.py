@@ -50,8 +50,6 @@ def test_synth_refuses_non_empty_dir_then_overwrites(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--resolution", "big"], "WIDTHxHEIGHT"),
-        (["--resolution", "33x32"], "even"),
         (["--difficulty", "insane"], "unknown difficulty"),
         (["--splits", "0.5,0.5"], "three"),
     ],
@@ -59,6 +57,13 @@ def test_synth_refuses_non_empty_dir_then_overwrites(tmp_path):
 def test_bad_options_are_data_errors(tmp_path, extra, message):
     result = CliRunner().invoke(synth, [str(tmp_path / "w"), *ARGS, *extra])
     assert isinstance(result.exception, DataError) and message in str(result.exception)
+
+
+@pytest.mark.parametrize("value, message", [("big", "WIDTHxHEIGHT"), ("33x32", "even"), ("16x16", "from 32 to 4096")])
+def test_bad_resolution_is_a_usage_error(tmp_path, value, message):
+    result = CliRunner().invoke(synth, [str(tmp_path / "w"), *ARGS, "--resolution", value])
+    assert result.exit_code == 2 and "--resolution" in result.output and message in result.output
+    assert not (tmp_path / "w").exists()
 
 
 def _probret() -> str:

@@ -1,4 +1,4 @@
-"""engine/search.py (ranking, best moments, ANN, video-to-text) and engine/models.py.
+"""engine/search.py (ranking, best moments, ANN, video-to-text).
 
 Ranking logic is checked against brute force with a numpy stand-in model; the real thing
 (a tiny random SPEM checkpoint exported to a bundle) is checked against PyTorch: the index's
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probret.engine.errors import DataError, IndexError_, ModelError
+from probret.engine.errors import DataError, IndexError_
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter
 from probret.engine.search import Searcher, faiss_available, l2_normalize
 
@@ -230,26 +230,6 @@ def test_searcher_refuses_an_index_of_another_model(colour_index):
 
 
 # --------------------------------------------------------------------------------------------
-# models.py: resolving --model
-# --------------------------------------------------------------------------------------------
-def test_resolve_model_errors(tmp_path, monkeypatch):
-    from probret.engine.models import cache_dir, resolve_model
-
-    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
-    assert cache_dir() == tmp_path / "cache"
-    with pytest.raises(ModelError, match="no such bundle or checkpoint.*NAME:TAG"):
-        resolve_model(str(tmp_path / "missing"))
-    (tmp_path / "file.onnx").write_text("x")
-    with pytest.raises(ModelError, match="not a file"):
-        resolve_model(str(tmp_path / "file.onnx"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="neither a bundle"):
-        resolve_model(str(tmp_path / "empty"))
-    with pytest.raises(ModelError):
-        resolve_model("no-such-open-clip-model:openai")
-
-
-# --------------------------------------------------------------------------------------------
 # the real thing: a tiny SPEM checkpoint, its bundle, PyTorch
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -307,34 +287,15 @@ def test_bundle_ranking_equals_pytorch_checkpoint(tiny, tmp_path):
         np.testing.assert_allclose([h.score for h in r.hits], [ref[i, paths.index(p)] for p in got], atol=1e-4)
 
 
-def test_checkpoint_model_is_exported_once_and_cached(tiny, tmp_path, monkeypatch):
-    from probret.engine.models import resolve_model
-
-    ckpt, bundle_dir, _ = tiny
-    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
-    said = []
-    r1 = resolve_model(str(ckpt), say=said.append)
-    assert r1.kind == "checkpoint" and any("with PyTorch" in m for m in said)
-    said.clear()
-    r2 = resolve_model(str(ckpt), say=said.append)
-    assert not said and r2.bundle.path == r1.bundle.path  # cached: no second export
-    assert r1.bundle.path.parent == tmp_path / "cache" / "bundles"
-    b = resolve_model(str(bundle_dir))
-    assert b.kind == "bundle" and b.spec == str(bundle_dir.resolve())
-    # the default follows the index's model when it is still there
-    again = resolve_model(None, previous=b.to_meta())
-    assert again.bundle.path == b.bundle.path
+DEMO = Path(__file__).resolve().parents[2] / "export" / "pretrained" / "demo-spem" / "manifest.json"
 
 
-DEMO = Path(__file__).resolve().parents[2] / "train" / "pretrained" / "demo-spem" / "model.safetensors"
-
-
-@pytest.mark.skipif(not DEMO.exists(), reason="the shipped demo model is not built (make demo-model)")
+@pytest.mark.skipif(not DEMO.exists(), reason="the shipped demo bundle is not built (make demo-bundle)")
 def test_demo_model_finds_the_right_video(tmp_path, monkeypatch):
     """Held-out procedural folder, the shipped demo model: captions that describe exactly one
     video of the folder should mostly rank that video first."""
-    from probret.engine.models import resolve_model
     from probret.engine.pipeline import PipelineOptions, update_index
+    from probret.export.resolve import resolve_model
     from probret.engine.runtime import BundleRuntime
     from probret.train.world import generate_world
 

@@ -13,8 +13,9 @@ import torch
 from probret.engine.bundle import GRAPH_NAMES, load_bundle
 from probret.engine.errors import ModelError
 from probret.engine.runtime import BundleRuntime, draw_noise
+from probret.train.methods import list_methods
 
-METHODS = ["meanp", "xpool", "tmass", "spem", "duq", "dvtr", "prota"]
+METHODS = list_methods()
 BENCH_VIDEOS = 8  # as in conftest.py
 
 

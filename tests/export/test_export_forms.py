@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -135,3 +137,33 @@ def test_pair_cost_is_linear_in_d(name):
     assert form_big / form_small < 4.8, (form_small, form_big)  # linear: x4 for x4 D
     assert head_big / head_small > 8, (head_small, head_big)  # the heads carry a d^2 term
     assert form_big < head_big / 2
+
+
+def test_every_registered_method_is_in_the_form_parity_test():
+    from probret.train.methods import list_methods
+
+    assert {name for name, _ in VARIANTS} == set(list_methods())
+
+
+def test_each_head_gets_the_form_it_declares():
+    from probret.train.methods import list_methods
+
+    for name in list_methods():
+        head = _head(name)
+        form = create_form(head)
+        assert type(form).__name__ == head.export_form
+        assert form.needs_tokens == head.needs_tokens
+
+
+def test_a_head_whose_draw_noise_disagrees_with_its_declaration_is_refused():
+    from probret.engine.errors import ModelError
+
+    head = _head("spem")
+    head.inference_noise = lambda: []  # declares nothing, but draws eps_t / eps_v
+    with pytest.raises(ModelError, match="declares"):
+        create_form(head)
+    head = _head("duq")
+    real = head.inference_noise()
+    head.inference_noise = lambda: [dataclasses.replace(s, axis=1) for s in real]
+    with pytest.raises(ModelError, match="declared as"):
+        create_form(head)

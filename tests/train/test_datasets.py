@@ -17,7 +17,6 @@ from probret.train.datasets import (
     VideoRecord,
     convert_msvd_pickle,
     load_split,
-    main,
 )
 
 
@@ -286,7 +285,7 @@ def test_msvd_pickle_is_refused_then_converted_safely(tmp_path):
     root = msvd_root(tmp_path)
     pkl = root / "raw-captions.pkl"
     pkl.write_bytes(pickle.dumps(CAPTIONS, protocol=2))
-    with pytest.raises(DataError, match=r"does not load pickles.*msvd-pickle-to-json"):
+    with pytest.raises(DataError, match=r"does not load pickles.*probret data convert-msvd"):
         load_split("msvd", root, "train")
     out = convert_msvd_pickle(pkl)
     assert out == root / "raw-captions.json"
@@ -302,25 +301,12 @@ class _Evil:
         return (os.system, ("echo pwned > /dev/null",))
 
 
-def test_msvd_pickle_with_code_is_rejected(tmp_path, capsys):
+def test_msvd_pickle_with_code_is_rejected(tmp_path):
     pkl = tmp_path / "raw-captions.pkl"
     pkl.write_bytes(pickle.dumps({"vid": [_Evil()]}))
     with pytest.raises(DataError, match="refusing"):
         convert_msvd_pickle(pkl)
     assert not (tmp_path / "raw-captions.json").exists()
-    # the command-line entry point reports it as a data error (exit code 3)
-    assert main(["msvd-pickle-to-json", str(pkl)]) == 3
-    assert "refusing" in capsys.readouterr().err
-
-
-def test_cli_convert_and_check(tmp_path, capsys):
-    root = msvd_root(tmp_path)
-    pkl = root / "raw-captions.pkl"
-    pkl.write_bytes(pickle.dumps(CAPTIONS))
-    assert main(["msvd-pickle-to-json", str(pkl), str(root / "raw-captions.json")]) == 0
-    assert main(["check", "msvd", str(root), "test"]) == 0
-    out = capsys.readouterr().out
-    assert "3 videos" in out and "msvd/test: 4 texts, 2 videos, 0 missing" in out
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.base import (NoiseSpec, RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method,
+                                        symmetric_infonce)
 from probret.train.methods.xpool import XPoolFusion, draw, pair_cos
 
 
@@ -158,8 +159,10 @@ class ProbabilisticEmbedding(nn.Module):
         return self.h_mu(z), self.h_sigma(z)
 
 
+@register_method("duq")
 class DUQHead(RetrievalHead):
-    name = "duq"
+    export_form = "DUQForm"
+    needs_tokens = True
 
     @dataclass
     class Config:
@@ -192,6 +195,11 @@ class DUQHead(RetrievalHead):
             noise.update(self.fusion.draw_dropout(n_text, n_video, generator, like))
         return noise
 
+    def inference_noise(self):
+        shape = (self.config.num_samples, self.embed_dim)
+        return [NoiseSpec("text", "gaussian", 1.0, shape, side="text", axis=0),
+                NoiseSpec("video", "gaussian", 1.0, shape, side="video", axis=0)]
+
     # -- text-independent / text-dependent halves ---------------------------------------------
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
         """frames (N_v, T, D) raw -> X-Pool keys/values and the video Gaussian (mu, log_sigma)."""
@@ -212,9 +220,6 @@ class DUQHead(RetrievalHead):
         scores, u_s, _ = rerank(s, duq_distance(dist), self.config.gamma1, self.config.gamma2,
                                 shifted=self.config.rerank == "shifted")
         return ScoreOutput(scores, u_s)
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames), noise=noise, generator=generator)
 
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
         b = frames.shape[0]

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method, symmetric_infonce
 from probret.train.methods.xpool import draw
 
 
@@ -116,8 +116,9 @@ class ProbabilisticEncoder(nn.Module):
         return mu, self.mlp_var(g + self.attn_var(l, mask)).exp()
 
 
+@register_method("dvtr")
 class DVTRHead(RetrievalHead):
-    name = "dvtr"
+    needs_tokens = True
 
     @dataclass
     class Config:
@@ -162,9 +163,6 @@ class DVTRHead(RetrievalHead):
         ts = self._text_side(text)
         w = wasserstein2_sq(ts["mu"], ts["var"], video["mu"], video["var"])
         return ScoreOutput(ts["text"] @ video["video"].t(), torch.sigmoid(self.eta_logits(w)))
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames))
 
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
         b = frames.shape[0]

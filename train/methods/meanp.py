@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method, symmetric_infonce
 
 
+@register_method("meanp")
 class MeanPHead(RetrievalHead):
-    name = "meanp"
+    export_form = "MeanPForm"
 
     @dataclass
     class Config:
@@ -32,9 +33,6 @@ class MeanPHead(RetrievalHead):
 
     def pair_side(self, text: TextFeatures, video: dict[str, Tensor], *, noise=None, generator=None) -> ScoreOutput:
         return ScoreOutput(l2n(text.sentence) @ video["video"].t())
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames))
 
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
         sims = self.pair_side(text, self.video_side(frames)).scores

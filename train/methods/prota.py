@@ -48,17 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n
-
-
-def w2_diag(mu_a: Tensor, std_a: Tensor, mu_b: Tensor, std_b: Tensor) -> Tensor:
-    """2-Wasserstein distance between N(mu_a, diag std_a^2) and N(mu_b, diag std_b^2), elementwise
-    over leading dims (closed form)."""
-    return ((mu_a - mu_b) ** 2 + (std_a - std_b) ** 2).sum(-1).sqrt()
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method
 
 
 def token_similarity(mu_t: Tensor, std_t: Tensor, mu_v: Tensor, std_v: Tensor) -> Tensor:
-    """Eq. 10 for every text token and frame of every pair: (N_t, L, D), (N_v, T, D) -> (N_t, N_v, L, T)."""
+    """Eq. 10 for every text token and frame of every pair: (N_t, L, D), (N_v, T, D) -> (N_t, N_v, L, T).
+
+    Minus the 2-Wasserstein distance of diagonal Gaussians, sqrt(|mu_a - mu_b|^2 + |std_a - std_b|^2)
+    (closed form), expanded so no (N_t, N_v, L, T, D) tensor is built."""
     def sqdist(x, y):
         return ((x**2).sum(-1)[:, None, :, None] + (y**2).sum(-1)[None, :, None, :]
                 - 2 * torch.einsum("ild,jtd->ijlt", x, y)).clamp_min(0)
@@ -109,8 +106,9 @@ class TokenGaussians(nn.Module):
                 "mu_pool": torch.einsum("nl,nld->nd", w, mu), "var_pool": torch.einsum("nl,nld->nd", w, var)}
 
 
+@register_method("prota")
 class ProTAHead(RetrievalHead):
-    name = "prota"
+    needs_tokens = True
 
     @dataclass
     class Config:
@@ -142,9 +140,6 @@ class ProTAHead(RetrievalHead):
         u_t = (ts["w"][..., None] * ts["var"]).sum(1).mean(-1)
         u_v = (video["w"][..., None] * video["var"]).sum(1).mean(-1)
         return ScoreOutput(self._scores(ts, video), 0.5 * (u_t[:, None] + u_v[None, :]))
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames))
 
     def adaptive_margins(self, ts: dict[str, Tensor], vs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Eq. 14 for aligned pairs (text i, video i): m_t2v, m_v2t (B,), stop-gradient."""

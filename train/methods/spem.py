@@ -70,7 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.base import (NoiseSpec, RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method,
+                                        symmetric_infonce)
 from probret.train.methods.xpool import XPoolFusion, draw, pair_cos
 
 INIT_SLOPE = 2.0  # total weight softplus(A).sum(-1) at initialisation
@@ -137,8 +138,9 @@ def zero_linear(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
+@register_method("spem")
 class SPEMHead(RetrievalHead):
-    name = "spem"
+    export_form = "SPEMForm"
 
     @dataclass
     class Config:
@@ -196,6 +198,13 @@ class SPEMHead(RetrievalHead):
             noise.update(self.fusion.draw_dropout(n_text, n_video, generator, like))
         return noise
 
+    def inference_noise(self):
+        if self.config.inference == "mean":
+            return []
+        shape = (self.config.num_samples, self.embed_dim)
+        return [NoiseSpec("eps_t", "gaussian", 1.0, shape, side="text", axis=1),
+                NoiseSpec("eps_v", "gaussian", 1.0, shape, side="video", axis=1)]
+
     # -- scoring -------------------------------------------------------------------------------
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
         f = l2n(frames)
@@ -216,9 +225,6 @@ class SPEMHead(RetrievalHead):
                             for m in range(eps_t.shape[0])])
         scores = sims.amax(0) if self.config.inference == "best_of_m" else sims.mean(0)
         return ScoreOutput(scores, uncertainty)
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames), noise=noise, generator=generator)
 
     # -- training ------------------------------------------------------------------------------
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None, positives: Tensor | None = None):

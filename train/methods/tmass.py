@@ -46,7 +46,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.base import (NoiseSpec, RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method,
+                                        symmetric_infonce)
 from probret.train.methods.xpool import XPoolFusion, draw, pair_cos
 
 
@@ -66,8 +67,9 @@ def sample_cos(t: Tensor, r: Tensor, eps: Tensor, v: Tensor) -> Tensor:
     return dot / (sq.clamp_min(1e-12).sqrt() * v.norm(dim=-1).clamp_min(1e-6))
 
 
+@register_method("tmass")
 class TMassHead(RetrievalHead):
-    name = "tmass"
+    export_form = "TMassForm"
 
     @dataclass
     class Config:
@@ -117,6 +119,13 @@ class TMassHead(RetrievalHead):
             noise.update(self.fusion.draw_dropout(n_text, n_video, generator, like))
         return noise
 
+    def inference_noise(self):
+        c = self.config
+        if c.inference == "mean":
+            return []
+        scale = 1.0 if c.prior == "uniform" else float(c.prior_std)
+        return [NoiseSpec("eps", c.prior, scale, (c.num_samples, self.embed_dim), side="text", axis=1)]
+
     # -- scoring -------------------------------------------------------------------------------
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
         return {**self.fusion.video_side(frames), "frames": l2n(frames)}
@@ -129,9 +138,6 @@ class TMassHead(RetrievalHead):
             return ScoreOutput(pair_cos(t[:, None], v), r.mean(-1))
         eps = self._noise(noise, t.shape[0], v.shape[1], generator, False)["eps"]
         return ScoreOutput(sample_cos(t, r, eps, v).amax(0), r.mean(-1))
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames), noise=noise, generator=generator)
 
     # -- training ------------------------------------------------------------------------------
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None):

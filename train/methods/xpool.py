@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, symmetric_infonce
+from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, l2n, register_method, symmetric_infonce
 
 
 def draw(kind: str, shape, generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -103,8 +103,9 @@ class XPoolFusion(nn.Module):
         return {"dropout": dropout_mask(self.dropout, (n_text, n_video, self.dim), generator, like)}
 
 
+@register_method("xpool")
 class XPoolHead(RetrievalHead):
-    name = "xpool"
+    export_form = "XPoolForm"
 
     @dataclass
     class Config:
@@ -126,9 +127,6 @@ class XPoolHead(RetrievalHead):
     def pair_side(self, text: TextFeatures, video: dict[str, Tensor], *, noise=None, generator=None) -> ScoreOutput:
         v = self.fusion.pair_side(text.sentence, video)
         return ScoreOutput(pair_cos(text.sentence[:, None], v))
-
-    def score(self, text, frames, *, noise=None, generator=None) -> ScoreOutput:
-        return self.pair_side(text, self.video_side(frames), noise=noise, generator=generator)
 
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
         b = frames.shape[0]

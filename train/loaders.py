@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from probret.engine.errors import VideoDecodeError
+from probret.engine.errors import DataError, VideoDecodeError
 from probret.engine.preprocess import preprocess_frames
 from probret.engine.video import sample_frames
 from probret.train.datasets import RetrievalSplit, VideoRecord
@@ -72,7 +72,7 @@ class TrainPairs(Dataset):
                     warnings.warn(f"skipping undecodable training video: {exc}", stacklevel=2)
                 continue
             return self.split.texts[i], torch.from_numpy(pixels)
-        raise RuntimeError("no video of the training split could be decoded")
+        raise DataError(f"{self.split.name}/{self.split.split}: no video of the training split could be decoded")
 
 
 class EvalVideos(Dataset):

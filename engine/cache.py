@@ -1,0 +1,20 @@
+"""Where probret caches what it derives (exported bundles, zero-shot checkpoints, TensorRT
+engine caches): one rule for every caller.
+
+``$PROBRET_CACHE``, else ``$XDG_CACHE_HOME/probret``, else ``~/.cache/probret``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir"]
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("PROBRET_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "probret"
