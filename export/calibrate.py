@@ -1,4 +1,6 @@
-"""Fit the bundle's confidence calibrator on a validation split (``probret-export --calibrate``).
+"""Fit the bundle's confidence calibrator on a validation split (ExportOptions.calibrate).
+
+A CLI flag for it is not wired yet; the exporter calls ``calibration_for_export`` when the option is set.
 
 The checkpoint scores the split with PyTorch (``train.evaluate``, the same scores the bundle's
 graphs reproduce; export/parity.py checks that they rank the same), and
@@ -32,7 +34,7 @@ def fit_calibration(checkpoint: str | Path, data_root: str | Path, *, dataset: s
     ``model``) and return the fitted calibrator's manifest dict (``Calibrator.to_dict``), with the
     cross-fitted report of every candidate under ``candidates``."""
     if split in REFUSED_SPLITS:
-        raise DataError(f"--calibrate-split {split}: a calibrator is never fitted on the test split; use val")
+        raise DataError(f"calibration split {split!r}: a calibrator is never fitted on the test split; use val")
     from probret.train.checkpoint import load_checkpoint
     from probret.train.datasets import load_split
     from probret.train.evaluate import evaluate
