@@ -100,3 +100,12 @@ def finish(res: dict, t0: float, out: str | Path | None, print_tables, targets=N
     print_tables(res)
     print(f"\nbenchmark took {res['seconds']:.0f} s")
     write_results(res, out)
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags of this CPU that matter to the numbers (machine() has the model)."""
+    try:
+        line = next(ln for ln in open("/proc/cpuinfo") if ln.startswith(("flags", "Features")))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "sse4", "fma", "asimd", "neon")))

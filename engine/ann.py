@@ -20,9 +20,12 @@
   (``shard << 32 | row``: they survive additions and removals of other videos and change only
   when compaction moves rows), all in inner-product metric (the vectors are unit-norm).
 * **Persisted** beside the index shards, in ``INDEX/ann/``: ``index.faiss`` and ``ann.json``
-  (factory, d, count, generation of the index it matches, search parameters), each written to a
-  temporary file and renamed, the json last: a crash leaves the previous pair or a json that
-  does not match (then a rebuild). The folder is a cache: deleting it costs a rebuild.
+  (factory, d, count, the ``build_id`` and generation of the index it matches), each written to
+  a temporary file and renamed, the json last: a crash leaves the previous pair or a json that
+  does not match (then a rebuild). ``--rebuild`` and a model change give the index a new
+  ``build_id`` (and delete these files), so a stale cache is never used: segment keys restart
+  after a rebuild and would otherwise name other vectors. Never read or written through a
+  symlink. The folder is a cache: deleting it costs a rebuild.
 * **Incremental**: on open, the stored keys are compared with the reader's; new segments are
   added (IVF/PQ reuse their trained quantizers, HNSW inserts into its graph), removed ones are
   deleted with ``remove_ids`` (Flat, IVF) or masked at search time (HNSW cannot delete) until
@@ -47,15 +50,16 @@ from typing import Callable
 
 import numpy as np
 
-from probret.engine.errors import IndexError_
+from probret.engine.errors import IndexStoreError
+from probret.engine.index.directory import open_nofollow, real_dir, write_atomic
+from probret.engine.index.schema import ANN_DIR
 
 __all__ = ["choose_factory", "AnnStage", "build_index", "segment_keys", "ANN_DIR", "FLAT_MAX", "HNSW_MAX",
            "set_search_params"]
 
 log = logging.getLogger(__name__)
 
-ANN_DIR = "ann"
-ANN_FORMAT = 1
+ANN_FORMAT = 2  # 2: tied to the index build (build_id)
 FLAT_MAX = 50_000
 HNSW_MAX = 250_000
 DEFAULT_MEMORY_BUDGET = 8 << 30
@@ -67,7 +71,7 @@ def _faiss():
     try:
         import faiss  # noqa: F401
     except ImportError:
-        raise IndexError_("the ANN first stage needs faiss: pip install faiss-cpu (or faiss-gpu)") from None
+        raise IndexStoreError("the ANN first stage needs faiss: pip install 'probret[ann]' (faiss-cpu; or faiss-gpu)") from None
     return faiss
 
 
@@ -103,7 +107,7 @@ def build_index(factory: str, vectors: np.ndarray | None, d: int, *, train_size:
     inner = _factory(d, factory)
     if not inner.is_trained:
         if vectors is None or len(vectors) == 0:
-            raise IndexError_(f"faiss index {factory!r} needs training vectors")
+            raise IndexStoreError(f"faiss index {factory!r} needs training vectors")
         n = len(vectors)
         take = np.sort(np.random.default_rng(seed).choice(n, size=min(n, train_size), replace=False))
         if say:
@@ -117,7 +121,7 @@ def _factory(d: int, factory: str):
     try:
         return faiss.index_factory(int(d), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise IndexError_(f"bad faiss factory string {factory!r}: {str(exc).strip().split(': ')[-1]}") from None
+        raise IndexStoreError(f"bad faiss factory string {factory!r}: {str(exc).strip().split(': ')[-1]}") from None
 
 
 def segment_keys(shard: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -143,7 +147,7 @@ class AnnStage:
         faiss = _faiss()
         say = say or (lambda m: log.info(m))
         if "ann" not in reader.layout:
-            raise IndexError_(f"{reader.root}: the index has no ANN embedding; run with --rebuild")
+            raise IndexStoreError(f"{reader.root}: the index has no ANN embedding; run with --rebuild")
         d = int(reader.layout["ann"]["shape"][0])
         n = reader.num_segments
         live = segment_keys(reader.seg_shard, reader.seg_row)
@@ -151,18 +155,7 @@ class AnnStage:
         keys, positions = live[order], order.astype(np.int64)
         want = factory or choose_factory(n, d, memory_budget=memory_budget)
         folder = Path(directory) if directory is not None else Path(reader.root) / ANN_DIR
-        meta_path, index_path = folder / "ann.json", folder / "index.faiss"
-
-        index, stored = None, None
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("format") == ANN_FORMAT and meta.get("factory") == want and int(meta.get("d", -1)) == d:
-                index = faiss.read_index(str(index_path))
-                stored = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-                if index.ntotal != int(meta.get("ntotal", -1)):
-                    index = None
-        except (OSError, ValueError, RuntimeError, AttributeError):
-            index = None
+        index, stored = _load(folder, want, d, getattr(reader, "build_id", ""))
         changed = True
         if index is not None:
             new = np.setdiff1d(keys, stored, assume_unique=True)
@@ -192,17 +185,8 @@ class AnnStage:
             dead = np.zeros(0, np.int64)
         set_search_params(index, nprobe=nprobe, ef_search=ef_search)
         if persist and changed:
-            try:
-                folder.mkdir(exist_ok=True)
-                tmp = index_path.with_name(f".index.faiss.tmp-{os.getpid()}")
-                faiss.write_index(index, str(tmp))
-                os.replace(tmp, index_path)
-                tmpj = meta_path.with_name(f".ann.json.tmp-{os.getpid()}")
-                tmpj.write_text(json.dumps({"format": ANN_FORMAT, "factory": want, "d": d, "ntotal": int(index.ntotal),
-                                            "generation": int(reader.generation)}))
-                os.replace(tmpj, meta_path)
-            except (OSError, RuntimeError) as exc:  # read-only index: only costs a rebuild next time
-                log.info("cannot save the ANN index in %s: %s", folder, exc)
+            _save(folder, index, {"format": ANN_FORMAT, "factory": want, "d": d, "ntotal": int(index.ntotal),
+                                  "generation": int(reader.generation), "build_id": getattr(reader, "build_id", "")})
         return cls(index, want, keys, positions, np.sort(dead))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +217,41 @@ class AnnStage:
             out_s[i, :m] = scores[i][sel][:m]
             out_p[i, :m] = pos[i][sel][:m]
         return out_s, out_p
+
+
+def _load(folder: Path, factory: str, d: int, build_id: str):
+    """(index, its sorted keys) stored in ``folder`` when it matches this factory, dimension and
+    build of the index (a --rebuild or a model change makes a new build), else (None, None)."""
+    faiss = _faiss()
+    try:
+        if not real_dir(folder, create=False):
+            return None, None
+        meta = json.loads(_read(folder / "ann.json"))
+        if (meta.get("format") != ANN_FORMAT or meta.get("factory") != factory or int(meta.get("d", -1)) != d
+                or meta.get("build_id", "") != build_id):
+            return None, None
+        index = faiss.deserialize_index(np.frombuffer(_read(folder / "index.faiss"), dtype=np.uint8))
+        if index.ntotal != int(meta.get("ntotal", -1)):
+            return None, None
+        return index, np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+    except (OSError, ValueError, RuntimeError, AttributeError, IndexStoreError):
+        return None, None
+
+
+def _read(path: Path) -> bytes:
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as fh:
+        return fh.read()
+
+
+def _save(folder: Path, index, meta: dict) -> None:
+    """The index file, then the json that vouches for it (module docstring), never through a link."""
+    faiss = _faiss()
+    try:
+        real_dir(folder, create=True)
+        write_atomic(folder / "index.faiss", faiss.serialize_index(index).tobytes())
+        write_atomic(folder / "ann.json", json.dumps(meta).encode())
+    except (OSError, RuntimeError, IndexStoreError) as exc:  # read-only index: only costs a rebuild next time
+        log.info("cannot save the ANN index in %s: %s", folder, exc)
 
 
 def _add(index, reader, keys: np.ndarray, positions: np.ndarray, which: np.ndarray, step: int = 65536) -> None:

@@ -103,7 +103,7 @@ class Bundle:
             g = spec.graphs[name]
             graphs[name] = GraphSpec(name, _inside(path, g.file), tuple(g.inputs), tuple(g.outputs),
                                      g.precision or "fp32", _inside(path, g.fp32_file) if g.fp32_file else None)
-        engines = {n: _dump_engine(e) for n, e in (spec.engines or {}).items()}
+        engines = {n: asdict(e) for n, e in (spec.engines or {}).items()}
         return cls(path=path, manifest=spec.to_dict(), graphs=graphs, engines=engines, spec=spec)
 
     # -- convenience views ----------------------------------------------------------------
@@ -174,10 +174,6 @@ class Bundle:
     def engine_path(self, name: str) -> Path | None:
         e = self.engines.get(name)
         return None if e is None else _inside(self.path, e["file"])
-
-
-def _dump_engine(e) -> dict[str, Any]:
-    return asdict(e)
 
 
 def _inside(bundle: Path, rel: str) -> Path:

@@ -9,7 +9,7 @@
   int8 probe verdicts, engine/int8_probe.py): a record of another format or version is treated as
   absent, so an older cache is recomputed, never misread.
 
-The cache directory rule lives in engine/paths.py.
+The cache directory rule lives in engine/cache.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ machine, :func:`int8_verdict` runs the probe through it and compares:
 With every error within the manifest's ``quantization.probe.tolerance`` (:data:`TOLERANCE`, 0.1,
 the export's int8 feature gate) the int8 graph is used; otherwise the runtime opens the fp32 graph
 instead and logs one warning. The verdict is cached as a small JSON per (bundle sha256, CPU
-model and flags, ONNX Runtime version, provider) under ``CACHE/int8-probe/`` (engine/paths.py),
+model and flags, ONNX Runtime version, provider) under ``CACHE/int8-probe/`` (engine/cache.py),
 so later queries pay nothing; a verdict record of another format version is recomputed.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from probret.engine.errors import ModelError
 from probret.engine.fsutil import atomic_write_json, read_versioned_json
-from probret.engine.paths import cache_dir
+from probret.engine.cache import cache_dir
 
 __all__ = ["TOLERANCE", "VERDICT_FORMAT", "VERDICT_VERSION", "cpu_signature", "probe_errors", "int8_verdict",
            "verdict_path"]

@@ -1,11 +1,12 @@
 """Sharded indexes: independently written indexes merged into one, a manifest, compaction.
 
-    python -m probret.engine.shards merge DEST SRC [SRC ...] [--prefix SRC_NAME ...]
-    python -m probret.engine.shards manifest INDEX           # which shard holds which video
-    python -m probret.engine.shards compact INDEX            # rewrite live rows, drop dead space
+    probret shards merge DEST SRC [SRC ...] [--prefix SRC_NAME ...]     (cli/shards_cmd.py)
+    probret shards manifest INDEX           # which shard holds which video
+    probret shards compact INDEX            # rewrite live rows, drop dead space
 
-Built on engine/index.py's writer and reader, with nothing of its own on disk besides
-``INDEX/manifest.json``:
+"Shards" here are whole indexes written independently (one per machine or folder); the files
+inside one index are its shard files (engine/index/layout.py). Built on engine/index's writer
+and reader, with nothing of its own on disk besides ``INDEX/manifest.json``:
 
 * **Shards written independently**: any number of ordinary indexes (one per machine, per
   folder, per Ray job: docs/scaling.md), each with its own single writer and crash safety.
@@ -24,19 +25,16 @@ Built on engine/index.py's writer and reader, with nothing of its own on disk be
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from probret.engine.errors import IndexError_
+from probret.engine.errors import IndexStoreError
 from probret.engine.index import EncodedVideo, FileEntry, IndexReader, IndexSettings, IndexWriter
+from probret.engine.index.directory import write_atomic
 
 __all__ = ["merge_indexes", "shard_manifest", "write_manifest", "compact", "settings_of"]
 
@@ -45,10 +43,7 @@ MANIFEST = "manifest.json"
 
 
 def settings_of(reader: IndexReader) -> IndexSettings:
-    s = reader.settings
-    kw = {f.name: s[f.name] for f in fields(IndexSettings) if f.name in s}
-    kw["mean"], kw["std"] = tuple(kw["mean"]), tuple(kw["std"])
-    return IndexSettings(**kw)
+    return IndexSettings.from_identity(reader.settings)
 
 
 def _key(settings: IndexSettings) -> dict:
@@ -70,13 +65,13 @@ def merge_indexes(dest: str | Path, sources: Sequence[str | Path], *, prefixes: 
         settings = settings_of(readers[0])
         for s, r in zip(sources[1:], readers[1:]):
             if _key(settings_of(r)) != _key(settings):
-                raise IndexError_(f"{s} was built with other settings than {sources[0]} (model, frames, window, ...); "
+                raise IndexStoreError(f"{s} was built with other settings than {sources[0]} (model, frames, window, ...); "
                                   "shards can only be merged when built the same way")
         have = {}
         if (Path(dest) / "index.db").is_file():
             with IndexReader(dest) as d:
                 if _key(settings_of(d)) != _key(settings):
-                    raise IndexError_(f"{dest} holds an index built with other settings; merge into a new directory")
+                    raise IndexStoreError(f"{dest} holds an index built with other settings; merge into a new directory")
                 have = {v.path: (v.size, v.mtime_ns) for v in d.videos}
         counts = {"copied": 0, "skipped": 0, "failed": 0}
         with IndexWriter(dest, settings, model=readers[0].meta.get("model"), say=say) as w:
@@ -137,9 +132,7 @@ def write_manifest(index: str | Path, *, sources: Sequence[str] | None = None) -
         except ValueError:
             sources = None
     m["sources"] = list(sources or [])
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(m, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(m, indent=1) + "\n").encode())
     return m
 
 
@@ -150,34 +143,3 @@ def compact(index: str | Path, *, say: Callable[[str], None] | None = None) -> b
         done = w.compact(force=True)
     write_manifest(index)
     return done
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m probret.engine.shards", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("merge", help="copy source indexes into DEST")
-    m.add_argument("dest")
-    m.add_argument("sources", nargs="+")
-    m.add_argument("--prefix", action="append", default=None, help="path prefix for each source, in order")
-    p = sub.add_parser("manifest", help="print which shard holds which video")
-    p.add_argument("index")
-    c = sub.add_parser("compact", help="rewrite live rows into fresh shards")
-    c.add_argument("index")
-    a = ap.parse_args(argv)
-    say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    try:
-        if a.cmd == "merge":
-            print(json.dumps(merge_indexes(a.dest, a.sources, prefixes=a.prefix, say=say)))
-        elif a.cmd == "manifest":
-            print(json.dumps(write_manifest(a.index), indent=1))
-        else:
-            print(json.dumps({"compacted": compact(a.index, say=say)}))
-    except IndexError_ as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -173,12 +173,19 @@ def test_bad_input_is_one_line_and_an_exit_code(env, tmp_path):
     run(["search", folder, "", "--model", bundle], e, code=2)
     run(["search", folder, "--model", bundle], e, code=2)
     run(["search", folder, "q", "--json", "--paths-only"], e, code=2)
-    bad = tmp_path / "badindex"
-    bad.mkdir()
+    bad = tmp_path / "badindex"  # probret's own index (marked), its database damaged afterwards
+    run(["index", folder, "--model", bundle, "--index", bad, "-q"], e)
+    for name in ("index.db-wal", "index.db-shm"):
+        (bad / name).unlink(missing_ok=True)
     (bad / "index.db").write_bytes(b"garbage" * 500)
     p = run(["search", folder, "a query", "--model", bundle, "--index", bad], e, code=5)
     assert "unreadable" in p.stderr and "--rebuild" in p.stderr
     run(["search", folder, "a query", "--model", bundle, "--index", bad, "--rebuild", "-q"], e)
+    foreign = tmp_path / "foreign"  # a directory that is not probret's: refused, even with --rebuild
+    foreign.mkdir()
+    (foreign / "index.db").write_bytes(b"garbage" * 500)
+    p = run(["search", folder, "a query", "--model", bundle, "--index", foreign, "--rebuild"], e, code=5)
+    assert "not a probret index" in p.stderr and (foreign / "index.db").read_bytes() == b"garbage" * 500
 
 
 def test_long_query_is_cut_with_a_warning(env):

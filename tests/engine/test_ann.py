@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from probret.engine.ann import ANN_DIR, AnnStage, choose_factory  # noqa: E402
-from probret.engine.errors import IndexError_  # noqa: E402
+from probret.engine.errors import IndexStoreError  # noqa: E402
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter  # noqa: E402
 
 D = 16
@@ -95,5 +95,53 @@ def test_hnsw_masks_removed_and_ivfpq_override(tmp_path):
         assert st.index.ntotal == r.num_segments
         _, pos = st.search(q, 100)  # PQ candidates, re-ranked downstream: the exact top 5 is among 100
         assert np.mean([len(set(a[:5]) & set(b)) / 5 for a, b in zip(_exact(r, q, 5), pos)]) >= 0.9
-        with pytest.raises(IndexError_, match="bad faiss factory"):
+        with pytest.raises(IndexStoreError, match="bad faiss factory"):
             AnnStage.open(r, factory="NoSuchIndex", persist=False)
+
+
+def _shifted(i: int, nseg: int = 2) -> EncodedVideo:
+    v = _video(i + 1000, nseg)
+    v.path = f"v{i:05d}.mp4"
+    return v
+
+
+@pytest.mark.parametrize("how", ["rebuild", "model change"])
+def test_rebuild_and_model_change_invalidate_the_cache(tmp_path, how):
+    """After --rebuild or a model change the segment keys restart at (shard 1, row 0) and would
+    name other vectors: the stored ANN index must not be reused (it is tied to the build)."""
+    idx = tmp_path / "idx"
+    with IndexWriter(idx, SETTINGS) as w:
+        w.add([_video(i) for i in range(50)])
+    with IndexReader(idx) as r:
+        AnnStage.open(r)
+    other = SETTINGS if how == "rebuild" else IndexSettings(**{**SETTINGS.__dict__, "bundle_sha256": "b" * 64})
+    with IndexWriter(idx, other, rebuild=how == "rebuild") as w:
+        w.add([_shifted(i) for i in range(50)])  # same paths and keys, other vectors
+    q = _unit(np.random.default_rng(5).standard_normal((6, D)))
+    said = []
+    with IndexReader(idx) as r:
+        st = AnnStage.open(r, say=said.append)
+        assert any("building" in m for m in said)
+        _, pos = st.search(q, 10)
+        np.testing.assert_array_equal(pos, _exact(r, q, 10))
+
+
+def test_ann_files_are_never_written_through_a_symlink(tmp_path):
+    idx = tmp_path / "idx"
+    with IndexWriter(idx, SETTINGS) as w:
+        w.add([_video(i) for i in range(20)])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (idx / ANN_DIR).symlink_to(victim)
+    with IndexReader(idx) as r:
+        st = AnnStage.open(r)  # works, without the cache
+        assert st.index.ntotal == r.num_segments
+    assert list(victim.iterdir()) == []
+    (idx / ANN_DIR).unlink()
+    (idx / ANN_DIR).mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (idx / ANN_DIR / "ann.json").symlink_to(target)
+    with IndexReader(idx) as r:
+        AnnStage.open(r)
+    assert target.read_text() == "keep me"

@@ -151,9 +151,9 @@ FAKE = IndexSettings(bundle_sha256="b" * 64, num_frames=2, image_size=16, mean=(
 
 
 def test_merge_manifest_compact(tmp_path):
-    from probret.engine.errors import IndexError_
+    from probret.engine.errors import IndexStoreError
     from probret.engine.index import FileEntry
-    from probret.engine.shards import compact, main, merge_indexes, write_manifest
+    from probret.engine.shards import compact, merge_indexes, write_manifest
 
     a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
     with IndexWriter(a, FAKE) as w:
@@ -189,9 +189,12 @@ def test_merge_manifest_compact(tmp_path):
         np.testing.assert_array_equal(after[p]["frame_features"], before[p]["frame_features"])
     m = write_manifest(dest)
     assert all(s["rows"] == s["live_rows"] for s in m["shards"].values())
-    assert main(["manifest", str(dest)]) == 0
+    from click.testing import CliRunner
+    from probret.cli.shards_cmd import shards
+    res = CliRunner().invoke(shards, ["manifest", str(dest)])
+    assert res.exit_code == 0 and json.loads(res.output)["shards"] == m["shards"]
     other = tmp_path / "other"
     with IndexWriter(other, IndexSettings(**{**FAKE.__dict__, "window": 10.0})) as w:
         w.add([_fake(20)])
-    with pytest.raises(IndexError_, match="other settings"):
+    with pytest.raises(IndexStoreError, match="other settings"):
         merge_indexes(tmp_path / "m2", [a, other])

@@ -13,8 +13,10 @@ import time
 import numpy as np
 import pytest
 
+from probret.engine import _version
 from probret.engine import index as I
-from probret.engine.errors import DataError, IndexError_
+from probret.engine.index import writer as W
+from probret.engine.errors import DataError, IndexStoreError
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter, scan_folder
 
 SETTINGS = IndexSettings(bundle_sha256="a" * 64, num_frames=4, image_size=32, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
@@ -120,7 +122,7 @@ def test_replacing_a_changed_video_keeps_one_version(tmp_path):
 def test_second_writer_fails_or_waits(tmp_path):
     idx = tmp_path / "idx"
     first = IndexWriter(idx, SETTINGS)
-    with pytest.raises(IndexError_, match=rf"another probret process \(pid {os.getpid()}\).*--wait"):
+    with pytest.raises(IndexStoreError, match=rf"another probret process \(pid {os.getpid()}\).*--wait"):
         IndexWriter(idx, SETTINGS)
     got = []
 
@@ -164,7 +166,7 @@ def test_probret_version_change_rebuilds(tmp_path, monkeypatch):
     idx = tmp_path / "idx"
     with IndexWriter(idx, SETTINGS) as w:
         w.add([video("a.mp4")])
-    monkeypatch.setattr(I, "__version__", "99.0.0")
+    monkeypatch.setattr(_version, "__version__", "99.0.0")
     said = []
     with IndexWriter(idx, SETTINGS, say=said.append) as w:
         assert w.counts()["videos"] == 0
@@ -172,12 +174,16 @@ def test_probret_version_change_rebuilds(tmp_path, monkeypatch):
 
 
 def test_unreadable_index(tmp_path):
+    """probret's own index whose database was damaged: the true reason, and --rebuild repairs it."""
     idx = tmp_path / "idx"
-    idx.mkdir()
+    with IndexWriter(idx, SETTINGS) as w:
+        w.add([video("a.mp4")])
+    for name in ("index.db-wal", "index.db-shm"):
+        (idx / name).unlink(missing_ok=True)
     (idx / "index.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(IndexError_, match="unreadable.*--rebuild"):
+    with pytest.raises(IndexStoreError, match="unreadable.*--rebuild"):
         IndexWriter(idx, SETTINGS)
-    with pytest.raises(IndexError_, match="unreadable"):
+    with pytest.raises(IndexStoreError, match="unreadable"):
         IndexReader(idx)
     said = []
     with IndexWriter(idx, SETTINGS, rebuild=True, say=said.append) as w:
@@ -185,7 +191,7 @@ def test_unreadable_index(tmp_path):
     assert "rebuilding from scratch" in said[0]
     with IndexReader(idx) as r:
         assert len(r.videos) == 1
-    with pytest.raises(IndexError_, match="no index here"):
+    with pytest.raises(IndexStoreError, match="no index here"):
         IndexReader(tmp_path / "nothing")
 
 
@@ -211,15 +217,30 @@ def test_unfinished_append_is_ignored_then_cut(tmp_path):
         assert_stored(r, b)
 
 
-def test_orphan_files_are_removed(tmp_path):
+def test_orphans_probret_made_are_removed_and_foreign_files_kept(tmp_path, monkeypatch):
+    """A writer killed after creating a new shard, before committing it, leaves recorded orphans:
+    the next writer deletes them. A file probret did not create is left alone."""
+    monkeypatch.setattr(W, "SHARD_MAX_BYTES", 4 * 4 * 8)  # one row of frame_features per shard
     idx = tmp_path / "idx"
     with IndexWriter(idx, SETTINGS) as w:
         w.add([video("a.mp4")])
-    orphan = idx / "shards" / "000007.video_x.bin"
-    orphan.write_bytes(b"\0" * 64)
-    with IndexWriter(idx, SETTINGS):
-        pass
-    assert not orphan.exists()
+        monkeypatch.setattr(W.IndexWriter, "_commit_rows", lambda *a: (_ for _ in ()).throw(RuntimeError("kill")))
+        with pytest.raises(RuntimeError):
+            w.add([video("b.mp4", seed=1)])
+    monkeypatch.undo()
+    orphans = sorted(p.name for p in (idx / "shards").iterdir() if p.name.startswith("000002."))
+    assert len(orphans) == 6  # three tensors, .bin and .crc each
+    foreign = idx / "shards" / "000007.video_x.bin"
+    foreign.write_bytes(b"\0" * 64)
+    with IndexWriter(idx, SETTINGS) as w:
+        assert w.counts()["videos"] == 1
+    assert not any((idx / "shards" / n).exists() for n in orphans)
+    assert foreign.read_bytes() == b"\0" * 64
+    with IndexWriter(idx, SETTINGS) as w:  # and a new shard does not collide with the foreign file
+        w.add([video("c.mp4", seed=2)])
+    with IndexReader(idx) as r:
+        assert [v.path for v in r.videos] == ["a.mp4", "c.mp4"] and 7 not in r.shard_rows
+    assert foreign.read_bytes() == b"\0" * 64
 
 
 def test_damaged_shard(tmp_path):
@@ -233,7 +254,7 @@ def test_damaged_shard(tmp_path):
     f = idx / "shards" / "000001.video_x.bin"
     with open(f, "r+b") as fh:
         fh.truncate(f.stat().st_size - 4)
-    with pytest.raises(IndexError_, match="shorter than recorded"):
+    with pytest.raises(IndexStoreError, match="shorter than recorded"):
         with IndexReader(idx) as r:
             r.gather(["video_x"], np.arange(r.num_segments))
     said = []
@@ -246,8 +267,8 @@ def test_damaged_shard(tmp_path):
 
 
 def test_shard_rotation_and_compaction(tmp_path, monkeypatch):
-    monkeypatch.setattr(I, "SHARD_MAX_BYTES", 4 * 4 * 8 * 4)  # 4 rows of frame_features per shard
-    monkeypatch.setattr(I, "COMPACT_MIN_DEAD", 2)
+    monkeypatch.setattr(W, "SHARD_MAX_BYTES", 4 * 4 * 8 * 4)  # 4 rows of frame_features per shard
+    monkeypatch.setattr(W, "COMPACT_MIN_DEAD", 2)
     idx = tmp_path / "idx"
     vids = [video(f"v{i:02d}.mp4", 1 + i % 3, seed=i) for i in range(8)]
     with IndexWriter(idx, SETTINGS) as w:
@@ -288,7 +309,7 @@ def test_layout_mismatch_is_an_index_error(tmp_path):
         w.add([video("a.mp4")])
         bad = video("b.mp4")
         bad.tensors["video_x"] = np.zeros((1, 5, 5), np.float32)
-        with pytest.raises(IndexError_, match="--rebuild"):
+        with pytest.raises(IndexStoreError, match="--rebuild"):
             w.add([bad])
     # the database is untouched by the refused add
     con = sqlite3.connect(idx / "index.db")
@@ -358,7 +379,7 @@ def test_float16_overflow_is_refused(tmp_path):
     v = video("a.mp4")
     v.tensors["video_x"][0, 0, 0] = 1e6  # beyond float16's 65504
     with IndexWriter(tmp_path / "idx", s) as w:
-        with pytest.raises(IndexError_, match="float32 storage"):
+        with pytest.raises(IndexStoreError, match="float32 storage"):
             w.add([video("ok.mp4"), v])
     with IndexReader(tmp_path / "idx") as r:
         assert len(r.videos) == 0  # nothing of the refused batch was committed

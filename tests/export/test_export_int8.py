@@ -112,3 +112,113 @@ def test_int8_pair_sums_cannot_saturate_int16(int8_bundle, tmp_path):
     quantize_dynamic(str(int8_bundle.out / "frame_encoder.onnx"), str(full), op_types_to_quantize=["MatMul", "Gemm"],
                      per_channel=True, weight_type=QuantType.QInt8)
     assert int8_pair_sum_bound(full) > INT16_MAX
+
+
+# --------------------------------------------------------------------------------------------
+# the load-time probe: int8 where it is accurate on this CPU, fp32 where it is not
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _rewrite_probe(bundle, change) -> None:
+    """Alter the stored probe and re-hash it in the manifest, as a bundle whose probe says the
+    int8 graph is wrong would be: the real mechanism, not a CPU flag."""
+    from probret.engine.bundle import sha256_file
+
+    path = bundle / "int8_probe.npz"
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    np.savez(path, **arrays)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"]["int8_probe.npz"] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (bundle / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def _verdict_files(cache):
+    return sorted((cache / "int8-probe").glob("*.json")) if (cache / "int8-probe").is_dir() else []
+
+
+def test_int8_probe_passes_and_is_cached(int8_bundle, _own_cache):
+    from probret.engine.int8_probe import VERDICT_VERSION
+    from probret.engine.runtime import BundleRuntime
+
+    m = json.loads((int8_bundle.out / "manifest.json").read_text())
+    probe = m["quantization"]["probe"]
+    assert probe["file"] == "int8_probe.npz" and probe["tolerance"] == 0.1 and "int8_probe.npz" in m["files"]
+    assert json.loads((int8_bundle.out / "parity.json").read_text())["int8"]["probe"]["passed"]
+    rt = BundleRuntime(int8_bundle.out, device="cpu")
+    rt.encode_text(["a red circle"])
+    size = rt.bundle.preprocessing["image_size"]
+    rt.encode_frames(np.zeros((1, 3, size, size), np.float32))
+    assert rt.precisions == {"text_encoder": "int8", "frame_encoder": "int8"}
+    [record] = _verdict_files(_own_cache)
+    data = json.loads(record.read_text())
+    assert data["format_version"] == VERDICT_VERSION and data["bundle_sha256"] == rt.bundle.sha256
+    assert all(g["ok"] and max(g["errors"].values()) <= 0.1 for g in data["graphs"].values())
+    assert set(data["graphs"]) == {"text_encoder", "frame_encoder"}
+
+
+def test_int8_probe_failure_falls_back_to_fp32_and_warns_once(int8_bundle, tmp_path, _own_cache, caplog):
+    import logging
+    import shutil
+
+    from probret.engine.runtime import BundleRuntime, OrtGraph
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle.out, bundle)
+    _rewrite_probe(bundle, lambda a: a.update({"frame_encoder.frame_features": a["frame_encoder.frame_features"] + 1.0}))
+    size = int8_bundle.manifest["preprocessing"]["image_size"]
+    px = np.random.default_rng(5).standard_normal((3, 3, size, size), dtype=np.float32)
+    with caplog.at_level(logging.WARNING, logger="probret.engine.int8_probe"):
+        for _ in range(2):  # two runtimes in one process: one warning
+            rt = BundleRuntime(bundle, device="cpu")
+            got = rt.encode_frames(px)
+            rt.encode_text(["a red circle"])
+    warnings = [r for r in caplog.records if "not accurate on this CPU" in r.getMessage()]
+    assert len(warnings) == 1 and "frame_encoder" in warnings[0].getMessage()
+    assert rt.precisions == {"frame_encoder": "fp32", "text_encoder": "int8"}  # per graph
+    fp32 = OrtGraph(bundle / "frame_encoder.onnx", ["CPUExecutionProvider"]).run({"pixels": px})["frame_features"]
+    assert np.array_equal(got, fp32)  # the fp32 graph itself, not the int8 one
+    [record] = _verdict_files(_own_cache)
+    verdict = json.loads(record.read_text())["graphs"]
+    assert verdict["frame_encoder"]["ok"] is False and verdict["text_encoder"]["ok"] is True
+
+
+def test_cached_verdict_is_used_and_an_older_one_is_recomputed(int8_bundle, _own_cache):
+    """The verdict costs nothing on the next query: a cached one decides without the probe (a
+    cached 'not ok' sends an intact bundle to fp32); one of another format version is ignored."""
+    from probret.engine.int8_probe import verdict_path
+    from probret.engine.runtime import BundleRuntime
+
+    rt = BundleRuntime(int8_bundle.out, device="cpu")
+    rt.encode_text(["a red circle"])
+    [record] = _verdict_files(_own_cache)
+    assert record == verdict_path(rt.bundle.sha256, "CPUExecutionProvider")
+    data = json.loads(record.read_text())
+    data["graphs"]["text_encoder"]["ok"] = False
+    record.write_text(json.dumps(data))
+    rt = BundleRuntime(int8_bundle.out, device="cpu")
+    rt.encode_text(["a red circle"])
+    assert rt.precisions["text_encoder"] == "fp32"
+    data["format_version"] = 0  # an older probret's record: recomputed, never trusted
+    record.write_text(json.dumps(data))
+    rt = BundleRuntime(int8_bundle.out, device="cpu")
+    rt.encode_text(["a red circle"])
+    assert rt.precisions["text_encoder"] == "int8"
+    assert json.loads(record.read_text())["format_version"] == 1
+
+
+def test_unreadable_probe_is_a_model_error(int8_bundle, tmp_path):
+    import shutil
+
+    from probret.engine.runtime import BundleRuntime
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle.out, bundle)
+    _rewrite_probe(bundle, lambda a: a.pop("text_encoder.input_ids"))
+    with pytest.raises(ModelError, match="int8 probe of text_encoder is unreadable"):
+        BundleRuntime(bundle, device="cpu").encode_text(["a red circle"])
