@@ -46,6 +46,7 @@ from probret.engine.manifest import (FORMAT, FORMAT_VERSION, MANIFEST, EngineEnt
                                      Manifest, NoiseEntry, ParitySummary, Preprocessing, Quantization, Sampling, Source,
                                      TokenizerEntry)
 from probret.engine.runtime import BundleRuntime, draw_noise
+from probret.export.calibrate import calibration_for_export
 from probret.export.forms import create_form, set_num_samples
 from probret.export.graphs import (INT8_GRAPHS, INT8_SCHEME, FrameEncoderGraph, PairGraph, TextEncoderGraph,
                                    VideoSideGraph, export_onnx, onnx_io, quantize_int8)
@@ -78,6 +79,9 @@ class ExportOptions:
     generic: bool = False  # force the head's own video_side/pair_side (GenericForm)
     workspace_gib: float = 4.0
     quantize: str | None = None  # None (fp32) or "int8": int8 text / frame encoders for ONNX Runtime CPU
+    calibrate: str | Path | None = None  # dataset root: fit the confidence calibrator (export/calibrate.py)
+    calibrate_split: str = "val"  # never test (refused)
+    calibrate_dataset: str = "procedural"
 
     @property
     def benchmark_path(self) -> Path | None:
@@ -179,6 +183,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
         manifest.graphs = _export_graphs(tmp, m, o, say)
         manifest.tokenizer.file = _copy_vocabulary(tmp)
         report = _run_gates(tmp, manifest, m, o, trt_info, say)
+        manifest.calibration = calibration_for_export(m.model, m.checkpoint, o, say)
         _finish(tmp, out, manifest, report)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
