@@ -1,6 +1,7 @@
 """Fit the bundle's confidence calibrator on a validation split (ExportOptions.calibrate).
 
-A CLI flag for it is not wired yet; the exporter calls ``calibration_for_export`` when the option is set.
+``probret-export CKPT --out B --calibrate DATA [--calibrate-split val]`` sets it; the exporter calls
+``calibration_for_export`` when the option is set.
 
 The checkpoint scores the split with PyTorch (``train.evaluate``, the same scores the bundle's
 graphs reproduce; export/parity.py checks that they rank the same), and
