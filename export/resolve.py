@@ -40,6 +40,7 @@ from typing import Callable
 from probret.engine.bundle import GRAPHS_REVISION, Bundle, is_bundle, load_bundle, sha256_file
 from probret.engine.cache import cache_dir
 from probret.engine.errors import ModelError
+from probret.engine.fsutil import atomic_write_text
 
 __all__ = ["ResolvedModel", "resolve_model", "is_checkpoint", "demo_checkpoint", "demo_caveat", "DEMO_NAME",
            "SHIPPED_DEMO_BUNDLE", "MODEL_KINDS"]
@@ -132,9 +133,7 @@ def content_digest(path: Path) -> str:
     digest = sha256_file(real)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.tmp-{os.getpid()}")
-        tmp.write_text(digest + "\n")
-        os.replace(tmp, memo)
+        atomic_write_text(memo, digest + "\n")
     except OSError:
         pass  # a read-only cache only costs the hash next time
     return digest

@@ -83,6 +83,7 @@ import numpy as np
 
 from probret.engine.errors import DataError
 from probret.engine.index import VIDEO_EXTENSIONS as ENGINE_VIDEO_EXTENSIONS
+from probret.engine.fsutil import atomic_write_text
 
 __all__ = [
     "DATASETS",
@@ -713,9 +714,7 @@ def convert_msvd_pickle(pkl_path: str | Path, json_path: str | Path | None = Non
     if isinstance(data, dict):
         data = {k.decode("utf-8") if isinstance(k, bytes) else k: v for k, v in data.items()}
     captions = _caption_dict(pkl_path, data)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(captions, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(captions, ensure_ascii=False, indent=1) + "\n")
     return out
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 from probret.engine._version import __version__ as PROBRET_VERSION
 from probret.engine.errors import DataError
+from probret.engine.fsutil import atomic_write_bytes
 
 from .captions import eval_caption
 from .specs import VideoSpec
@@ -30,9 +30,7 @@ def _json_bytes(obj) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> int:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return len(data)
 
 
