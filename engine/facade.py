@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from probret.engine.bundle import Bundle, load_bundle
-from probret.engine.errors import DataError, IndexError_, UsageError
+from probret.engine.errors import DataError, IndexStoreError, UsageError
 from probret.engine.options import IndexOptions, SearchOptions
 from probret.engine.results import (CaptionHit, CaptionResult, Hit, Moment, SearchResult, SkippedFile,
                                     UpdateReport, fs_path)
@@ -138,11 +138,11 @@ class VideoFolder:
     def check_searchable(self) -> None:
         """For ``update=False``: the index exists and matches this model and the settings asked for."""
         if self._header is None:
-            raise IndexError_(f"{self.index_dir}: no index here; run `probret index {self.folder}` (or search "
+            raise IndexStoreError(f"{self.index_dir}: no index here; run `probret index {self.folder}` (or search "
                               "without --no-update)")
         stored = self._stored()
         if stored.get("bundle_sha256") != self.bundle.sha256:
-            raise IndexError_(f"{self.index_dir} was built with another model "
+            raise IndexStoreError(f"{self.index_dir} was built with another model "
                               f"({(self._header.get('model') or {}).get('description')}); search without --no-update "
                               "to rebuild it for this model")
         asked = {"--window": (self.options.window, stored.get("window")),

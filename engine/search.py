@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from probret.engine.errors import DataError, IndexError_
+from probret.engine.errors import DataError, IndexStoreError
 from probret.engine.index import IndexReader
 
 __all__ = ["Hit", "QueryResult", "CaptionHit", "Searcher", "ANN_AUTO_VIDEOS", "faiss_available",
@@ -139,7 +139,7 @@ def faiss_available() -> bool:
 
 def _require_faiss() -> None:
     if not faiss_available():
-        raise IndexError_("--ann needs faiss: pip install faiss-cpu (or faiss-gpu); without --ann every video is "
+        raise IndexStoreError("--ann needs faiss: pip install faiss-cpu (or faiss-gpu); without --ann every video is "
                           "scored exactly")
 
 
@@ -205,7 +205,7 @@ class Searcher:
         self.video_names = [n for n in runtime.bundle.video_outputs]
         missing = [n for n in self.video_names if n not in reader.layout] if reader.num_segments else []
         if missing:
-            raise IndexError_(f"{reader.root}: the index lacks {missing} that this model's pair graph needs; it was "
+            raise IndexStoreError(f"{reader.root}: the index lacks {missing} that this model's pair graph needs; it was "
                               "built with another model: run `probret index` with this model (or --rebuild)")
         self._ann = None
 

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from probret.engine import (DataError, Hit, IndexError_, Moment, SearchResult, UpdateReport, UsageError, load_bundle,
+from probret.engine import (DataError, Hit, IndexStoreError, Moment, SearchResult, UpdateReport, UsageError, load_bundle,
                             open_folder)
 from probret.export.resolve import SHIPPED_DEMO_BUNDLE
 
@@ -79,7 +79,7 @@ def test_no_update_walks_nothing(folder, bundle, tmp_path, monkeypatch):
     assert walks.calls == 0
     with pytest.raises(UsageError, match="--window"):
         open_folder(videos, bundle=bundle, index=tmp_path / "idx", update=False, window=5)
-    with pytest.raises(IndexError_, match="no index here"):
+    with pytest.raises(IndexStoreError, match="no index here"):
         open_folder(videos, bundle=bundle, index=tmp_path / "none", update=False)
 
 
