@@ -17,7 +17,9 @@ module; they do not wire the index, pipeline and searcher themselves. What it co
 Settings that define an index (segment window, storage dtype, resize mode): ``None`` means the
 setting the index already stores, else the default (:data:`DEFAULT_WINDOW`, :data:`DEFAULT_DTYPE`,
 ``"auto"``); an explicit different value rebuilds the index, which is said on the notes logger.
-With ``update=False`` the folder is never walked and no lock is taken; a setting that differs
+An update plans first without the writer's lock (engine/index's ``plan_update``); a search
+with nothing to index then opens only a reader (see :meth:`VideoFolder.update`). With
+``update=False`` the folder is never walked and no lock is taken; a setting that differs
 from the stored one is then a usage error rather than a silent mismatch.
 
 User-facing notes (what is being indexed, a rebuild, a one-time export) go to the
@@ -189,7 +191,7 @@ class VideoFolder:
     # -- updating ------------------------------------------------------------------------------
     def update(self, progress: bool | None = None, *, rebuild: bool = False,
                ray_address: str | None = None, write: bool = False) -> UpdateReport:
-        """Index new and changed files, drop removed ones (one walk of the folder). ``ray_address``:
+        """Index new and changed files, drop removed ones. ``ray_address``:
         run on a Ray cluster (engine/distributed.py; "" = the default cluster).
 
         The walk is planned first without the writer's lock (``plan_update``): when there is
