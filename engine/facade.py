@@ -146,8 +146,8 @@ class VideoFolder:
         stored = self._stored()
         if stored.get("bundle_sha256") != self.bundle.sha256:
             raise IndexStoreError(f"{self.index_dir} was built with another model "
-                              f"({(self._header.get('model') or {}).get('description')}); search without --no-update "
-                              "to rebuild it for this model")
+                                  f"({(self._header.get('model') or {}).get('description')}); search without "
+                                  "--no-update to rebuild it for this model")
         asked = {"--window": (self.options.window, stored.get("window")),
                  "--half/--full": (self.options.dtype, stored.get("dtype")),
                  "--resize": (self.options.resize, stored.get("resize"))}
@@ -171,7 +171,7 @@ class VideoFolder:
                                       "made, or search without --index")
             IndexReader(root).close()  # raises the true reason
         raise IndexStoreError(f"{self.index_dir}: no index here; run `probret index {self.folder}` (or search "
-                              "without --no-update)")
+                                  "without --no-update)")
 
     # -- the runtime ---------------------------------------------------------------------------
     @property

@@ -140,7 +140,7 @@ def faiss_available() -> bool:
 def _require_faiss() -> None:
     if not faiss_available():
         raise IndexStoreError("--ann needs faiss: pip install faiss-cpu (or faiss-gpu); without --ann every video is "
-                          "scored exactly")
+                              "scored exactly")
 
 
 @dataclass
@@ -206,7 +206,7 @@ class Searcher:
         missing = [n for n in self.video_names if n not in reader.layout] if reader.num_segments else []
         if missing:
             raise IndexStoreError(f"{reader.root}: the index lacks {missing} that this model's pair graph needs; it was "
-                              "built with another model: run `probret index` with this model (or --rebuild)")
+                                  "built with another model: run `probret index` with this model (or --rebuild)")
         self._ann = None
 
     # -- text ------------------------------------------------------------------------------------
