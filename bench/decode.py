@@ -31,7 +31,7 @@ import numpy as np
 
 from probret.engine import video as video_mod
 from probret.engine.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
-from probret.engine.video import _sample, sample_frames
+from probret.engine.video import THREAD_TYPES, _sample, sample_frames
 
 W, H, FPS = 320, 240, 30
 
@@ -106,16 +106,8 @@ def seek_overhead_frames(row: dict) -> float:
 
 
 def bench_threads(path: Path, num_frames: int, repeats: int) -> dict:
-    def run(tt: str, decode: str):
-        video_mod._THREAD_TYPE = tt
-        try:
-            return _sample(path, num_frames, decode=decode)
-        finally:
-            video_mod._THREAD_TYPE = saved
-
-    saved = video_mod._THREAD_TYPE
-    fns = {(tt, d): (lambda tt=tt, d=d: run(tt, d))
-           for tt in ("AUTO", "SLICE", "FRAME", "NONE") for d in ("linear", "seek")}
+    fns = {(tt, d): (lambda tt=tt, d=d: _sample(path, num_frames, decode=d, thread_type=tt))
+           for tt in THREAD_TYPES for d in ("linear", "seek")}
     out: dict = {}
     for (tt, d), (dt, _) in timed_interleaved(fns, repeats).items():
         out.setdefault(tt, {})[d] = dt * 1000

@@ -459,7 +459,7 @@ def _decode_cpu_pre(path: str):
     from probret.engine.video import sample_frames
 
     t = time.perf_counter()
-    s = sample_frames(path, 12, decode="auto")
+    s = sample_frames(path, 12, decode="auto", thread_type=_WORKER_THREADS)
     t1 = time.perf_counter()
     x = preprocess_frames(s.frames, size=224).astype(np.float16)
     return x, t1 - t, time.perf_counter() - t1
@@ -469,17 +469,20 @@ def _decode_only(path: str):
     from probret.engine.video import sample_frames
 
     t = time.perf_counter()
-    s = sample_frames(path, 12, decode="auto")
+    s = sample_frames(path, 12, decode="auto", thread_type=_WORKER_THREADS)
     return s.frames, time.perf_counter() - t, 0.0
+
+
+#: FFmpeg's decoder threading in this worker process (``_worker_init``), passed to every decode.
+_WORKER_THREADS = "AUTO"
 
 
 def _worker_init(threading: str) -> None:
     """FFmpeg's decoder threads per worker process: "AUTO" (slice + frame threads, one per core:
     with one worker per core that is cores^2 threads) or "NONE" (one thread per worker)."""
-    from probret.engine import video
-
+    global _WORKER_THREADS
     if threading:
-        video._THREAD_TYPE = threading
+        _WORKER_THREADS = threading
 
 
 def _decode_cuvid(path: str):
@@ -507,7 +510,7 @@ def _decode_linear(path: str):
     from probret.engine.video import sample_frames
 
     t = time.perf_counter()
-    s = sample_frames(path, 12, decode="linear")
+    s = sample_frames(path, 12, decode="linear", thread_type=_WORKER_THREADS)
     return s.frames, time.perf_counter() - t, 0.0
 
 

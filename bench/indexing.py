@@ -97,18 +97,13 @@ def decode_alone(files: list[Path], settings, T: int, size: int) -> dict:
         dec = _since(t)
         # the previous decode: probe, then one sample_frames per segment, frame + slice threads,
         # every frame decoded
-        saved = video_mod._SKIP_FRAMES
-        video_mod._SKIP_FRAMES = False
-        try:
-            t = _clock()
-            video_mod.probe_video(f)
-            before_frames = 0
-            for s, e in _windows(info, segs):
-                sf, st = video_mod._sample(f, T, start=s, end=e, size=rs)
-                before_frames += st.frames_decoded
-            bef = _since(t)
-        finally:
-            video_mod._SKIP_FRAMES = saved
+        t = _clock()
+        video_mod.probe_video(f)
+        before_frames = 0
+        for s, e in _windows(info, segs):
+            sf, st = video_mod._sample(f, T, start=s, end=e, size=rs, skip_nonref=False)
+            before_frames += st.frames_decoded
+        bef = _since(t)
         frames = np.concatenate([x.frames for x in sampled])
         t = _clock()
         px = preprocess_frames(frames, size=size, mean=settings.mean, std=settings.std)

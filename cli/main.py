@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "index": ("probret.cli.search_cmd:index", "Index a folder of videos."),
     "search": ("probret.cli.search_cmd:search", "Rank the videos of a folder for text queries."),
     "demo": ("probret.cli.demo_cmd:demo", "Run the end-to-end demo on a procedural world."),
+    "serve": ("probret.cli.serve_cmd:serve", "Serve a search page and JSON API for a folder (needs probret[serve])."),
     "shards": ("probret.cli.shards_cmd:shards", "Merge, describe and compact indexes written independently."),
     "data": ("probret.cli.data_cmd:data", "Dataset utilities: check a layout, convert MSVD's caption pickle."),
     "demo-model": ("probret.cli.demo_model_cmd:demo_model", "Rebuild the shipped demo model (make demo-model)."),

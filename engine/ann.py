@@ -71,7 +71,7 @@ def _faiss():
     try:
         import faiss  # noqa: F401
     except ImportError:
-        raise IndexStoreError("the ANN first stage needs faiss: pip install faiss-cpu (or faiss-gpu)") from None
+        raise IndexStoreError("the ANN first stage needs faiss: pip install 'probret[ann]' (faiss-cpu; or faiss-gpu)") from None
     return faiss
 
 

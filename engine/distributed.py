@@ -6,18 +6,20 @@ The same work as :func:`probret.engine.pipeline.update_index`, run as a Ray Data
 
 1. The driver scans the folder against the index (``IndexWriter.scan``): only new and changed
    files are sent to the cluster, removed ones are dropped from the index first.
-2. ``flat_map`` on CPU tasks: each task probes one video, plans its segments
-   (:func:`~probret.engine.pipeline.plan_segments`, the index's window) and decodes and
-   preprocesses them (:func:`~probret.engine.pipeline.decode_segments`), emitting one row per
-   segment (pixels float32 (T', 3, S, S)). A file that fails yields a single row carrying the
-   reason instead.
+2. ``flat_map`` on CPU tasks: each task probes one video, plans its segments and decodes and
+   preprocesses them from that one open (:class:`~probret.engine.pipeline.DecodeSpec`, the same
+   spec as the single-process pipeline), emitting one row per segment (pixels float32
+   (T', 3, S, S)). A file that fails yields a single row carrying the reason instead.
 3. ``map_batches`` on a pool of actors, each holding a :class:`~probret.engine.runtime.BundleRuntime`
    (ONNX Runtime / TensorRT sessions opened once per actor, on a GPU when the actor asks for one):
    batches of ``batch_segments`` segments through the frame encoder and the video-side graph,
-   plus the ANN embedding: exactly :func:`~probret.engine.pipeline.encode_segments`.
+   plus the ANN embedding: exactly :func:`~probret.engine.pipeline.encode_segments`, with its
+   checks: a model that fails is a ``ModelError`` that stops the run, no video is failed.
 4. The driver streams the encoded segments back (``iter_batches``), reassembles videos and
-   commits every finished video to the one index (the single writer of engine/index.py, with its
-   crash safety): the result is an ordinary index that ``probret search`` reads, equal to the
+   commits every finished video to the one index with the pipeline's own
+   :class:`~probret.engine.pipeline.PartialVideo` and
+   :class:`~probret.engine.pipeline.SegmentAssembler` (the single writer of engine/index.py, with
+   its crash safety): the result is an ordinary index that ``probret search`` reads, equal to the
    single-process one. A re-run (after a crash, a Ctrl-C or a lost node) skips every video whose
    commit returned, because the scan sees them as unchanged.
 
@@ -36,9 +38,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from probret.engine.errors import DataError, VideoDecodeError
-from probret.engine.index import EncodedVideo, FileEntry, IndexWriter, ScanResult
-from probret.engine.pipeline import IndexReport, PipelineOptions, begin_update
+from probret.engine.errors import DataError, ModelError, VideoDecodeError
+from probret.engine.index import FileEntry, IndexWriter, ScanResult
+from probret.engine.pipeline import (DecodeSpec, IndexReport, PartialVideo, PipelineOptions, SegmentAssembler,
+                                     begin_update)
 
 __all__ = ["ray_available", "init_ray", "update_index_ray"]
 
@@ -73,14 +76,14 @@ def init_ray(address: str | None = None, **kwargs) -> None:
 class _Decode:
     """flat_map: one file row -> one row per decoded segment (or one error row)."""
 
-    def __init__(self, folder: str, num_frames: int, image_size: int, mean, std, window: float, resize: str):
-        self.folder, self.T, self.size = folder, int(num_frames), int(image_size)
-        self.mean, self.std, self.window, self.resize = tuple(mean), tuple(std), float(window), resize
+    def __init__(self, folder: str, spec: DecodeSpec):
+        self.folder, self.spec = folder, spec
 
     def _error_row(self, item: dict, reason: str) -> dict:
+        T, S = self.spec.num_frames, self.spec.image_size
         return {**self._video(item, None, 0), "seg": 0, "start": 0.0, "stop": 0.0,
-                "timestamps": np.zeros(self.T, np.float64),
-                "pixels": np.zeros((self.T, 3, self.size, self.size), np.float32), "error": reason, "decode_s": 0.0}
+                "timestamps": np.zeros(T, np.float64), "pixels": np.zeros((T, 3, S, S), np.float32), "error": reason,
+                "decode_s": 0.0}
 
     @staticmethod
     def _video(item: dict, info, nseg: int) -> dict:
@@ -89,23 +92,19 @@ class _Decode:
                 "width": int(info.width) if info else 0, "height": int(info.height) if info else 0}
 
     def __call__(self, item: dict) -> list[dict]:
-        from probret.engine.pipeline import decode_windows
-
         path = os.path.join(self.folder, item["path"])
         t0 = time.perf_counter()
         try:
-            # one decode task per CPU (num_cpus=1): no FFmpeg threads inside it (decode_segments)
-            d = decode_windows(path, self.window, num_frames=self.T, image_size=self.size, mean=self.mean,
-                               std=self.std, resize=self.resize, thread_type="NONE")
-            info, segments, pixels, ts = d.info, d.segments, d.pixels, d.timestamps
+            d = self.spec.decode(path)  # one decode task per CPU (num_cpus=1): spec.thread_type "NONE"
         except VideoDecodeError as exc:
             return [self._error_row(item, exc.reason)]
         except Exception as exc:  # noqa: BLE001 - a bad file must not stop the cluster
             return [self._error_row(item, f"{type(exc).__name__}: {exc}")]
-        head = self._video(item, info, len(segments))
-        per = (time.perf_counter() - t0) / len(segments)
-        return [{**head, "seg": k, "start": float(s), "stop": float(e), "timestamps": ts[k].astype(np.float64),
-                 "pixels": pixels[k], "error": "", "decode_s": per} for k, (s, e) in enumerate(segments)]
+        head = self._video(item, d.info, len(d.segments))
+        per = (time.perf_counter() - t0) / len(d.segments)
+        return [{**head, "seg": k, "start": float(s), "stop": float(e), "pixels": d.pixels[k], "error": "",
+                 "timestamps": d.timestamps[k].astype(np.float64), "decode_s": per}
+                for k, (s, e) in enumerate(d.segments)]
 
 
 class _Encoder:
@@ -170,75 +169,73 @@ def _run(folder: Path, runtime, writer: IndexWriter, o: PipelineOptions, todo: l
          report: IndexReport, stages: dict[str, float], say, *, encoders, encoder_gpus, device) -> None:
     import ray
 
-    b = runtime.bundle
-    pre = b.preprocessing
-    size = pre["image_size"] if isinstance(pre["image_size"], int) else int(pre["image_size"][0])
-    batch = max(1, int(o.batch_segments))
-    res = ray.cluster_resources()
+    spec = DecodeSpec.for_index(runtime.bundle, writer.settings, thread_type="NONE")
     dev = device or getattr(runtime, "device", "cpu")
+    encoders, encoder_gpus = _actor_pool(ray.cluster_resources(), dev, encoders, encoder_gpus)
+    res = ray.cluster_resources()
+    say(f"ray: {len(todo)} video(s) on {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s); "
+        f"{encoders} encoder actor(s) on {dev}")
+    items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in todo]
+    ray.data.DataContext.get_current().enable_progress_bars = bool(o.progress)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 8192)))  # ~1 video a decode task
+    ds = ds.flat_map(_Decode(str(folder), spec), num_cpus=1)
+    ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"bundle": str(runtime.bundle.path), "device": dev},
+                        batch_size=max(1, int(o.batch_segments)), batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=encoders),
+                        num_cpus=0 if encoder_gpus else 1, num_gpus=encoder_gpus or None)
+
+    def timed(stage: str, seconds: float) -> None:
+        stages[stage] = stages.get(stage, 0.0) + seconds
+
+    assembler = SegmentAssembler(writer, report, changed, timed=timed)
+    partial = _collect_rows(ds, {e.path: e for e in todo}, spec.num_frames, assembler, timed)
+    if partial:  # cannot happen unless a task lost rows; they are re-encoded by the next run
+        say(f"warning: {len(partial)} video(s) came back incomplete and were not indexed: {sorted(partial)[:3]}")
+
+
+def _actor_pool(res: dict, dev: str, encoders: int | None, encoder_gpus: float | None) -> tuple[int, float]:
+    """(encoder actors, GPUs each): the defaults of :func:`update_index_ray`'s docstring."""
     if encoder_gpus is None:
         encoder_gpus = 1.0 if res.get("GPU", 0) > 0 and dev != "cpu" else 0.0
     if encoders is None:
         if encoder_gpus:
-            encoders = max(1, int(ray.cluster_resources().get("GPU", 1) // encoder_gpus))
+            encoders = max(1, int(res.get("GPU", 1) // encoder_gpus))
         else:
-            encoders = max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
-    say(f"ray: {len(todo)} video(s) on {ray.cluster_resources().get('CPU', 0):g} CPU(s), "
-        f"{ray.cluster_resources().get('GPU', 0):g} GPU(s); {encoders} encoder actor(s) on {dev}")
-    entries = {e.path: e for e in todo}
-    items = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for e in todo]
-    ray.data.DataContext.get_current().enable_progress_bars = bool(o.progress)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 8192)))  # ~1 video a decode task
-    ds = ds.flat_map(_Decode(str(folder), b.num_frames, size, pre["mean"], pre["std"], float(writer.settings.window),
-                             writer.settings.resize), num_cpus=1)
-    ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"bundle": str(b.path), "device": dev},
-                        batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=encoders),
-                        num_cpus=0 if encoder_gpus else 1, num_gpus=encoder_gpus or None)
+            encoders = max(1, int(res.get("CPU", 2)) // 2)
+    return encoders, encoder_gpus
 
-    partial: dict[str, dict[str, Any]] = {}
-    done: list[EncodedVideo] = []
 
-    def commit() -> None:
-        if not done:
-            return
-        t = time.perf_counter()
-        writer.add(done)
-        stages["write"] += time.perf_counter() - t
-        report.count_written(done, changed)
-        done.clear()
-
-    for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        names = [k[2:] for k in rows if k.startswith("t:")]
-        stages["encode"] += float(np.sum(rows["encode_s"]))
-        stages["decode"] += float(np.sum(rows["decode_s"]))
-        for i in range(len(rows["path"])):
-            path = str(rows["path"][i])
-            err = str(rows["error"][i])
-            if err:
-                writer.add_failed(entries[path], err)
-                report.failed.append((path, err))
-                continue
-            nseg = int(rows["nseg"][i])
-            p = partial.get(path)
-            if p is None:
-                p = partial[path] = {"n": 0, "segments": [None] * nseg, "ts": np.zeros((nseg, b.num_frames)),
-                                     "t": {nm: np.empty((nseg, *rows[f"t:{nm}"].shape[1:]), np.float32) for nm in names},
-                                     "row": {k: rows[k][i] for k in ("size", "mtime_ns", "duration", "fps", "width",
-                                                                      "height")}}
-            k = int(rows["seg"][i])
-            p["segments"][k] = (float(rows["start"][i]), float(rows["stop"][i]))
-            p["ts"][k] = rows["timestamps"][i]
-            for nm in names:
-                p["t"][nm][k] = rows[f"t:{nm}"][i]
-            p["n"] += 1
-            report.encoded_segments += 1
-            if p["n"] == nseg:
-                r = partial.pop(path)["row"]
-                done.append(EncodedVideo(path=path, size=int(r["size"]), mtime_ns=int(r["mtime_ns"]),
-                                         duration=float(r["duration"]), fps=float(r["fps"]), width=int(r["width"]),
-                                         height=int(r["height"]), segments=p["segments"], timestamps=p["ts"],
-                                         tensors=p["t"]))
-        commit()
-    commit()
-    if partial:  # cannot happen unless a task lost rows; they are re-encoded by the next run
-        say(f"warning: {len(partial)} video(s) came back incomplete and were not indexed: {sorted(partial)[:3]}")
+def _collect_rows(ds, entries: dict[str, FileEntry], num_frames: int, assembler: SegmentAssembler,
+                  timed) -> dict[str, PartialVideo]:
+    """Stream the encoded rows back and assemble them into committed videos (a batch's finished
+    videos commit together); returns the videos left incomplete. A model failure inside an actor
+    comes back as the :class:`ModelError` it was."""
+    partial: dict[str, PartialVideo] = {}
+    try:
+        for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            names = [k[2:] for k in rows if k.startswith("t:")]
+            timed("encode", float(np.sum(rows["encode_s"])))
+            timed("decode", float(np.sum(rows["decode_s"])))
+            for i in range(len(rows["path"])):
+                path, err = str(rows["path"][i]), str(rows["error"][i])
+                if err:
+                    assembler.fail(entries[path], err)
+                    continue
+                video = partial.get(path)
+                if video is None:
+                    nseg = int(rows["nseg"][i])
+                    video = partial[path] = PartialVideo(
+                        entries[path], float(rows["duration"][i]), float(rows["fps"][i]), int(rows["width"][i]),
+                        int(rows["height"][i]), [(0.0, 0.0)] * nseg, np.zeros((nseg, num_frames), np.float64))
+                k = int(rows["seg"][i])
+                video.segments[k] = (float(rows["start"][i]), float(rows["stop"][i]))
+                if assembler.put(video, k, {nm: rows[f"t:{nm}"][i:i + 1] for nm in names}, rows["timestamps"][i:i + 1]):
+                    del partial[path]
+            assembler.commit()
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the actor's exception
+        if isinstance(cause, ModelError) or isinstance(exc, ModelError):
+            raise ModelError(str(cause if isinstance(cause, ModelError) else exc)) from None
+        raise
+    assembler.commit()
+    return partial

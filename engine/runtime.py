@@ -18,6 +18,14 @@ Devices (``device=``):
 The provider each graph actually runs on is logged (logger ``probret.engine.runtime``) and kept in
 ``BundleRuntime.providers``.
 
+Builds: ``onnxruntime`` (CPU, the core install) and ``onnxruntime-gpu`` (``probret[gpu]``) are two
+packages that ship the same ``onnxruntime`` module, so ``pip install 'probret[gpu]'`` installs both
+and the files of whichever pip wrote last are imported (measured with pip 23.2: the CPU build's,
+leaving only CPUExecutionProvider); uninstalling either one then deletes files the other needs.
+``ort_build()`` names the active build and what is installed; ``provider_chain`` logs it, warns
+when a visible GPU is idle because the CPU build shadows onnxruntime-gpu, and its errors give the
+repair (docs/install.md).
+
 Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_search.md):
 
 * ``threads``: ONNX Runtime intra-op threads of the encoder and video-side sessions (None: ORT's
@@ -31,6 +39,12 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   one run at a time on a 2-thread session; the pair graph is ~160 small operators per run, and
   every one of them pays a thread-pool hand-off when the session has 2 threads. GPU providers
   and TensorRT engines always run one tile at a time;
+* ``graph_cache``: on the CPU provider, ORT's optimised form of each graph is written once to
+  CACHE/ort-optimized/ (or the folder given), keyed by the graph's sha256, the ONNX Runtime
+  version and the CPU's model and flags, and later sessions load it with graph optimisation off:
+  creating the demo model's text session measured 0.064 -> 0.028-0.056 s CPU and its pair
+  session 0.036-0.051 -> 0.020-0.023 s (bench/cli_latency.py, docs/benchmarks.md). ``False`` turns it off. Outputs are the same: the cached file is the
+  graph ORT would have run anyway (tests/engine/test_runtime.py checks equality);
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
   default, spinning on). Turning it off measured slower for the pair graph on a quiet machine
   (102.8 ms against 93.8 ms above); it frees a core sooner on a machine shared with other work.
@@ -46,7 +60,6 @@ and videos are batched. The export's PyTorch reference uses exactly these number
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +71,8 @@ import numpy as np
 from probret.engine.bundle import Bundle, load_bundle
 from probret.engine.errors import ModelError
 
-__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise",
-           "provider_chain", "tensorrt_status", "open_runtime"]
+__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise", "ort_build",
+           "optimized_graph_path", "provider_chain", "tensorrt_status", "open_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +89,8 @@ _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "
 def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarray]:
     """The noise banks of a pair graph: {input name: float32 array}, drawn in ``specs`` order from
     one ``np.random.Generator(np.random.PCG64(seed))`` (module docstring)."""
+    if not specs:
+        return {}  # no numpy.random import (~40 ms) for bundles without noise inputs
     rng = np.random.Generator(np.random.PCG64(int(seed)))
     out = {}
     for spec in specs:
@@ -115,8 +130,12 @@ def cuda_device_count() -> int:
     if _cuda_count is not None:
         return _cuda_count
     count = 0
-    names = ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda"), "nvcuda.dll"]
-    for name in [n for n in names if n]:
+    # find_library runs ldconfig (~40 ms): only when the usual names are not loadable
+    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", lambda: _find_library("cuda")]
+    for name in names:
+        name = name() if callable(name) else name
+        if not name:
+            continue
         try:
             lib = ctypes.CDLL(name)
         except OSError:
@@ -165,7 +184,55 @@ def _ort():
         import onnxruntime as ort
     except ImportError as exc:
         raise ModelError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu)") from exc
+    if not hasattr(ort, "InferenceSession"):  # the other build's uninstall removed the shared files
+        raise ModelError(f"the onnxruntime module is broken ({_ORT_COEXIST_FIX})")
     return ort
+
+
+#: The repair when onnxruntime and onnxruntime-gpu are both installed (docs/install.md): they ship
+#: the same ``onnxruntime`` module, so the files of the one installed last are the ones imported,
+#: and uninstalling either deletes files the other needs.
+_ORT_COEXIST_FIX = ("to run on the GPU: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu; "
+                    "for the CPU build only: pip uninstall -y onnxruntime-gpu onnxruntime && pip install onnxruntime")
+
+
+def ort_build() -> dict[str, Any]:
+    """Which ONNX Runtime is active: ``{"version", "device" ("CPU"/"GPU"), "providers",
+    "distributions" (installed onnxruntime* packages), "description"}``. Both ``onnxruntime`` and
+    ``onnxruntime-gpu`` can be installed at once; ``device`` and ``providers`` say whose files won."""
+    from importlib import metadata
+
+    ort = _ort()
+    dists = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            dists.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    providers = list(ort.get_available_providers())
+    device = "GPU" if "CUDAExecutionProvider" in providers else "CPU"
+    description = (f"onnxruntime {ort.__version__} ({device} build; providers {', '.join(providers)}; "
+                   f"installed: {', '.join(dists) or 'unknown'})")
+    return {"version": ort.__version__, "device": device, "providers": providers, "distributions": dists,
+            "description": description}
+
+
+def _report_build(device: str, gpu: bool) -> None:
+    """Log the active build; warn when a GPU is idle because the CPU build shadows onnxruntime-gpu.
+    Without a GPU only the version and providers are logged: reading the installed packages'
+    metadata costs ~40 ms, which a CPU-only search does not need to pay."""
+    if not gpu:
+        if log.isEnabledFor(logging.INFO):
+            ort = _ort()
+            log.info("ONNX Runtime: onnxruntime %s (providers %s; no CUDA GPU visible)", ort.__version__,
+                     ", ".join(ort.get_available_providers()))
+        return
+    build = ort_build()
+    log.info("ONNX Runtime: %s", build["description"])
+    shadowed = build["device"] == "CPU" and any(d.startswith("onnxruntime-gpu ") for d in build["distributions"])
+    if gpu and device == "auto" and shadowed:
+        log.warning("a CUDA GPU is visible but the active ONNX Runtime is the CPU build (%s); %s",
+                    build["description"], _ORT_COEXIST_FIX)
 
 
 def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None) -> list:
@@ -176,6 +243,8 @@ def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None)
     ort = _ort()
     available = set(ort.get_available_providers())
     gpu = cuda_device_count() > 0
+    if device != "cpu":
+        _report_build(device, gpu)
     trt_ok = "TensorrtExecutionProvider" in available and gpu and _trt_libs_present()
     cuda_ok = "CUDAExecutionProvider" in available and gpu
     if device == "cpu":
@@ -197,8 +266,14 @@ def provider_chain(device: str = "auto", *, trt_cache: str | Path | None = None)
     return chain + ["CPUExecutionProvider"]
 
 
+def _find_library(name: str) -> str | None:
+    import ctypes.util  # ~35 ms of imports (tempfile, shutil, subprocess): only when needed
+
+    return ctypes.util.find_library(name)
+
+
 def _trt_libs_present() -> bool:
-    if ctypes.util.find_library("nvinfer"):
+    if _find_library("nvinfer"):
         return True
     try:
         import tensorrt  # noqa: F401  (the pip wheel ships libnvinfer next to it)
@@ -214,13 +289,42 @@ def _trt_options(cache: str | Path | None) -> dict:
     return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": False}
 
 
+def _cpu_signature() -> str:
+    """The CPU model and instruction-set flags: ORT's optimised graphs hold kernels laid out for them
+    (e.g. NCHWc blocks sized for AVX-512), so a cached graph is only reused on the same kind of CPU."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+        flags = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        model, flags = platform.processor(), ""
+    return f"{platform.machine()}|{model}|{' '.join(sorted(flags.split()))}"
+
+
+def optimized_graph_path(graph_sha256: str, cache: str | Path | None = None) -> Path:
+    """Where ORT's optimised form of the graph with this sha256 is cached for the active ONNX
+    Runtime version and this CPU (CACHE/ort-optimized/; CACHE as in engine/cache.py)."""
+    import hashlib
+
+    from probret.engine.cache import cache_dir
+
+    ort = _ort()
+    key = hashlib.sha256(f"{graph_sha256}|onnxruntime {ort.__version__}|{_cpu_signature()}".encode()).hexdigest()
+    return (Path(cache) if cache else cache_dir() / "ort-optimized") / f"{key[:40]}.onnx"
+
+
 def _missing(device: str, available: set, gpu: bool) -> str:
     provider = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[device]
     if not gpu:
         return f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu (or auto)"
     if provider not in available:
-        return (f"--device {device}: this onnxruntime has no {provider} (installed: {', '.join(sorted(available))}); "
-                "install onnxruntime-gpu")
+        build = ort_build()
+        if any(d.startswith("onnxruntime-gpu ") for d in build["distributions"]):
+            return f"--device {device}: the active ONNX Runtime is {build['description']}; {_ORT_COEXIST_FIX}"
+        return (f"--device {device}: the active ONNX Runtime is {build['description']}, without {provider}; "
+                "install the GPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
     return f"--device {device}: TensorRT libraries are not installed (pip install 'tensorrt>=10')"
 
 
@@ -231,24 +335,55 @@ class OrtGraph:
     """One ONNX graph in an ONNX Runtime session. ``run(feeds) -> {output name: array}``."""
 
     def __init__(self, path: str | Path, providers: list, *, name: str = "", threads: int | None = None,
-                 spinning: bool | None = None):
-        ort = _ort()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        if spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+                 spinning: bool | None = None, optimized: str | Path | None = None):
+        """``optimized``: where ORT's optimised form of this graph is cached (``optimized_graph_path``);
+        loaded with graph optimisation off when it exists, written by this session otherwise."""
         self.threads, self.spinning = threads, spinning
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise ModelError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
+        self.optimized_from_cache = False
+        optimized = Path(optimized) if optimized else None
+        if optimized is not None and optimized.is_file():
+            try:
+                self.session = self._session(optimized, providers, cached=True)
+                self.optimized_from_cache = True
+            except ModelError as exc:  # a damaged cache file: optimise the bundle's graph again
+                log.warning("%s; optimising %s again", exc, path)
+        if not self.optimized_from_cache:
+            self.session = self._session(Path(path), providers, save_to=optimized)
         self.name = name or Path(path).stem
         self.provider = self.session.get_providers()[0]
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+
+    def _session(self, path: Path, providers: list, *, cached: bool = False, save_to: Path | None = None):
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        if self.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if cached:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        tmp = None
+        if save_to is not None:
+            try:
+                save_to.parent.mkdir(parents=True, exist_ok=True)
+                tmp = save_to.with_name(f".{save_to.stem}.{os.getpid()}.{id(self)}.onnx")
+                opts.optimized_model_filepath = str(tmp)
+            except OSError as exc:
+                log.info("cannot cache optimised graphs in %s (%s)", save_to.parent, exc)
+                tmp = None
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise ModelError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
+        if tmp is not None:
+            try:
+                os.replace(tmp, save_to)
+            except OSError as exc:
+                log.info("cannot cache the optimised graph at %s (%s)", save_to, exc)
+        return session
 
     @property
     def input_names(self) -> list[str]:
@@ -360,8 +495,9 @@ class BundleRuntime:
                  threads: int | None = None, pair_workers: int | None = None, spinning: bool | None = None,
                  text_batch: int = 256, frame_batch: int = 256,
                  video_batch: int = 256, pair_text_batch: int = 64, pair_video_batch: int = 1024,
-                 trt_cache: str | Path | None = None):
+                 trt_cache: str | Path | None = None, graph_cache: bool | str | Path = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.graph_cache = graph_cache
         if device not in DEVICES:
             raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         self.device = device
@@ -401,6 +537,21 @@ class BundleRuntime:
             self._providers = provider_chain(device, trt_cache=self._trt_cache)
         return self._providers
 
+    def _optimized_path(self, name: str) -> Path | None:
+        """The cache file of ``name``'s ORT-optimised graph (module docstring), or None: caching off,
+        a GPU provider in the chain (those optimise for their own kernels), or no sha256 to key by."""
+        if not self.graph_cache or self._ort_providers() != ["CPUExecutionProvider"]:
+            return None
+        path = self.bundle.graph_path(name)
+        try:
+            meta = (self.bundle.manifest.get("files") or {}).get(path.relative_to(self.bundle.path).as_posix())
+        except ValueError:
+            return None
+        sha = meta.get("sha256") if isinstance(meta, dict) else None
+        if not sha:
+            return None
+        return optimized_graph_path(str(sha), None if self.graph_cache is True else self.graph_cache)
+
     def _limit_batches_to_engines(self) -> None:
         if not self._use_engines:
             return
@@ -431,7 +582,7 @@ class BundleRuntime:
                 if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
                     threads = 1  # tiles run concurrently instead (module docstring)
                 sess = OrtGraph(self.bundle.graph_path(name), self._ort_providers(), name=name, threads=threads,
-                                spinning=self.spinning)
+                                spinning=self.spinning, optimized=self._optimized_path(name))
             self._sessions[name] = sess
             self.providers[name] = sess.provider
             log.info("bundle %s: %s runs on %s", self.bundle.path, name, sess.provider)
@@ -441,9 +592,9 @@ class BundleRuntime:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from probret.engine.tokenizer import Tokenizer
+            from probret.engine.tokenizer import load_tokenizer
 
-            self._tokenizer = Tokenizer(self.bundle.tokenizer_file, context_length=self.bundle.context_length)
+            self._tokenizer = load_tokenizer(self.bundle.tokenizer_file, context_length=self.bundle.context_length)
         return self._tokenizer
 
     def tokenize(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

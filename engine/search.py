@@ -8,8 +8,15 @@
 every query by the bundle's pair graph (the head's best-of-M over the shared noise banks), in
 blocks taken straight from the memory-mapped shards, so the only per-query cost beyond the
 pair graph is one read of the stored video-side tensors. A video's score is the best score of
-its segments; that segment is its best moment, and inside it the frame whose feature is closest
-to the query (cosine) is the best instant (``best_time``, used for thumbnails).
+its segments. Where in the video the query matches comes from the stored frames: engine/moments.py
+turns each hit's per-frame text-frame similarities into its top ``moments`` moments, finer than the
+window, each ``(start, end, best_time, score)``; the first holds the frame closest to the query
+inside the best segment (``best_time``, used for thumbnails), and the hit's ``start``, ``end`` and
+``best_time`` are the first moment's.
+
+Scores that are not finite (NaN, inf: a damaged index or a broken model) are never ranked: those
+segments are left out, the result lists the videos left out (``unranked``) and ``say`` tells why;
+when no segment has a finite score the search fails with an error naming the cause.
 
 **Two-stage** (``ann=True``, or automatically beyond :data:`ANN_AUTO_VIDEOS` videos when faiss is
 installed): the first stage is engine/ann.py's :class:`~probret.engine.ann.AnnStage`, a faiss
@@ -38,10 +45,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from probret.engine.errors import DataError, IndexStoreError
+from probret.engine.errors import DataError, IndexStoreError, ModelError
 from probret.engine.index import IndexReader
+from probret.engine.moments import Moment, find_moments
 
-__all__ = ["Hit", "QueryResult", "CaptionHit", "Searcher", "ANN_AUTO_VIDEOS", "faiss_available",
+__all__ = ["Hit", "Moment", "QueryResult", "CaptionHit", "Searcher", "ANN_AUTO_VIDEOS", "faiss_available",
            "l2_normalize"]
 
 log = logging.getLogger(__name__)
@@ -149,10 +157,11 @@ class Hit:
     path: str
     score: float
     uncertainty: float | None
-    start: float
+    start: float  # start, end, best_time: the first moment's
     end: float
     best_time: float | None
-    segment: int  # segment number within the video
+    segment: int  # segment number within the video (the best one)
+    moments: list[Moment] = field(default_factory=list)  # best first, disjoint (engine/moments.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,10 +174,11 @@ class QueryResult:
     hits: list[Hit]
     candidates: int  # segments scored by the head
     ann: bool
+    unranked: list[str] = field(default_factory=list)  # videos left out: no finite score (module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "truncated": self.truncated, "ann": self.ann, "candidates": self.candidates,
-                "results": [h.to_dict() for h in self.hits]}
+                "results": [h.to_dict() for h in self.hits], "unranked": list(self.unranked)}
 
 
 @dataclass
@@ -245,27 +255,20 @@ class Searcher:
 
     # -- text -> video ---------------------------------------------------------------------------
     def search(self, queries: Sequence[str], *, top_k: int = 10, ann: bool | None = None,
-               ann_candidates: int = 1000) -> list[QueryResult]:
+               ann_candidates: int = 1000, moments: int = 1) -> list[QueryResult]:
+        """The ``top_k`` videos for each query, each with its top ``moments`` moments."""
         if top_k < 1:
             raise DataError(f"--top-k must be at least 1, got {top_k}")
+        if moments < 1:
+            raise DataError(f"--moments must be at least 1, got {moments}")
         r = self.reader
         if not r.videos:
             raise DataError(f"{r.root}: the index holds no searchable video"
                             + (f" ({len(r.failed)} file(s) failed to decode)" if r.failed else ""))
         text = self.encode_queries(queries)
-        use_ann = self._want_ann(ann)
+        if self._want_ann(ann):
+            return self._search_ann(queries, text, top_k, ann_candidates, moments)
         results: list[QueryResult] = []
-        if use_ann:
-            k = int(min(r.num_segments, max(ann_candidates, top_k)))
-            _, cand = self.ann_stage().search(text.unit, k)
-            for q in range(len(queries)):
-                c = cand[q][cand[q] >= 0]
-                vids = np.unique(r.seg_video[c])
-                segs = np.concatenate([np.arange(r.video_offsets[v], r.video_offsets[v + 1]) for v in vids])
-                s, u = self._score_rows(text.select(slice(q, q + 1)), segs)
-                hits = self._rank(s[0], None if u is None else u[0], segs, text.unit[q], top_k)
-                results.append(QueryResult(queries[q], bool(text.truncated[q]), hits, len(segs), True))
-            return results
         all_segs = np.arange(r.num_segments)
         per_query = 4 * r.num_segments * (2 if self.rt.bundle.has_uncertainty else 1)
         qb = max(1, min(QUERY_BLOCK, SCORE_BYTES // max(1, per_query)))
@@ -273,48 +276,108 @@ class Searcher:
             s, u = self.score_segments(text, slice(q0, q0 + qb))
             for i in range(s.shape[0]):
                 q = q0 + i
-                hits = self._rank(s[i], None if u is None else u[i], all_segs, text.unit[q], top_k)
-                results.append(QueryResult(queries[q], bool(text.truncated[q]), hits, r.num_segments, False))
+                hits, unranked = self._rank(s[i], None if u is None else u[i], all_segs, text.unit[q], top_k, moments)
+                results.append(QueryResult(queries[q], bool(text.truncated[q]), hits, r.num_segments, False, unranked))
+        return results
+
+    def _search_ann(self, queries: Sequence[str], text: _Text, top_k: int, ann_candidates: int,
+                    moments: int) -> list[QueryResult]:
+        """Two-stage search (module docstring): every segment of the candidates' videos re-scored."""
+        r = self.reader
+        k = int(min(r.num_segments, max(ann_candidates, top_k)))
+        _, cand = self.ann_stage().search(text.unit, k)
+        results = []
+        for q in range(len(queries)):
+            c = cand[q][cand[q] >= 0]
+            vids = np.unique(r.seg_video[c])
+            segs = np.concatenate([np.arange(r.video_offsets[v], r.video_offsets[v + 1]) for v in vids])
+            s, u = self._score_rows(text.select(slice(q, q + 1)), segs)
+            hits, unranked = self._rank(s[0], None if u is None else u[0], segs, text.unit[q], top_k, moments)
+            results.append(QueryResult(queries[q], bool(text.truncated[q]), hits, len(segs), True, unranked))
         return results
 
     def _rank(self, seg_scores: np.ndarray, seg_unc: np.ndarray | None, segs: np.ndarray, unit_text: np.ndarray,
-              top_k: int) -> list[Hit]:
+              top_k: int, moments: int = 1) -> tuple[list[Hit], list[str]]:
         """Per-video best segment among ``segs`` (positions in reader order, grouped by video in
-        ascending order), then the top ``top_k`` videos, ties by path."""
+        ascending order), then the top ``top_k`` videos, ties by path; and the videos left out
+        for having no finite score."""
         r = self.reader
+        seg_scores, unranked = self._finite_scores(seg_scores, segs)
         vid = r.seg_video[segs]
         starts = np.concatenate([[0], np.nonzero(np.diff(vid))[0] + 1])
+        ends = np.concatenate([starts[1:], [len(segs)]])
         vscores = np.maximum.reduceat(seg_scores, starts)
         vids = vid[starts]
-        k = min(top_k, len(vids))
-        if len(vids) > 4 * k:
-            part = np.argpartition(-vscores, k - 1)[:k]
-            thresh = vscores[part].min()
-            part = np.nonzero(vscores >= thresh)[0]  # keep every tie at the boundary
-        else:
-            part = np.arange(len(vids))
+        rankable = np.nonzero(np.isfinite(vscores))[0]
+        k = min(top_k, len(rankable))
+        part = rankable
+        if len(rankable) > 4 * k:
+            part = rankable[np.argpartition(-vscores[rankable], k - 1)[:k]]
+            part = rankable[vscores[rankable] >= vscores[part].min()]  # keep every tie at the boundary
         order = part[np.lexsort((vids[part], -vscores[part]))][:k]  # videos are sorted by path
         hits = []
-        ends = np.concatenate([starts[1:], [len(segs)]])
         for rank, j in enumerate(order, 1):
             a, b = int(starts[j]), int(ends[j])
             best = a + int(np.argmax(seg_scores[a:b]))
-            pos = int(segs[best])
+            found = self._moments(segs[a:b], seg_scores[a:b], best - a, unit_text, moments)
+            unc = None if seg_unc is None or not np.isfinite(seg_unc[best]) else float(seg_unc[best])
             hits.append(Hit(rank=rank, path=r.videos[int(vids[j])].path, score=float(seg_scores[best]),
-                            uncertainty=None if seg_unc is None else float(seg_unc[best]),
-                            start=float(r.seg_start[pos]), end=float(r.seg_end[pos]),
-                            best_time=self._best_time(pos, unit_text), segment=int(r.seg_index[pos])))
-        return hits
+                            uncertainty=unc, start=found[0].start, end=found[0].end, best_time=found[0].best_time,
+                            segment=int(r.seg_index[int(segs[best])]), moments=found))
+        return hits, unranked
 
-    def _best_time(self, pos: int, unit_text: np.ndarray) -> float | None:
-        if "frame_features" not in self.reader.layout:
-            return None
-        f = self.reader.gather(["frame_features"], np.array([pos]))["frame_features"][0]
-        ts = self.reader.timestamps(pos)
-        if ts.size == 0:
-            return None
-        sims = l2_normalize(f) @ unit_text.astype(np.float32)
-        return float(ts[int(np.argmax(sims))])
+    def _finite_scores(self, seg_scores: np.ndarray, segs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """``seg_scores`` with NaN and inf made -inf (never ranked), and the paths of the videos
+        that have no finite score left (module docstring)."""
+        bad = ~np.isfinite(seg_scores)
+        if not bad.any():
+            return seg_scores, []
+        r = self.reader
+        if bad.all():
+            raise self._not_finite_error(segs)
+        bad_videos = np.unique(r.seg_video[segs[bad]])
+        good_videos = np.unique(r.seg_video[segs[~bad]])
+        unranked = [r.videos[int(v)].path for v in np.setdiff1d(bad_videos, good_videos)]
+        self.say(f"warning: {int(bad.sum())} segment(s) of {len(bad_videos)} video(s) scored NaN or inf and were "
+                 f"not ranked ({len(unranked)} video(s) left out entirely"
+                 + (f", e.g. {unranked[0]!r}" if unranked else "") + "): the index or the model is damaged; "
+                 "`probret index --rebuild` re-encodes the videos")
+        return np.where(bad, -np.inf, seg_scores).astype(np.float32), unranked
+
+    def _not_finite_error(self, segs: np.ndarray) -> Exception:
+        """Every score is NaN or inf: the stored rows' fault (IndexStoreError) or the model's."""
+        sample = segs[:64]
+        stored = _as_float32(self.reader.gather(self.video_names, sample))
+        if not all(np.isfinite(v).all() for v in stored.values()):
+            return IndexStoreError(f"{self.reader.root}: stored features hold NaN or inf (a damaged index): rebuild it "
+                                   "with `probret index --rebuild`")
+        name = getattr(self.rt.bundle, "path", None) or getattr(self.rt.bundle, "method", "the model")
+        return ModelError(f"model {name}: the pair graph scored every segment NaN or inf from finite features: "
+                          "check or re-export the model")
+
+    def _moments(self, pos: np.ndarray, scores: np.ndarray, best: int, unit_text: np.ndarray, n: int) -> list[Moment]:
+        """The top ``n`` moments of one video from its segments ``pos`` (reader positions, in
+        time order), their head ``scores`` and its ``best`` segment (engine/moments.py)."""
+        r = self.reader
+        if "frame_features" not in r.layout:  # no frames stored: the best windows are the moments
+            order = [int(i) for i in np.argsort(-scores, kind="stable")[:n] if np.isfinite(scores[i])]
+            return [Moment(float(r.seg_start[pos[i]]), float(r.seg_end[pos[i]]), None, float(scores[i]))
+                    for i in order]
+        frames = r.gather(["frame_features"], pos)["frame_features"]
+        stamps = [r.timestamps(int(p)) for p in pos]
+        sims = l2_normalize(frames) @ unit_text.astype(np.float32)  # (n_seg, T)
+        sims = np.where(np.isfinite(sims), sims, -1.0)  # a damaged frame matches nothing
+        times = np.concatenate(stamps)
+        flat = np.concatenate([sims[i, :len(t)] for i, t in enumerate(stamps)])
+        frame_segment = np.repeat(np.arange(len(pos)), [len(t) for t in stamps])
+        if not len(times):
+            return [Moment(float(r.seg_start[pos[best]]), float(r.seg_end[pos[best]]), None, float(scores[best]))]
+        if len(pos) == 1:  # a clip of one window is one moment: the clip (a smaller --window cuts finer)
+            return [Moment(float(r.seg_start[pos[0]]), float(r.seg_end[pos[0]]), float(times[int(np.argmax(flat))]),
+                           float(scores[0]))]
+        span = (float(r.seg_start[pos[0]]), float(r.seg_end[pos[-1]]))
+        found = find_moments(times, flat, frame_segment, scores, span, best, n)
+        return [m for m in found if np.isfinite(m.score)] or found[:1]
 
     # -- video -> text ---------------------------------------------------------------------------
     def rank_captions(self, captions: Sequence[str], *, video: int | None = None,

@@ -18,23 +18,51 @@ Pipeline, per text:
 4. ``[<start_of_text>] + ids + [<end_of_text>]``, zero-padded to ``context_length``; a longer
    sequence is cut to ``context_length`` and its last position set to ``<end_of_text>``.
 
+Two BPE back ends do step 3 with identical ids (``backend=``): ``"python"``, the reference
+implementation below, and ``"tokenizers"``, Hugging Face's Rust BPE over the same vocabulary and
+merges (converted once to a ``tokenizer.json`` cached under CACHE/tokenizers/, keyed by the
+vocabulary file's sha256; CACHE as in engine/cache.py). Steps 1, 2 and 4 are this module's in both,
+because the Rust pre-tokenizer's Unicode tables and case folding are not ``regex``'s
+(``'\u017f`` folds to ``'s`` under ``regex.IGNORECASE``). :func:`load_tokenizer` (and so
+``BundleRuntime``) uses :data:`DEFAULT_BACKEND`; ``"tokenizers"`` falls back to ``"python"``
+when the package is not installed.
+
+Why the default is ``"python"`` (bench/cli_latency.py, docs/benchmarks.md "CLI latency"): a CLI
+search tokenizes one query in a fresh process, so what counts is the time to get a tokenizer,
+and there Hugging Face's ``Tokenizer.from_file`` (0.09-0.13 s CPU plus 0.01-0.03 s to import:
+parsing 49k vocabulary entries and 48k merges) loses to this module's tables (0.05-0.06 s: only
+the 48,894 merge lines CLIP uses are decompressed and split). Encoding is ~10 % faster with Rust
+BPE, which only matters for batches of thousands of captions.
+
+Cold-start costs are also why ftfy and regex are imported only for text that needs them: a text
+of printable ASCII without ``&`` is left unchanged by ``ftfy.fix_text`` and by HTML unescaping,
+and on it ``regex``'s classes equal the stdlib's ``[a-z]`` / ``[0-9]`` (checked in
+tests/engine/test_tokenizer.py against the full path), so a plain English query costs neither
+import (~0.13 s).
+
 ``tests/engine/test_tokenizer.py`` checks ids against ``open_clip.tokenize`` on thousands of
-generated strings (emoji, CJK, accents, HTML entities, mojibake, very long, empty).
+generated strings (emoji, CJK, accents, HTML entities, mojibake, very long, empty), for both back
+ends.
 """
 
 from __future__ import annotations
 
-import gzip
+import hashlib
 import html
+import logging
+import os
+import re
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import ftfy
 import numpy as np
-import regex
 
-__all__ = ["Tokenizer", "default_vocab_path", "get_tokenizer", "DEFAULT_CONTEXT_LENGTH"]
+__all__ = ["Tokenizer", "default_vocab_path", "get_tokenizer", "load_tokenizer", "tokenizers_available",
+           "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_CONTEXT_LENGTH"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_LENGTH = 77
 SOT = "<start_of_text>"
@@ -43,11 +71,26 @@ EOT = "<end_of_text>"
 # bytes + merges + 2 specials.
 _N_MERGES = 49152 - 256 - 2
 _CACHE_LIMIT = 200_000
+BACKENDS = ("python", "tokenizers")
+#: What load_tokenizer / BundleRuntime use (module docstring: why).
+DEFAULT_BACKEND = "python"
+_PIECES = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+# Printable ASCII without '&': ftfy and HTML unescaping leave it as it is (module docstring).
+_PLAIN = re.compile(r"[\x20-\x25\x27-\x7e]*")
+_PLAIN_SPLITTER = re.compile(rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
 
 
 def default_vocab_path() -> Path:
     """The BPE merges file shipped in ``probret.engine``'s assets."""
     return Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def tokenizers_available() -> bool:
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _byte_alphabet() -> list[str]:
@@ -68,55 +111,114 @@ def _byte_alphabet() -> list[str]:
     return table
 
 
-def _clean(text: str) -> str:
+def _clean_full(text: str) -> str:
+    import ftfy
+
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).lower()
 
 
-class Tokenizer:
-    """``Tokenizer(vocab_path=None, context_length=77)``; ``tok(texts) -> int64 (N, context_length)``.
+def _is_plain(text: str) -> bool:
+    return _PLAIN.fullmatch(text) is not None
 
-    Same ids as ``open_clip.tokenize(texts, context_length)`` / open_clip's ``SimpleTokenizer``.
+
+def _clean(text: str) -> str:
+    if _is_plain(text):
+        return " ".join(text.split()).lower()
+    return _clean_full(text)
+
+
+@lru_cache(maxsize=1)
+def _unicode_splitter():
+    import regex
+
+    return regex.compile(rf"{SOT}|{EOT}|{_PIECES}", regex.IGNORECASE)
+
+
+def _pieces(text: str) -> list[str]:
+    """Step 2 of the module docstring on the cleaned ``text``."""
+    if _is_plain(text):
+        return _PLAIN_SPLITTER.findall(" ".join(text.split()).lower())
+    return _unicode_splitter().findall(_clean_full(text))
+
+
+def _merge_lines(path: Path) -> list[str]:
+    """The first _N_MERGES merge rules of a CLIP vocabulary file (gzip or plain), one "a b" each.
+    Decompresses only as far as those lines go (the file holds 262k, CLIP uses 48,894)."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        inflate = zlib.decompressobj(wbits=31)
+        data, pos, step = b"", 0, 1 << 19
+        while data.count(b"\n") <= _N_MERGES and pos < len(raw):
+            data += inflate.decompress(raw[pos:pos + step])
+            pos += step
+        raw = data
+    lines = raw.decode("utf-8", errors="replace").split("\n", _N_MERGES + 1)
+    merges = lines[1:_N_MERGES + 1]  # line 0 is the "#version" header
+    if len(merges) != _N_MERGES:
+        raise ValueError(f"{path}: not a CLIP BPE merges file")
+    return merges
+
+
+class Tokenizer:
+    """``Tokenizer(vocab_path=None, context_length=77, backend="python")``;
+    ``tok(texts) -> int64 (N, context_length)``.
+
+    Same ids as ``open_clip.tokenize(texts, context_length)`` / open_clip's ``SimpleTokenizer``,
+    with either BPE back end (module docstring). ``backend="tokenizers"`` needs the package.
     """
 
-    def __init__(self, vocab_path: str | Path | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH):
+    def __init__(self, vocab_path: str | Path | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH, *,
+                 backend: str = "python"):
         if int(context_length) < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown tokenizer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         self.context_length = int(context_length)
-
-        raw = self.vocab_path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        lines = raw.decode("utf-8").split("\n")
-        # line 0 is the "#version" header; CLIP uses the first _N_MERGES rules after it
-        merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
-        if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
-            raise ValueError(f"{self.vocab_path}: not a CLIP BPE merges file")
-
+        self.backend = backend
         self._byte_table = _byte_alphabet()
         # bytes -> vocabulary characters in one str.translate over the latin-1 view of the bytes
         self._byte_trans = {b: ch for b, ch in enumerate(self._byte_table)}
-
-        # base symbols ordered by code point: the printable bytes first, then the 68 remapped ones
-        base = sorted(self._byte_table)
-        symbols = base + [ch + "</w>" for ch in base]
-        symbols += [a + b for a, b in merges]
-        symbols += [SOT, EOT]
-        self._encoder = {s: i for i, s in enumerate(symbols)}
-        self._decoder = symbols
-        self._ranks = {pair: r for r, pair in enumerate(merges)}
-        self.vocab_size = len(symbols)
-        self.sot_token_id = self._encoder[SOT]
-        self.eot_token_id = self._encoder[EOT]
+        self.vocab_size = 2 * 256 + _N_MERGES + 2
+        self.sot_token_id, self.eot_token_id = self.vocab_size - 2, self.vocab_size - 1
         self.pad_token_id = 0
         self._specials = {SOT: (self.sot_token_id,), EOT: (self.eot_token_id,)}
         self._cache: dict[str, tuple[int, ...]] = {}
-        self._splitter = regex.compile(
-            rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
-            regex.IGNORECASE,
-        )
+        self._tables: tuple[dict, list, dict] | None = None
+        self._hf = None
+        if backend == "python":
+            self._build_tables()
+        else:
+            self._hf = _rust_bpe(self)
+
+    def _build_tables(self) -> tuple[dict, list, dict]:
+        """(symbol -> id, id -> symbol, (left, right) -> merge rank) from the vocabulary file."""
+        if self._tables is None:
+            merges = [tuple(line.split()) for line in _merge_lines(self.vocab_path)]
+            if any(len(m) != 2 for m in merges):
+                raise ValueError(f"{self.vocab_path}: not a CLIP BPE merges file")
+            # base symbols ordered by code point: the printable bytes first, then the 68 remapped ones
+            base = sorted(self._byte_table)
+            symbols = base + [ch + "</w>" for ch in base]
+            symbols += [a + b for a, b in merges]
+            symbols += [SOT, EOT]
+            self._tables = ({s: i for i, s in enumerate(symbols)}, symbols,
+                            {pair: r for r, pair in enumerate(merges)})
+        return self._tables
+
+    @property
+    def _encoder(self) -> dict:
+        return self._build_tables()[0]
+
+    @property
+    def _decoder(self) -> list:
+        return self._build_tables()[1]
+
+    @property
+    def _ranks(self) -> dict:
+        return self._build_tables()[2]
 
     # -- BPE -------------------------------------------------------------------------------------
     def _merge(self, piece: str) -> tuple[int, ...]:
@@ -127,7 +229,7 @@ class Tokenizer:
         hit = self._cache.get(piece)
         if hit is not None:
             return hit
-        ranks = self._ranks
+        encoder, _, ranks = self._build_tables()
         parts = list(piece[:-1])
         parts.append(piece[-1] + "</w>")
         while len(parts) > 1:
@@ -151,7 +253,7 @@ class Tokenizer:
                     out.append(parts[i])
                     i += 1
             parts = out
-        ids = tuple(self._encoder[p] for p in parts)
+        ids = tuple(encoder[p] for p in parts)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[piece] = ids
@@ -159,12 +261,22 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of one text without start/end tokens and without truncation."""
-        ids: list[int] = []
         trans = self._byte_trans
-        for piece in self._splitter.findall(_clean(text)):
-            mapped = piece.encode("utf-8").decode("latin-1").translate(trans)
-            ids.extend(self._merge(mapped))
-        return ids
+        mapped = [piece.encode("utf-8").decode("latin-1").translate(trans) for piece in _pieces(text)]
+        if self._hf is None:
+            return [i for piece in mapped for i in self._merge(piece)]
+        ids: list[int] = []
+        run: list[str] = []  # pieces between special tokens go to the Rust BPE together
+        for piece in mapped + [EOT]:
+            special = self._specials.get(piece)
+            if special is None:
+                run.append(piece)
+                continue
+            if run:
+                ids.extend(self._hf.encode(run, is_pretokenized=True, add_special_tokens=False).ids)
+                run = []
+            ids.extend(special)
+        return ids[:-1]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ids (special and padding ids dropped); the inverse of ``encode`` up to cleaning."""
@@ -212,10 +324,56 @@ class Tokenizer:
         return np.array([len(self.encode(t)) > limit for t in texts], dtype=bool)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_path={str(self.vocab_path)!r}, context_length={self.context_length})"
+        return (f"Tokenizer(vocab_path={str(self.vocab_path)!r}, context_length={self.context_length}, "
+                f"backend={self.backend!r})")
+
+
+def _rust_bpe(tok: Tokenizer):
+    """A Hugging Face ``tokenizers.Tokenizer`` doing ``tok``'s BPE: pre-split, byte-mapped pieces
+    in, ids out. Loaded from CACHE/tokenizers/clip-bpe-<sha256 of the vocabulary file>.json,
+    written there from ``tok``'s own tables the first time (in memory only when CACHE is not
+    writable)."""
+    import tokenizers
+    from tokenizers.models import BPE
+
+    digest = hashlib.sha256(tok.vocab_path.read_bytes()).hexdigest()[:32]
+    try:
+        from probret.engine.cache import cache_dir
+
+        path = cache_dir() / "tokenizers" / f"clip-bpe-{digest}.json"
+    except Exception:  # noqa: BLE001 - an unusable cache only costs the conversion
+        path = None
+    if path is not None and path.is_file():
+        try:
+            return tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file is rebuilt
+            log.warning("%s: unreadable (%s); converting the vocabulary again", path, exc)
+    encoder, _, ranks = tok._build_tables()
+    merges = sorted(ranks, key=ranks.__getitem__)
+    bpe = tokenizers.Tokenizer(BPE(vocab=encoder, merges=merges, end_of_word_suffix="</w>", fuse_unk=False))
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            bpe.save(str(tmp))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.info("cannot cache the tokenizer at %s (%s); it is converted again next time", path, exc)
+    return bpe
+
+
+def load_tokenizer(vocab_path: str | Path | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH, *,
+                   backend: str | None = None) -> Tokenizer:
+    """A tokenizer with ``backend`` (default :data:`DEFAULT_BACKEND`); ``"tokenizers"`` without
+    the package installed gives the ``"python"`` back end (same ids), saying so at INFO level."""
+    backend = backend or DEFAULT_BACKEND
+    if backend == "tokenizers" and not tokenizers_available():
+        log.info("the tokenizers package is not installed; tokenizing with the pure-Python BPE (same ids)")
+        backend = "python"
+    return Tokenizer(vocab_path, context_length, backend=backend)
 
 
 @lru_cache(maxsize=8)
 def get_tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH, vocab_path: str | None = None) -> Tokenizer:
-    """A shared tokenizer per (context_length, vocab_path): loading the vocabulary takes ~0.3 s."""
-    return Tokenizer(vocab_path, context_length)
+    """A shared tokenizer per (context_length, vocab_path)."""
+    return load_tokenizer(vocab_path, context_length)

@@ -41,6 +41,12 @@ on screen) is decoded with ``skip_frame=NONREF`` (H.264 / HEVC): if it is a non-
 frame (most B-frames) the decoder drops it instead of reconstructing it. Nothing refers to a
 non-reference frame, so every frame that is returned is bit-identical to full decoding
 (tested); on 8 fps H.264 clips with B-frames a linear pass decodes ~30 % fewer frames.
+``skip_nonref=False`` decodes every frame (the benches compare with it).
+
+Decoder options are keyword arguments of :func:`open_video` and :func:`sample_frames` (in the
+manner of torchcodec's ``VideoDecoder(source, *, num_ffmpeg_threads=..., seek_mode=...)``), never
+module state: ``decode`` (the policy above), ``thread_type`` (:data:`THREAD_TYPES`) and
+``skip_nonref``.
 
 Several windows of one file (the indexer's segments) are sampled in one open and one pass with
 :func:`open_video` (``with open_video(p) as v: v.sample(windows, T)``).
@@ -87,9 +93,11 @@ __all__ = [
     "sample_frames",
     "sampling_times",
     "resized_size",
+    "THREAD_TYPES",
     "SEEK_COST_FRAMES",
     "SEEK_COST_FRAMES_UNTHREADED",
     "ASSUMED_KEYFRAME_INTERVAL_S",
+    "MIN_BYTES_PER_SECOND",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,8 +119,18 @@ SEEK_COST_FRAMES_UNTHREADED = 4
 #: 1-10 s (phones ~1 s, streaming ~2-4 s, x264's default keyint=250 frames ~8-10 s).
 ASSUMED_KEYFRAME_INTERVAL_S = 4.0
 
-# Decoder threading: slice + frame threads. Module-level so bench/decode.py can compare.
-_THREAD_TYPE = "AUTO"
+#: A header that claims more seconds than the file could hold at this many bytes a second is
+#: checked against the packets (``_Reader._content_end``). Real streams hold far more: a static
+#: 1 fps H.264 slideshow at 320x240 is ~500 B/s, typical video 10-1000 KB/s; so the check (a
+#: demux of the file, no decoding) costs nothing on honest files, and a false alarm only costs
+#: that scan.
+MIN_BYTES_PER_SECOND = 256
+
+#: FFmpeg decoder threading, the ``thread_type`` keyword of :func:`open_video` and
+#: :func:`sample_frames` (PyAV's ``stream.thread_type``): ``"AUTO"`` (default: slice + frame
+#: threads, one per core, best for a lone caller), ``"SLICE"``, ``"FRAME"``, or ``"NONE"`` (one
+#: thread: for callers that already decode one file per core, as the indexer does).
+THREAD_TYPES = ("AUTO", "SLICE", "FRAME", "NONE")
 
 # Formats whose seeking is unsupported or does not land on a decodable keyframe. GIF frames
 # are deltas over the previous canvas: a seek would return partial images, so GIF is always
@@ -125,7 +143,6 @@ _NO_SEEK_FORMATS = frozenset({"gif", "apng", "webp_pipe", "image2", "image2pipe"
 # bit-identically (tested against full decoding); on the indexing benchmark's 8 fps H.264
 # clips with B-frames this skips ~40 % of the frames a linear pass decodes (bench/indexing.py).
 _SKIP_CODECS = frozenset({"h264", "hevc"})
-_SKIP_FRAMES = True  # module-level so tests and bench/indexing.py can compare with full decoding
 _SKIP_LOOKAHEAD = 16  # packets read ahead to learn the next presentation time (>= reorder depth)
 
 # Tolerance when comparing a frame's timestamp with a target time: timestamps are rationals
@@ -258,6 +275,8 @@ def sample_frames(
     end: float | None = None,
     decode: DecodeMode = "auto",
     size: int | None = None,
+    thread_type: str = "AUTO",
+    skip_nonref: bool = True,
 ) -> SampledFrames:
     """Sample ``num_frames`` RGB frames from ``[start, end)`` of a video.
 
@@ -281,6 +300,9 @@ def sample_frames(
             Much cheaper than converting full-resolution frames and resizing afterwards; the
             result differs slightly from PIL's bicubic (see docs/decoding.md), so use
             ``preprocess_frames`` on full-size frames where exact open_clip parity matters.
+        thread_type: FFmpeg's decoder threading, one of :data:`THREAD_TYPES`.
+        skip_nonref: drop the non-reference frames no target needs (same frames, less work);
+            False decodes every frame.
 
     Returns:
         :class:`SampledFrames`.
@@ -298,7 +320,7 @@ def sample_frames(
     if size is not None and size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     frames, _stats = _sample(path, num_frames, mode=mode, rng=rng, start=start, end=end,
-                             decode=decode, size=size)
+                             decode=decode, size=size, thread_type=thread_type, skip_nonref=skip_nonref)
     return frames
 
 
@@ -455,14 +477,15 @@ class _Reader:
     """
 
     def __init__(self, container, path: str | Path, *, scan_if_unknown: bool = True,
-                 thread_type: str | None = None):
+                 thread_type: str = "AUTO", skip_nonref: bool = True):
         self.container = container
         self.path = path
         self.stream = stream = _pick_stream(container, path)
         # Slice + frame threading. Frame threading delays output by ~thread_count frames,
         # which costs a little per seek; see docs/decoding.md for the measurement.
-        self.thread_type = thread_type or _THREAD_TYPE
+        self.thread_type = thread_type
         stream.thread_type = self.thread_type
+        self.skip_nonref = skip_nonref
         self.tb = stream.time_base or Fraction(1, 1_000_000)
         self.tb_f = float(self.tb)
         self.stats = _DecodeStats()
@@ -492,6 +515,7 @@ class _Reader:
         self.rotation = _rotation_of(first.frame, stream)
         self.coded_w, self.coded_h = first.frame.width, first.frame.height
 
+        self._read_index(stream)
         duration, num_frames, exact = self._duration_and_count(scan_if_unknown)
         if exact and duration > 0:
             # The true mean rate. The header rates can lie: raw streams report FFmpeg's
@@ -507,6 +531,8 @@ class _Reader:
             num_frames=num_frames, rotation=self.rotation,
             codec=stream.codec_context.name, container=fmt,
         )
+
+    def _read_index(self, stream) -> None:
         index = stream.index_entries
         n_index = len(index) if index is not None else 0
         # MP4/MOV/AVI index every sample: exact keyframe lookups. Matroska cues hold one
@@ -519,9 +545,43 @@ class _Reader:
         # seek (by PTS) lands on the previous keyframe and re-decodes a whole GOP.
         self.reorder_delay = 0.0
         if self.index is not None and self.has_pts:
-            delay = (first.frame.pts - index[0].timestamp) * self.tb_f
+            delay = (self.first.frame.pts - index[0].timestamp) * self.tb_f
             if 0.0 < delay < 2.0:
                 self.reorder_delay = delay
+
+    def _bounded_by_content(self, claimed: float) -> float:
+        """``claimed`` (the header's duration), or where the frames really end when the file
+        holds far less (:func:`_content_end`): a header is data, and a 3 KB file that claims 30
+        hours must cost the indexer one segment, not 3,600. The margin (1 s or 10 %) is the
+        damage warning's: audio that outlasts the video a little is not a lie."""
+        end = self._content_end(claimed)
+        if end is None or claimed <= end + max(1.0, 0.1 * end):
+            return claimed
+        log.warning("%s: the header says %.2f s but the file holds %.2f s of video; using %.2f s",
+                    self.path, claimed, end, end)
+        return end
+
+    def _content_end(self, claimed: float) -> float | None:
+        """Seconds (from time 0) to the end of the last frame the file really holds, when that
+        is cheap to know: from the sample index where it lists every frame (MP4/MOV/AVI),
+        else from a packet scan (no decoding) when the file is too small to hold ``claimed``
+        seconds at :data:`MIN_BYTES_PER_SECOND`. None when neither applies."""
+        frame = min(1.0, 1.0 / self._fps) if self._fps else 0.04
+        if self.index_dense:
+            n = len(self.index)
+            tail = sorted(self.index[i].timestamp for i in range(max(0, n - _SKIP_LOOKAHEAD), n))
+            gaps = np.diff(tail)
+            if (gaps > 0).any():  # the frame interval as the index states it (the header rate may lie)
+                frame = float(np.median(gaps[gaps > 0])) * self.tb_f
+            return (tail[-1] - (self._t0_pts or 0)) * self.tb_f + self.reorder_delay + frame
+        try:
+            size = Path(self.path).stat().st_size
+        except OSError:
+            return None
+        if claimed * MIN_BYTES_PER_SECOND <= size:
+            return None
+        scanned = _scan_packets(self.path, self._fps)
+        return None if scanned is None else scanned.last_start + frame
 
     # ---------------------------------------------------------------- timing
 
@@ -559,9 +619,10 @@ class _Reader:
         if (duration is None or duration <= 0) and scan_if_unknown:
             scanned = _scan_packets(self.path, self._fps)
             if scanned is not None:
-                duration, count = scanned
+                duration, count = scanned.duration, scanned.count
         if duration is None or duration < 0:
             duration = 0.0
+        duration = self._bounded_by_content(duration)
         exact = count is not None
         if count is None:
             count = max(1, round(duration * self._fps)) if self._fps else 1
@@ -726,15 +787,24 @@ class _SeekFailed(Exception):
     """The demuxer refused to seek; the caller decodes linearly instead."""
 
 
-def _scan_packets(path, fps: float | None) -> tuple[float, int] | None:
+@dataclass(frozen=True)
+class _PacketScan:
+    duration: float  # first packet's start to the last one's end
+    count: int  # packets (frames)
+    last_start: float  # the last packet's start, from the first's (a packet's duration is data too)
+
+
+def _scan_packets(path, fps: float | None) -> _PacketScan | None:
     """Duration and frame count from the packets alone (no decoding), for streams whose
-    headers state no duration (raw H.264 / MJPEG elementary streams, some live captures)."""
+    headers state no duration (raw H.264 / MJPEG elementary streams, some live captures), and
+    to check a duration claim the file is too small to hold (``_Reader._content_end``)."""
     with _open_container(path) as container, _translate_errors(path, "scanning packets"):
         stream = _pick_stream(container, path)
         tb = float(stream.time_base or Fraction(1, 1_000_000))
         n = 0
         first_pts = None
         last_end = None
+        last_start = None
         dur_sum = 0
         try:
             for packet in container.demux(stream):
@@ -744,6 +814,7 @@ def _scan_packets(path, fps: float | None) -> tuple[float, int] | None:
                 dur_sum += packet.duration or 0
                 if packet.pts is not None:
                     first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+                    last_start = packet.pts if last_start is None else max(last_start, packet.pts)
                     end = packet.pts + (packet.duration or 0)
                     last_end = end if last_end is None else max(last_end, end)
         except (av.FFmpegError, OSError, EOFError):
@@ -751,18 +822,19 @@ def _scan_packets(path, fps: float | None) -> tuple[float, int] | None:
         if n == 0:
             return None
         if last_end is not None and first_pts is not None:
-            return (last_end - first_pts) * tb, n
+            return _PacketScan((last_end - first_pts) * tb, n, (last_start - first_pts) * tb)
         if dur_sum > 0:
-            return dur_sum * tb, n
+            return _PacketScan(dur_sum * tb, n, dur_sum * tb * (n - 1) / n)
         if fps:
-            return n / fps, n
+            return _PacketScan(n / fps, n, (n - 1) / fps)
         return None
 
 
 @contextmanager
-def _reader(path: str | Path, *, scan_if_unknown: bool = True, thread_type: str | None = None):
+def _reader(path: str | Path, *, scan_if_unknown: bool = True, thread_type: str = "AUTO", skip_nonref: bool = True):
     with _open_container(path) as container, _translate_errors(path, "decoding failed"):
-        yield _Reader(container, path, scan_if_unknown=scan_if_unknown, thread_type=thread_type)
+        yield _Reader(container, path, scan_if_unknown=scan_if_unknown, thread_type=thread_type,
+                      skip_nonref=skip_nonref)
 
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -790,9 +862,11 @@ def _sample(
     end: float | None = None,
     decode: DecodeMode = "auto",
     size: int | None = None,
+    thread_type: str = "AUTO",
+    skip_nonref: bool = True,
 ) -> tuple[SampledFrames, _DecodeStats]:
     """:func:`sample_frames` plus what it cost (strategy, frames decoded, seeks)."""
-    with open_video(path) as video:
+    with open_video(path, thread_type=thread_type, skip_nonref=skip_nonref) as video:
         (frames,), stats = video.sample([(start, end)], num_frames, mode=mode, rng=rng, decode=decode, size=size)
     return frames, stats
 
@@ -818,7 +892,7 @@ def _window_targets(info: VideoInfo, num_frames: int, start: float | None, end: 
 
 
 @contextmanager
-def open_video(path: str | Path, *, thread_type: str | None = None) -> Iterator[VideoFile]:
+def open_video(path: str | Path, *, thread_type: str = "AUTO", skip_nonref: bool = True) -> Iterator[VideoFile]:
     """Open (and probe) a video once, to read its :class:`VideoInfo` and then sample it.
 
         with open_video(path) as video:
@@ -834,9 +908,12 @@ def open_video(path: str | Path, *, thread_type: str | None = None) -> Iterator[
     ``thread_type``: FFmpeg's decoder threading for this file (``"AUTO"`` = slice + frame
     threads, the default for a lone caller; ``"NONE"`` where the caller already decodes one file
     per core, as the indexer does: frame threads then only add CPU time, 8-10 % on 320x240
-    H.264, measured by bench/decode.py and bench/indexing.py).
+    H.264, measured by bench/decode.py and bench/indexing.py). ``skip_nonref``: drop the
+    non-reference frames no target needs (module docstring); False decodes every frame.
     """
-    with _reader(path, thread_type=thread_type) as reader:
+    if thread_type not in THREAD_TYPES:
+        raise ValueError(f"thread_type must be one of {THREAD_TYPES}, got {thread_type!r}")
+    with _reader(path, thread_type=thread_type, skip_nonref=skip_nonref) as reader:
         yield VideoFile(reader)
 
 
@@ -898,7 +975,7 @@ class VideoFile:
         if picked is not None:
             reader.stats.strategy = strategy
             return self._split(reader, picked, ordered, order, len(windows), size)
-        with _reader(reader.path, thread_type=reader.thread_type) as fresh:
+        with _reader(reader.path, thread_type=reader.thread_type, skip_nonref=reader.skip_nonref) as fresh:
             fresh.seekable = False
             picked = _pick(fresh, ordered, "linear")
             fresh.stats.strategy = "linear"
@@ -941,7 +1018,7 @@ def _pick(reader: _Reader, targets: np.ndarray, policy: str) -> list[_Decoded]:
     target (a window that starts late, or a long first segment), when that skips more than
     a seek costs; after that it only decodes forward.
     """
-    reader.skip_targets = targets if _SKIP_FRAMES else None
+    reader.skip_targets = targets if reader.skip_nonref else None
     cursor = reader.start_cursor()
     picked: list[_Decoded] = []
     for i, t in enumerate(targets):

@@ -32,3 +32,19 @@ def make_spem_bundle():
         return ckpt, root / "bundle"
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_probret_cache(tmp_path_factory):
+    """Tests never write the user's ~/.cache/probret (exported bundles, ORT's optimised graphs,
+    the tokenizer cache): PROBRET_CACHE points into pytest's tmp unless the caller set it."""
+    import os
+
+    if "PROBRET_CACHE" in os.environ:
+        yield
+        return
+    os.environ["PROBRET_CACHE"] = str(tmp_path_factory.mktemp("probret-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("PROBRET_CACHE", None)

@@ -90,3 +90,16 @@ def test_console_script_generates(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "videos: train 4, val 1, test 1" in proc.stdout
     assert len(list((out / "videos").glob("*.mp4"))) == 6
+
+
+def test_synth_long_videos(tmp_path):
+    out = tmp_path / "long"
+    result = CliRunner().invoke(synth, [str(out), "--long", "--videos", "2", "--duration", "25,30", "--events",
+                                        "2,3", "--resolution", "32x32", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "25-30 s @ 2 fps" in result.stdout
+    world = json.loads((out / "world.json").read_text())
+    assert world["settings"]["long_videos"]["events"] == [2, 3] and world["settings"]["fps"] == 2
+    assert all(50 <= v["frames"] <= 60 for v in world["videos"].values())
+    result = CliRunner().invoke(synth, [str(tmp_path / "bad"), "--long", "--events", "3"])
+    assert isinstance(result.exception, DataError) and "MIN,MAX" in str(result.exception)

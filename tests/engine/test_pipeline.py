@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,8 +22,7 @@ import pytest
 
 from probret.engine.index import IndexReader, IndexSettings, IndexWriter
 from probret.engine import pipeline as pipeline_mod
-from probret.engine.pipeline import STAGES, PipelineOptions, decode_segments, plan_segments, update_index
-from probret.engine.video import probe_video
+from probret.engine.pipeline import STAGES, PipelineOptions, decode_windows, plan_segments, update_index
 
 COLORS = [(220, 30, 30), (30, 200, 60), (40, 80, 240), (240, 210, 30), (240, 240, 240), (160, 40, 210),
           (20, 20, 20), (120, 120, 120), (0, 200, 200), (200, 100, 0)]
@@ -243,15 +243,161 @@ def test_incremental_update_touches_only_changed_files(tmp_path):
 
 def test_resize_modes_agree(tmp_path):
     path = solid_video(tmp_path / "big.mp4", [COLORS[2], COLORS[3]], size=(160, 96))
-    info = probe_video(path)
     kw = dict(num_frames=4, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
-    exact, ts1 = decode_segments(path, info, [(0.0, 4.0)], resize="exact", **kw)
-    fast, ts2 = decode_segments(path, info, [(0.0, 4.0)], resize="decoder", **kw)
-    auto, _ = decode_segments(path, info, [(0.0, 4.0)], resize="auto", **kw)  # 96 > 2 x 16: decoder
+    # window 0: the whole file as one segment; auto = decoder here (96 > 2 x 16)
+    d = {r: decode_windows(path, 0.0, resize=r, **kw) for r in ("exact", "decoder", "auto")}
+    exact, fast, auto = d["exact"].pixels, d["decoder"].pixels, d["auto"].pixels
+    ts1, ts2 = d["exact"].timestamps, d["decoder"].timestamps
     assert exact.shape == fast.shape == (1, 4, 3, 16, 16)
     np.testing.assert_array_equal(ts1, ts2)
     np.testing.assert_array_equal(auto, fast)
     assert np.abs(exact - fast).max() < 0.2  # a few levels of 255, normalised by std 0.25
+
+
+# --------------------------------------------------------------------------------------------
+# what a file holds, not what its header claims
+# --------------------------------------------------------------------------------------------
+def _mp4_box(data: bytes, path: list[str], start: int = 0, end: int | None = None) -> int:
+    """Offset of the body of the box at ``path`` (e.g. moov/trak/mdia/mdhd) in an MP4."""
+    end = len(data) if end is None else end
+    while start + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[start:start + 8])
+        if kind.decode("latin1") == path[0]:
+            return start + 8 if len(path) == 1 else _mp4_box(data, path[1:], start + 8, start + size)
+        start += size
+    raise KeyError("/".join(path))
+
+
+def claim_duration_mp4(src: Path, dst: Path, seconds: float) -> Path:
+    """``src`` (one video track, one stts entry, version-0 boxes) rewritten so that every
+    duration its header states (mvhd, tkhd, the edit list, mdhd, and the sample durations of
+    stts) adds up to ``seconds``; the frames themselves are untouched."""
+    data = bytearray(src.read_bytes())
+
+    def put(off: int, value: float) -> None:
+        data[off:off + 4] = struct.pack(">I", min(2 ** 32 - 1, int(value)))
+
+    mvhd = _mp4_box(data, ["moov", "mvhd"])
+    movie_scale = struct.unpack(">I", data[mvhd + 12:mvhd + 16])[0]
+    put(mvhd + 16, seconds * movie_scale)
+    put(_mp4_box(data, ["moov", "trak", "tkhd"]) + 20, seconds * movie_scale)
+    put(_mp4_box(data, ["moov", "trak", "edts", "elst"]) + 8, seconds * movie_scale)
+    mdhd = _mp4_box(data, ["moov", "trak", "mdia", "mdhd"])
+    media_scale = struct.unpack(">I", data[mdhd + 12:mdhd + 16])[0]
+    put(mdhd + 16, seconds * media_scale)
+    stts = _mp4_box(data, ["moov", "trak", "mdia", "minf", "stbl", "stts"])
+    assert struct.unpack(">I", data[stts + 4:stts + 8])[0] == 1, "one stts entry expected"
+    count = struct.unpack(">I", data[stts + 8:stts + 12])[0]
+    put(stts + 12, seconds * media_scale / count)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_segments_are_bounded_by_what_the_file_holds(tmp_path):
+    """A 2 KB MP4 whose every header duration and sample duration claims 30 hours (FFmpeg
+    believes it: 30 h by the stream and by the timestamps) holds 8 frames: with T' = 4 it costs
+    at most 8 / 4 segments, not the 36,000 of a 3 s window over 30 hours."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    honest = solid_video(tmp_path / "honest.mp4", COLORS[:2], seconds_each=1.0)  # 8 frames at 4 fps
+    liar = claim_duration_mp4(honest, folder / "liar.mp4", 30 * 3600)
+    assert liar.stat().st_size < 3000
+    import av
+
+    with av.open(str(liar)) as c:
+        s = c.streams.video[0]
+        assert s.duration * s.time_base == pytest.approx(30 * 3600, rel=1e-3)
+    report, rt = index_folder(folder, tmp_path / "idx")
+    assert report.added == 1 and not report.failed
+    assert report.encoded_segments == sum(rt.encoded) <= 8 // FakeBundle.num_frames
+    with IndexReader(tmp_path / "idx") as r:
+        assert r.num_segments == report.encoded_segments
+
+
+# --------------------------------------------------------------------------------------------
+# a model problem is the model's, never the videos'
+# --------------------------------------------------------------------------------------------
+class BrokenRuntime(FakeRuntime):
+    """The stand-in model, broken from its ``after``-th encoder call on, in one of four ways."""
+
+    def __init__(self, how: str, after: int = 1):
+        super().__init__()
+        self.how, self.after = how, after
+
+    def encode_videos(self, pixels):
+        frames = super().encode_videos(pixels)
+        if len(self.encoded) <= self.after:
+            return frames
+        if self.how == "nan":
+            frames[0, 0, 0] = np.nan
+        elif self.how == "shape":
+            frames = frames[:, :2]
+        elif self.how == "raises":
+            raise RuntimeError("CUDA out of memory")
+        return frames
+
+    def video_side(self, frames):
+        out = super().video_side(frames)
+        if self.how == "video_inf" and len(self.encoded) > self.after:
+            out["video_mean"][-1] = np.inf
+        return out
+
+
+def _onnx_runtime(tmp_path: Path):
+    """A stand-in whose frame encoder is a real ONNX Runtime session, of a graph (global average
+    pool) that wants 8 x 8 images: the pipeline's 16 x 16 pixels make ONNX Runtime itself fail."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"])], "enc",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 1, 1])])
+    path = tmp_path / "enc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    class OnnxRuntime(FakeRuntime):
+        def encode_videos(self, pixels):
+            n, t = pixels.shape[:2]
+            y = session.run(["y"], {"x": pixels.reshape(n * t, *pixels.shape[2:])})[0]
+            return y.reshape(n, t, 3)
+
+    return OnnxRuntime()
+
+
+@pytest.mark.parametrize("how", ["nan", "video_inf", "shape", "raises", "onnx"])
+def test_a_model_problem_stops_the_update_and_fails_no_video(tmp_path, how):
+    from probret.engine.errors import ModelError
+
+    folder = make_folder(tmp_path / "v", n=6, broken=False)
+    idx = tmp_path / "idx"
+    rt = _onnx_runtime(tmp_path) if how == "onnx" else BrokenRuntime(how)
+    with pytest.raises(ModelError, match=r"model fake: .*(NaN|shape|failed)") as err:
+        index_folder(folder, idx, runtime=rt, batch_segments=2, chunk_segments=1, workers=1)
+    assert "\n" not in str(err.value)
+    with IndexReader(idx) as r:
+        assert not r.failed  # not one video blamed
+        kept = len(r.videos)  # what was committed before the model broke stays
+    assert kept == 0 if how == "onnx" else 1 <= kept < 7  # (the first encoder call worked)
+    report, good = index_folder(folder, idx)  # the next run, with a working model, does the rest
+    assert report.encoded_videos == 7 - kept and not report.failed and report.unchanged == kept
+
+
+def test_preprocessing_a_model_cannot_have_is_a_model_error_before_any_decode(tmp_path):
+    from probret.engine.errors import ModelError
+
+    class BadBundle(FakeBundle):
+        preprocessing = {"image_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.0, 0.25]}
+
+    rt = FakeRuntime()
+    rt.bundle = BadBundle()
+    folder = make_folder(tmp_path / "v", n=2, broken=False)
+    with pytest.raises(ModelError, match="model fake: preprocessing needs .* positive stds"):
+        index_folder(folder, tmp_path / "idx", runtime=rt)
+    assert rt.encoded == []
+    with IndexReader(tmp_path / "idx") as r:
+        assert not r.failed and not r.videos  # no video blamed for the model's preprocessing
 
 
 # --------------------------------------------------------------------------------------------

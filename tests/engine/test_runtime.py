@@ -71,3 +71,64 @@ def test_tile_errors_surface(spem_bundle):
     bad[name] = bad[name][:, :, :3]  # wrong feature width: ONNX Runtime rejects every tile
     with pytest.raises(Exception):
         rt.score(text, bad)
+
+
+def test_optimized_graphs_are_cached_and_reused(spem_bundle, tmp_path, caplog):
+    """The first CPU session of a graph writes ORT's optimised form; the next loads it without
+    optimising again, and every output is the one the uncached session gives."""
+    from probret.engine.runtime import BundleRuntime
+
+    cache = tmp_path / "optimized"
+    plain = BundleRuntime(spem_bundle, device="cpu", graph_cache=False)
+    text, video = _features(plain, 300, 4)
+    ref = plain.score(text, video)
+    assert not cache.exists()
+
+    first = BundleRuntime(spem_bundle, device="cpu", graph_cache=cache)
+    t1, v1 = _features(first, 300, 4)
+    assert not first.session("pair_score").optimized_from_cache
+    files = sorted(cache.glob("*.onnx"))
+    assert len(files) == 3 and not list(cache.glob(".*"))  # text, video side, pair; no temporary left
+    stamps = [f.stat().st_mtime_ns for f in files]
+
+    again = BundleRuntime(spem_bundle, device="cpu", graph_cache=cache)
+    t2, v2 = _features(again, 300, 4)
+    for name in ("text_encoder", "video_side", "pair_score"):
+        assert again.session(name).optimized_from_cache, name
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    for k in text:
+        np.testing.assert_array_equal(t2[k], text[k])
+        np.testing.assert_array_equal(t1[k], text[k])
+    for out, want in zip(again.score(t2, v2), ref):
+        np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)
+
+    # a damaged cache file is optimised again, with a warning, not an error
+    for f in files:
+        f.write_bytes(b"not an onnx graph")
+    with caplog.at_level("WARNING", logger="probret.engine.runtime"):
+        healed = BundleRuntime(spem_bundle, device="cpu", graph_cache=cache)
+        np.testing.assert_array_equal(healed.encode_text(["caption number 0"])["text_sentence"],
+                                      text["text_sentence"][:1])
+    assert "optimising" in caplog.text and not healed.session("text_encoder").optimized_from_cache
+    assert healed.session("text_encoder").run  # usable
+    assert BundleRuntime(spem_bundle, device="cpu", graph_cache=cache).session("text_encoder").optimized_from_cache
+
+
+def test_optimized_graph_key():
+    from probret.engine.runtime import optimized_graph_path
+
+    a, b = optimized_graph_path("a" * 64, "/c"), optimized_graph_path("b" * 64, "/c")
+    assert a != b and a.parent == b.parent == __import__("pathlib").Path("/c") and a.suffix == ".onnx"
+    assert optimized_graph_path("a" * 64, "/c") == a
+
+
+def test_ort_build_names_the_active_onnxruntime():
+    import onnxruntime as ort
+
+    from probret.engine.runtime import ort_build
+
+    build = ort_build()
+    assert build["version"] == ort.__version__ and build["providers"] == ort.get_available_providers()
+    assert build["device"] == ("GPU" if "CUDAExecutionProvider" in build["providers"] else "CPU")
+    assert build["distributions"] and all(d.startswith("onnxruntime") for d in build["distributions"])
+    assert ort.__version__ in build["description"] and build["device"] in build["description"]

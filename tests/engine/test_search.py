@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probret.engine.errors import DataError, IndexStoreError
+from probret.engine.errors import DataError, IndexStoreError, ModelError
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter
 from probret.engine.search import Searcher, faiss_available, l2_normalize
 
@@ -117,6 +117,52 @@ def test_best_moment_ties_and_top_k(colour_index):
         s.search(["red"], top_k=0)
     with pytest.raises(DataError, match="query 2 is empty"):
         s.search(["red", "  "])
+
+
+def test_moments_per_hit_and_the_hit_fields_are_the_first_moment(colour_index):
+    s = Searcher(ColourRuntime(), colour_index)
+    blue = s.search(["blue"], top_k=10, moments=3)[0]
+    mix = next(h for h in blue.hits if h.path == "f_mix.mp4")
+    assert (mix.start, mix.end, mix.best_time) == (mix.moments[0].start, mix.moments[0].end, mix.moments[0].best_time)
+    assert mix.moments[0].score == mix.score and 4.0 <= mix.moments[0].start < mix.moments[0].end <= 8.0
+    for h in blue.hits:
+        assert 1 <= len(h.moments) <= 3
+        assert all(a.end <= b.start or b.end <= a.start for a in h.moments for b in h.moments if a is not b)
+        assert all(m.start <= m.best_time <= m.end for m in h.moments)
+    assert set(blue.hits[0].to_dict()["moments"][0]) == {"start", "end", "best_time", "score"}
+    one = next(h for h in s.search(["red"], moments=3)[0].hits if h.path == "a_red.mp4")  # one window: the clip
+    assert [(m.start, m.end, m.best_time) for m in one.moments] == [(0.0, 4.0, 2.0)]
+    with pytest.raises(DataError, match="moments"):
+        s.search(["red"], moments=0)
+
+
+class NaNRuntime(ColourRuntime):
+    """The colour model, but every segment of ``bad`` videos (or all) scores NaN."""
+
+    def __init__(self, bad_rows=None):
+        self.bad_rows = bad_rows
+
+    def score(self, text, video):
+        s, u = super().score(text, video)
+        if self.bad_rows is None:
+            s[:] = np.nan
+        else:
+            s[:, self.bad_rows] = np.nan
+            u[:, self.bad_rows] = np.nan
+        return s, u
+
+
+def test_nan_scores_are_never_ranked(colour_index):
+    r = colour_index
+    a_red = np.arange(r.video_offsets[0], r.video_offsets[1])  # a_red.mp4's one segment
+    said = []
+    res = Searcher(NaNRuntime(a_red), r, say=said.append).search(["red"], top_k=10)[0]
+    assert "a_red.mp4" not in [h.path for h in res.hits] and res.unranked == ["a_red.mp4"]
+    assert all(np.isfinite(h.score) for h in res.hits) and len(res.hits) == 5
+    assert any("NaN" in m and "a_red.mp4" in m for m in said)
+    assert json.loads(json.dumps(res.to_dict(), allow_nan=False))["unranked"] == ["a_red.mp4"]
+    with pytest.raises(ModelError, match="pair graph scored every segment NaN"):
+        Searcher(NaNRuntime(), r).search(["red"])
 
 
 class Float32OnlyRuntime(ColourRuntime):
@@ -246,9 +292,8 @@ def tiny(tmp_path_factory, make_spem_bundle):
 def test_bundle_ranking_equals_pytorch_checkpoint(tiny, tmp_path):
     """The whole search path (decode, preprocess, four graphs through ONNX Runtime, index round
     trip, ranking) against the checkpoint's PyTorch scoring of the same frames."""
-    from probret.engine.pipeline import PipelineOptions, decode_segments, update_index
+    from probret.engine.pipeline import PipelineOptions, decode_windows, update_index
     from probret.engine.runtime import BundleRuntime
-    from probret.engine.video import probe_video
     from probret.export import parity as P
     from probret.export.forms import create_form, set_num_samples
     from probret.engine.runtime import draw_noise
@@ -273,8 +318,8 @@ def test_bundle_ranking_equals_pytorch_checkpoint(tiny, tmp_path):
     pixels = []
     for p in paths:
         f = world / "videos" / p
-        pixels.append(decode_segments(f, probe_video(f), [(0.0, probe_video(f).duration)], num_frames=4, image_size=32,
-                                      mean=rt.bundle.preprocessing["mean"], std=rt.bundle.preprocessing["std"])[0][0])
+        pixels.append(decode_windows(f, 0.0, num_frames=4, image_size=32, mean=rt.bundle.preprocessing["mean"],
+                                     std=rt.bundle.preprocessing["std"]).pixels[0])  # window 0: the whole clip
     ref, _ = P.torch_scores(model, form, texts, np.stack(pixels), banks)
     for i, r in enumerate(results):
         order = sorted(range(len(paths)), key=lambda j: (-ref[i, j], paths[j]))

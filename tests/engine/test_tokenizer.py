@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from probret.engine.tokenizer import Tokenizer, default_vocab_path, get_tokenizer
+from probret.engine import tokenizer as tokenizer_module
+from probret.engine.tokenizer import Tokenizer, default_vocab_path, get_tokenizer, load_tokenizer
 
 N_GENERATED = 3000
 
@@ -26,7 +27,25 @@ GOLDEN = {
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
+    """The reference: the pure-Python BPE."""
     return Tokenizer()
+
+
+@pytest.fixture(scope="module")
+def rust_tok(tmp_path_factory) -> Tokenizer:
+    """Hugging Face tokenizers' BPE, converted into a cache of this module's own."""
+    pytest.importorskip("tokenizers")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PROBRET_CACHE", str(tmp_path_factory.mktemp("tok-cache")))
+    try:
+        yield Tokenizer(backend="tokenizers")
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module", params=["python", "tokenizers"])
+def any_tok(request, tok) -> Tokenizer:
+    return tok if request.param == "python" else request.getfixturevalue("rust_tok")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +133,8 @@ def generate_strings(n: int, seed: int = 0) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------------
-def test_golden_ids(tok):
+def test_golden_ids(any_tok):
+    tok = any_tok
     for text, ids in GOLDEN.items():
         row = tok([text])[0]
         assert row.dtype == np.int64 and row.shape == (77,)
@@ -158,7 +178,8 @@ def test_no_torch_import():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_matches_open_clip_on_generated_strings(tok):
+def test_matches_open_clip_on_generated_strings(any_tok):
+    tok = any_tok
     open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
     texts = generate_strings(N_GENERATED, seed=1234)
     t0 = time.perf_counter()
@@ -185,11 +206,79 @@ def test_matches_open_clip_on_generated_strings(tok):
     assert np.array_equal(ref32, ours32)
     assert np.array_equal(cut32, tok.truncated(sub, context_length=32))
     assert cut32.sum() > cut77[:1000].sum()
-    print(f"open_clip {t1 - t0:.2f}s, probret {t2 - t1:.2f}s for {len(texts)} strings")
+    print(f"open_clip {t1 - t0:.2f}s, probret ({tok.backend}) {t2 - t1:.2f}s for {len(texts)} strings")
 
 
-def test_matches_open_clip_get_tokenizer(tok):
+def test_matches_open_clip_get_tokenizer(any_tok):
+    tok = any_tok
     open_clip = pytest.importorskip("open_clip")
     texts = generate_strings(300, seed=7)
     ref = open_clip.get_tokenizer("ViT-B-32")(texts).numpy()
     assert np.array_equal(ref, tok(texts))
+
+
+def test_backends_agree_on_captions_and_long_texts(tok, rust_tok):
+    """Without open_clip (a torch-free install): the Rust back end against the reference on the
+    generated set, whole (untruncated) id lists included."""
+    texts = generate_strings(2000, seed=99) + ["a man playing guitar on a stage " * 30, "<start_of_text>!!<end_of_text>x",
+                                                "!!<start_of_text>", "&lt;start_of_text&gt;", "'ſ<ſtart_of_text>"]
+    for text in texts:
+        assert rust_tok.encode(text) == tok.encode(text), repr(text)
+    assert np.array_equal(rust_tok.encode_batch(texts)[0], tok.encode_batch(texts)[0])
+    assert rust_tok.decode(rust_tok("café 😀")[0]) == tok.decode(tok("café 😀")[0])
+
+
+def test_plain_ascii_shortcut_equals_the_full_cleaning():
+    """Printable ASCII without '&' skips ftfy and regex (module docstring); on such text the
+    shortcut's pieces must be the full path's."""
+    rng = random.Random(5)
+    alphabet = [chr(c) for c in range(0x20, 0x7F) if chr(c) != "&"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    texts += [" ".join(rng.choice(_WORDS) + rng.choice(["", *_CONTRACTIONS[:9], "!", "..."]) for _ in range(12))
+              for _ in range(1000)]
+    texts += ["<START_OF_TEXT> it's", "<end_of_text>", "  Padded   ", "I'LL 'VE 'Re"]
+    full = tokenizer_module._unicode_splitter()
+    for text in texts:
+        assert tokenizer_module._is_plain(text)
+        assert tokenizer_module._pieces(text) == full.findall(tokenizer_module._clean_full(text)), repr(text)
+    for text in ["&amp;", "caf\u00e9", "tab\there", "\x7f", "\x1b[0m"]:
+        assert not tokenizer_module._is_plain(text)
+
+
+def test_plain_query_imports_neither_ftfy_nor_regex():
+    code = ("import sys, probret.engine.tokenizer as t; tok = t.Tokenizer(); tok(['a man playing guitar']); "
+            "assert 'ftfy' not in sys.modules and 'regex' not in sys.modules, 'imported'; "
+            "tok(['caf\u00e9 &amp; 😀']); assert 'ftfy' in sys.modules and 'regex' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_rust_tokenizer_cache_is_keyed_by_the_vocabulary(tmp_path, monkeypatch):
+    pytest.importorskip("tokenizers")
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    first = Tokenizer(backend="tokenizers")
+    (cached,) = (tmp_path / "cache" / "tokenizers").glob("clip-bpe-*.json")
+    stamp = cached.stat().st_mtime_ns
+    assert Tokenizer(backend="tokenizers")("a dog")[0].tolist() == first("a dog")[0].tolist()
+    assert cached.stat().st_mtime_ns == stamp  # loaded, not converted again
+    # another vocabulary file (same merges, other bytes: not gzipped) gets a cache file of its own
+    import gzip
+
+    plain = tmp_path / "bpe.txt"
+    plain.write_bytes(gzip.decompress(default_vocab_path().read_bytes()))
+    other = Tokenizer(plain, backend="tokenizers")
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("clip-bpe-*.json"))) == 2
+    assert other.encode("a man playing guitar") == first.encode("a man playing guitar")
+    # a damaged cache file is converted again, with a warning, not an exception
+    cached.write_text("{not json")
+    assert Tokenizer(backend="tokenizers").encode("a dog") == first.encode("a dog")
+    assert cached.read_text().startswith("{") and '"merges"' in cached.read_text()
+
+
+def test_load_tokenizer_falls_back_without_the_package():
+    code = ("import sys; sys.modules['tokenizers'] = None; import probret.engine.tokenizer as t; "
+            "tok = t.load_tokenizer(backend='tokenizers'); assert tok.backend == 'python', tok; "
+            "assert tok(['a man playing guitar'])[0, :6].tolist() == [49406, 320, 786, 1629, 5084, 49407]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert load_tokenizer().backend == tokenizer_module.DEFAULT_BACKEND
+    with pytest.raises(ValueError, match="unknown tokenizer backend"):
+        Tokenizer(backend="sentencepiece")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
 from probret.engine.errors import VideoDecodeError
 from probret.engine.preprocess import resize_frames_uint8
 from probret.engine.video import (
+    MIN_BYTES_PER_SECOND,
     SampledFrames,
     VideoInfo,
     _sample,
@@ -292,21 +295,18 @@ def test_open_video_samples_many_windows_like_one_call_each(videos, name):
 
 
 @pytest.mark.parametrize("name", ["h264_bframes_mp4", "long_bframes_mkv", "h264_mp4", "mpeg4_avi", "raw_h264"])
-def test_dropping_unneeded_non_reference_frames_changes_no_frame(videos, monkeypatch, name):
+def test_dropping_unneeded_non_reference_frames_changes_no_frame(videos, name):
     """skip_frame=NONREF on packets no target needs: the same frames and timestamps as decoding
     everything, for every policy, sampling mode and decoder threading; and on an H.264 file
     with B-frames fewer frames are decoded."""
-    from probret.engine import video as video_mod
-
     spec = videos[name]
     for thread_type in ("AUTO", "NONE"):
-        monkeypatch.setattr(video_mod, "_THREAD_TYPE", thread_type)
         for decode in ("auto", "seek", "linear"):
             for mode, seed in (("uniform", 0), ("random", 5)):
                 runs = {}
                 for skip in (False, True):
-                    monkeypatch.setattr(video_mod, "_SKIP_FRAMES", skip)
-                    runs[skip] = _sample(spec.path, 12, mode=mode, rng=np.random.default_rng(seed), decode=decode)
+                    runs[skip] = _sample(spec.path, 12, mode=mode, rng=np.random.default_rng(seed), decode=decode,
+                                         thread_type=thread_type, skip_nonref=skip)
                 (full, full_stats), (fast, fast_stats) = runs[False], runs[True]
                 np.testing.assert_array_equal(fast.frames, full.frames)
                 np.testing.assert_array_equal(fast.timestamps, full.timestamps)
@@ -346,15 +346,13 @@ def test_auto_decodes_short_clips_linearly_and_seeks_in_long_ones(videos):
 
 
 @pytest.mark.parametrize("thread_type", ["AUTO", "NONE"])
-def test_auto_never_decodes_more_than_linear(videos, monkeypatch, thread_type):
-    from probret.engine import video as video_mod
-
-    monkeypatch.setattr(video_mod, "_THREAD_TYPE", thread_type)  # NONE: the cheaper seek cost
+def test_auto_never_decodes_more_than_linear(videos, thread_type):
     for name in ("h264_mp4", "h264_bframes_mp4", "long_mp4", "long_bframes_mkv", "mjpeg_mkv"):
         path = videos[name].path
-        for seed in range(3):
-            a, auto = _sample(path, 12, mode="random", rng=np.random.default_rng(seed))
-            b, lin = _sample(path, 12, mode="random", rng=np.random.default_rng(seed), decode="linear")
+        for seed in range(3):  # thread_type NONE: the cheaper seek cost
+            a, auto = _sample(path, 12, mode="random", rng=np.random.default_rng(seed), thread_type=thread_type)
+            b, lin = _sample(path, 12, mode="random", rng=np.random.default_rng(seed), decode="linear",
+                             thread_type=thread_type)
             assert auto.frames_decoded <= lin.frames_decoded + 1, name
             np.testing.assert_array_equal(a.frames, b.frames)
 
@@ -486,3 +484,56 @@ def test_refused_seek_falls_back_to_linear_with_the_same_targets(videos, monkeyp
     probe = np.random.default_rng(9)
     probe.random(6)
     assert rng.random() == probe.random()
+
+
+# ------------------------------------------------------------------ header claims checked against the file
+
+
+def _remux_with_duration(src: Path, dst: Path, seconds: float) -> Path:
+    """``src``'s packets remuxed into Matroska, whose Segment Info Duration (EBML id 0x4489, an
+    8-byte float in milliseconds) is then overwritten to claim ``seconds``."""
+    import struct
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="matroska") as out:
+        stream = inp.streams.video[0]
+        o = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = o
+                out.mux(packet)
+    data = bytearray(dst.read_bytes())
+    at = data.find(b"\x44\x89\x88")
+    assert at > 0, "no 8-byte Duration element"
+    data[at + 3:at + 11] = struct.pack(">d", seconds * 1000.0)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_header_claiming_hours_a_tiny_file_cannot_hold_is_not_believed(videos, tmp_path, caplog):
+    """A few-KB Matroska file whose header claims 30 hours: the duration is where its frames
+    really end (a packet scan, because no video holds under MIN_BYTES_PER_SECOND), with a
+    warning; sampling spans the real frames, not 30 hours of the last one."""
+    spec = videos["h264_mp4"]
+    liar = _remux_with_duration(spec.path, tmp_path / "liar.mkv", 30 * 3600)
+    honest = _remux_with_duration(spec.path, tmp_path / "honest.mkv", spec.n / spec.fps)
+    assert liar.stat().st_size < 30 * 3600 * MIN_BYTES_PER_SECOND
+    with av.open(str(liar)) as c:
+        assert c.duration / av.time_base == pytest.approx(30 * 3600)  # FFmpeg believes it
+    with caplog.at_level(logging.WARNING, logger="probret.engine.video"):
+        info = probe_video(liar)
+    assert info.duration == pytest.approx(spec.n / spec.fps, abs=0.11)
+    assert info.num_frames == pytest.approx(spec.n, abs=1) and info.fps == pytest.approx(spec.fps, rel=0.05)
+    assert any("header says" in r.getMessage() for r in caplog.records)
+    check_frames(spec, sample_frames(liar, 6), sampling_times(6, 0.0, info.duration))
+    assert probe_video(honest).duration == pytest.approx(info.duration)  # an honest header is unchanged
+
+
+def test_decoder_options_are_keywords_not_module_state(videos):
+    import probret.engine.video as video_mod
+
+    assert not hasattr(video_mod, "_THREAD_TYPE") and not hasattr(video_mod, "_SKIP_FRAMES")
+    with pytest.raises(ValueError, match="thread_type"):
+        sample_frames(videos["h264_mp4"].path, 4, thread_type="MANY")
+    with open_video(videos["h264_mp4"].path, thread_type="NONE", skip_nonref=False) as v:
+        (_,), stats = v.sample([(None, None)], 4)
+    assert stats.packets_skippable == 0

@@ -71,6 +71,25 @@ def test_build_specs_is_a_function_of_the_seed():
     assert r1 == r2 and r1 != r3
 
 
+
+# Scenes and captions of two 200-video worlds as of WORLD_VERSION 1, hashed when world.py became
+# the train/world/ package (identical before and after the split). Scene and caption sampling is
+# Python float math plus numpy's PCG64 stream, so these hold on every CPU. Update them only
+# together with a WORLD_VERSION bump.
+GOLDEN_SPECS = {
+    ("hard", 3): "adaeacfb8d82da8be24d130da46c0cc6a3e0c8478ac4e494d2372ca141cc532d",
+    ("medium", 0): "7caf50671986d0a3ea2337fa9cb6de69deffdf19374db971a9a2f66e744d3f85",
+}
+
+
+@pytest.mark.parametrize("difficulty, seed", list(GOLDEN_SPECS))
+def test_same_seed_gives_the_recorded_world(difficulty, seed):
+    specs = W.build_specs(videos=200, seed=seed, width=64, height=64, frames=16,
+                          difficulty=W.DIFFICULTIES[difficulty], counts=W.split_counts(200, (0.7, 0.1, 0.2)))
+    blob = json.dumps([[v.record(), [(c.text, c.kind, c.semantics, c.matches, c.sen_id) for c in v.captions]]
+                       for v in specs], sort_keys=True)
+    assert hashlib.sha256(blob.encode()).hexdigest() == GOLDEN_SPECS[(difficulty, seed)]
+
 # -- file formats ------------------------------------------------------------------------------
 
 
@@ -164,7 +183,7 @@ def _handmade(motion: str, *, shape="circle", color="red", size="large", frames=
         obj.x = 0.3
     return W.VideoSpec(
         video_id=f"video{index}", index=index, split="test", background="striped",
-        bg_colors=W._BG_PALETTES["striped"], bg_angle=0.0, bg_period=12.0, bg_phase=(0.0, 0.0),
+        bg_colors=W.BG_PALETTES["striped"], bg_angle=0.0, bg_period=12.0, bg_phase=(0.0, 0.0),
         objects=[obj], events=[W.EventSpec(0, motion, 0, frames)],
     )
 
@@ -366,3 +385,40 @@ def test_bad_settings_raise_data_error(tmp_path, kw):
 def test_no_torch_import():
     code = "import sys; import probret.train.world; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([__import__("sys").executable, "-c", code], check=True)
+
+
+# -- protocol v2 benchmark knobs -----------------------------------------------------------------
+
+
+def test_benchmark_knobs_put_the_phenomenon_in_the_data():
+    knobs = W.BenchmarkKnobs()
+    d = knobs.difficulty(W.parse_difficulty("0.25"))
+    assert (d.background_contrast, d.background_motion) == (knobs.background_contrast, knobs.background_motion)
+    counts = W.split_counts(600, (0.5, 0.2, 0.3))
+    specs = W.build_specs(videos=600, seed=5, width=64, height=64, frames=16, difficulty=d, counts=counts,
+                          benchmark=knobs)
+    train = [c for v in specs if v.split == "train" for c in v.captions]
+    named = np.mean([c.semantics["background"] is not None for c in train])
+    assert 0.03 < named < 0.2  # rarely named in training captions
+    assert min(Counter(v.background for v in specs).values()) > 80  # every background recurs
+    for split in ("val", "test"):
+        members = [v for v in specs if v.split == split]
+        assert all(c.semantics["background"] is None for v in members for c in v.captions)
+        evals = [next(c for c in v.captions if c.sen_id == v.eval_sen_id) for v in members]
+        kinds = Counter(c.kind for c in evals)
+        want = {k: round(w * len(members)) for k, w in zip(W.EVAL_KINDS, knobs.eval_mix)}
+        assert abs(kinds["partial"] - want["partial"]) <= 1 and abs(kinds["short"] - want["short"]) <= 2
+        for v, c in zip(members, evals):
+            if c.kind == "partial":  # one event of a two-event video
+                assert len(v.events) == 2 and len(c.semantics["events"]) == 1
+            assert v.video_id in c.matches
+        assert np.mean([len(c.matches) > 1 for c in evals if c.kind == "short"]) > 0.8  # ambiguous
+
+
+def test_benchmark_knobs_are_recorded_and_checked(tmp_path):
+    W.generate_world(tmp_path / "w", seed=1, benchmark=W.BenchmarkKnobs(), **SMALL)
+    world = W.load_world(tmp_path / "w")
+    assert world["settings"]["benchmark"]["eval_mix"] == [0.4, 0.3, 0.3]
+    assert world["settings"]["difficulty"]["background_contrast"] == 1.6
+    with pytest.raises(DataError, match="two-event"):
+        W.generate_world(tmp_path / "x", seed=1, benchmark=W.BenchmarkKnobs(eval_mix=(0.1, 0.8, 0.1)), **SMALL)

@@ -1,0 +1,271 @@
+"""CLI latency: one ``probret search FOLDER "q" --no-update`` on an indexed folder of 10,000 videos,
+timed side by side with ``python -c "import numpy, onnxruntime"`` (issue 14 §4: target <= 1.5x).
+
+    OMP_NUM_THREADS=1 python bench/cli_latency.py [--videos 10000] [--reps 15] [--out bench/results/cli_latency.json]
+
+The index is real: 8 procedural videos are indexed by ``probret index`` with the default model
+(the shipped demo bundle), then the real ``IndexWriter`` writes 10,000 videos whose features are
+those 8 videos' features plus small noise (N(0, 0.01) per element), each video a hard link to one
+of the 8 files, so a search without ``--no-update`` finds every file unchanged (its walk is
+measured too). ``PROBRET_CACHE`` is the work dir's own.
+
+Runs alternate between the commands (baseline, search, baseline, ...) so load from other
+processes hits both alike; the ratio is of medians. Wall time is what a user waits for; CPU
+time (user + sys of the child) is printed beside it because it is steadier on a shared machine.
+
+Then the means, each measured on its own in this process (best of ``--reps``, CPU seconds):
+the tokenizer (pure-Python tables vs Hugging Face ``tokenizers`` from its cached tokenizer.json,
+and the ftfy + regex imports a plain query skips), the ORT sessions of the text and pair graphs
+(optimising at load vs loading the cached optimised graph), ``import`` of the CLI module, and the
+search with the folder walk (no ``--no-update``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish, machine, print_targets, say  # noqa: E402
+
+PY = sys.executable
+PROBRET = str(Path(sys.executable).with_name("probret"))
+QUERY = "a red circle moves left"
+TARGET_RATIO = 1.5
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags)
+    except OSError:
+        pass
+    return "?"
+
+
+# --------------------------------------------------------------------------------------------
+# the folder and its index
+# --------------------------------------------------------------------------------------------
+def build(work: Path, n_videos: int, env: dict) -> Path:
+    """work/videos: ``n_videos`` hard links to 8 procedural mp4s, indexed (module docstring)."""
+    from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter, read_header
+    from probret.train.world import generate_world
+
+    folder = work / f"videos-{n_videos}"
+    if (folder / ".probret-index" / "index.db").is_file():
+        return folder
+    small = work / "small"
+    if not (small / ".probret-index" / "index.db").is_file():
+        shutil.rmtree(work / "world", ignore_errors=True)
+        generate_world(work / "world", videos=8, seed=11, resolution=(112, 112), frames=32, splits=(0.0, 0.0, 1.0))
+        shutil.copytree(work / "world" / "videos", small, dirs_exist_ok=True)
+        subprocess.run([PROBRET, "index", str(small), "-q"], check=True, env=env)
+    header = read_header(small / ".probret-index")
+    stored = {k: v for k, v in header["settings"].items() if k in IndexSettings.__dataclass_fields__}
+    settings = IndexSettings(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
+    con = sqlite3.connect(small / ".probret-index" / "index.db")
+    rows = con.execute("SELECT v.path, v.duration, v.fps, v.width, v.height, s.start, s.stop, s.timestamps, s.shard, "
+                       "s.row FROM videos v JOIN segments s ON s.video_id = v.id WHERE v.status = 'ok' "
+                       "ORDER BY v.path, s.seg").fetchall()
+    con.close()
+    with IndexReader(small / ".probret-index") as r:
+        names = list(r.layout)
+        pool = [{n: np.asarray(r.tensor(shard, n)[row], np.float32) for n in names} for *_, shard, row in rows]
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    with IndexWriter(folder / ".probret-index", settings, model=header["model"], rebuild=True) as w:
+        for lo in range(0, n_videos, 1000):
+            batch = []
+            for i in range(lo, min(n_videos, lo + 1000)):
+                k = i % len(rows)
+                path, duration, fps, width, height, start, stop, ts, *_ = rows[k]
+                link = folder / f"clip{i:05d}.mp4"
+                if not link.exists():
+                    os.link(small / path, link)
+                st = link.stat()
+                tensors = {n: (pool[k][n] + 0.01 * rng.standard_normal(pool[k][n].shape, dtype=np.float32))[None]
+                           for n in names}
+                batch.append(EncodedVideo(path=link.name, size=st.st_size, mtime_ns=st.st_mtime_ns, duration=duration,
+                                          fps=fps, width=width, height=height, segments=[(start, stop)],
+                                          timestamps=np.frombuffer(ts, "<f8")[None], tensors=tensors))
+            w.add(batch)
+    say(f"wrote an index of {n_videos:,} videos in {time.perf_counter() - t0:.1f} s")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# end to end
+# --------------------------------------------------------------------------------------------
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall s, child CPU s) of one run; fails loudly on a non-zero exit."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def side_by_side(commands: dict[str, list[str]], env: dict, reps: int) -> dict:
+    for cmd in commands.values():  # warm the page cache and the probret caches once
+        timed(cmd, env)
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
+    for _ in range(reps):
+        for k, cmd in commands.items():
+            runs[k].append(timed(cmd, env))
+    return {k: {"wall_median_s": statistics.median(w for w, _ in v), "cpu_median_s": statistics.median(c for _, c in v),
+                "wall_min_s": min(w for w, _ in v), "runs": v} for k, v in runs.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# the means, one by one
+# --------------------------------------------------------------------------------------------
+def _best_cpu(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t)
+    return best
+
+
+def _fresh_cpu(code: str, env: dict, reps: int) -> float:
+    """Median child CPU seconds of ``python -c code`` (fresh interpreters: import costs included)."""
+    return statistics.median(timed([PY, "-c", code], env)[1] for _ in range(reps))
+
+
+def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
+    from probret.engine.bundle import load_bundle
+    from probret.engine.index import read_header
+    from probret.engine.runtime import OrtGraph, optimized_graph_path
+    from probret.engine.tokenizer import Tokenizer
+
+    out: dict = {}
+    bundle = load_bundle(read_header(folder / ".probret-index")["model"]["bundle"])
+    vocab = bundle.tokenizer_file
+    os.environ["PROBRET_CACHE"] = env["PROBRET_CACHE"]
+    out["tokenizer_python_tables_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab)._build_tables(), reps)
+    Tokenizer(vocab, backend="tokenizers")  # converts once into the cache
+    out["tokenizer_hf_from_cache_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab, backend="tokenizers"), reps)
+    n = min(reps, 7)
+    base = _fresh_cpu("import numpy", env, n)
+    out["import_ftfy_regex_cpu_s"] = _fresh_cpu("import numpy, ftfy, regex", env, n) - base
+    out["import_tokenizers_cpu_s"] = _fresh_cpu("import numpy, tokenizers", env, n) - base
+    out["import_cli_search_cpu_s"] = _fresh_cpu("import numpy, onnxruntime, probret.cli.search_cmd", env, n) - \
+        _fresh_cpu("import numpy, onnxruntime", env, n)
+    files = bundle.manifest["files"]
+    for graph in ("text_encoder", "pair_score"):
+        path = bundle.graph_path(graph)
+        sha = files[path.relative_to(bundle.path).as_posix()]["sha256"]
+        cached = optimized_graph_path(sha, work / "graph-cache")
+        OrtGraph(path, ["CPUExecutionProvider"], optimized=cached)
+        out[f"session_{graph}_optimise_cpu_s"] = _best_cpu(lambda: OrtGraph(path, ["CPUExecutionProvider"]), reps)
+        out[f"session_{graph}_cached_cpu_s"] = _best_cpu(
+            lambda: OrtGraph(path, ["CPUExecutionProvider"], optimized=cached), reps)
+    return out
+
+
+def breakdown(folder: Path, env: dict, reps: int) -> dict:
+    """Where one search's time goes after the imports, in this (warm) process, wall seconds, best
+    of ``reps``: opening the index, the two ORT sessions (cached optimised graphs), the tokenizer
+    tables, then one query (tokenize, text graph, scoring every video, ranking)."""
+    from probret.engine.facade import VideoFolder
+    from probret.engine.index import read_header
+    from probret.engine.runtime import BundleRuntime
+
+    os.environ["PROBRET_CACHE"] = env["PROBRET_CACHE"]
+    meta = read_header(folder / ".probret-index")["model"]
+    out = {"open_index_s": [], "sessions_s": [], "tokenizer_s": [], "first_query_s": [], "next_query_s": []}
+    for _ in range(min(reps, 5)):
+        rt = BundleRuntime(meta["bundle"], device="cpu")
+        t0 = time.perf_counter()
+        vf = VideoFolder(folder, rt.bundle, model=meta, runtime=rt)
+        len(vf)  # opens the reader
+        t1 = time.perf_counter()
+        rt.session("text_encoder"), rt.session("pair_score")
+        t2 = time.perf_counter()
+        rt.tokenizer
+        t3 = time.perf_counter()
+        vf.search(QUERY)
+        t4 = time.perf_counter()
+        vf.search(QUERY + " again")
+        t5 = time.perf_counter()
+        vf.close()
+        for k, v in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            out[k].append(v)
+    return {k: min(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+def targets(res: dict) -> list[dict]:
+    r = res["ratio_wall"]
+    return [{"target": f"search --no-update <= {TARGET_RATIO}x import numpy, onnxruntime (wall medians)",
+             "measured": f"{r:.2f}x", "status": "met" if r <= TARGET_RATIO else "NOT met"}]
+
+
+def print_tables(res: dict) -> None:
+    e = res["end_to_end"]
+    print(f"\nCLI latency, {res['videos']:,} indexed videos, query {QUERY!r} "
+          f"({res['machine']['cpu']}, {res['machine']['nproc']} cores, flags: {res['cpu_flags']})")
+    print(f"{'command':<58} {'wall median':>12} {'wall min':>9} {'CPU median':>11}")
+    for k, v in e.items():
+        print(f"{k:<58} {v['wall_median_s']:>10.3f} s {v['wall_min_s']:>7.3f} s {v['cpu_median_s']:>9.3f} s")
+    print(f"ratio search --no-update / import numpy, onnxruntime: wall {res['ratio_wall']:.2f}x, "
+          f"CPU {res['ratio_cpu']:.2f}x (target <= {TARGET_RATIO}x)")
+    print("\nmeans (CPU seconds):")
+    for k, v in res["means"].items():
+        print(f"  {k:<44} {v:.4f}")
+    print("\none search in a warm process (wall seconds, best of 5):")
+    for k, v in res["breakdown"].items():
+        print(f"  {k:<44} {v:.4f}")
+    print_targets(res["targets"])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--videos", type=int, default=10_000)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "probret-cli-latency")
+    ap.add_argument("--out", default=None, help="results JSON (e.g. bench/results/cli_latency.json)")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    a.work.mkdir(parents=True, exist_ok=True)
+    # a pip install compiles every module to bytecode; PYTHONDONTWRITEBYTECODE (set on some dev
+    # machines) would make each run compile probret again and measure that instead
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "PROBRET_CACHE": str(a.work / "cache")}
+    res = {"machine": machine(), "cpu_flags": _cpu_flags(), "videos": a.videos, "query": QUERY, "reps": a.reps}
+    folder = build(a.work, a.videos, env)
+    commands = {
+        'python -c "import numpy, onnxruntime"': [PY, "-c", "import numpy, onnxruntime"],
+        f'probret search FOLDER "{QUERY}" --no-update': [PROBRET, "search", str(folder), QUERY, "--no-update", "-q"],
+        f'probret search FOLDER "{QUERY}" (walks the folder)': [PROBRET, "search", str(folder), QUERY, "-q"],
+    }
+    say(f"timing {len(commands)} commands x {a.reps} runs, interleaved")
+    res["end_to_end"] = side_by_side(commands, env, a.reps)
+    base, ours = (res["end_to_end"][k] for k in list(commands)[:2])
+    res["ratio_wall"] = ours["wall_median_s"] / base["wall_median_s"]
+    res["ratio_cpu"] = ours["cpu_median_s"] / base["cpu_median_s"]
+    res["means"] = means(folder, a.work, env, a.reps)
+    res["breakdown"] = breakdown(folder, env, a.reps)
+    finish(res, t0, a.out, print_tables, targets)
+
+
+if __name__ == "__main__":
+    main()

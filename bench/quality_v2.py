@@ -1,0 +1,389 @@
+"""Quality protocol v2 (issue 11): every registered method, five seeds, >= 1,000 test queries of
+three kinds scored against match sets, paired bootstrap intervals, an encoder gate, resumable.
+
+    python bench/quality_v2.py --quick                      # smoke run, about a minute (CI)
+    python bench/quality_v2.py --gate-only                  # world + shared backbone + encoder gate
+    python bench/quality_v2.py                              # the full protocol (resumable, hours)
+    python bench/quality_v2.py --max-runs 4                 # do at most 4 more fine-tuning runs, then report
+
+Everything the protocol fixes is in bench/protocols/quality_v2.json, committed before any full
+run: the world (protocol-v2 knobs, docs/world.md), the gallery, the shared backbone and its
+pre-training, the fine-tuning schedule (fixed: no checkpoint selection), methods, seeds, the
+statistics, the gate and the pre-registered comparisons with their thresholds and correction.
+
+Flow: (1) generate the world once; (2) pre-train ONE shared video-text backbone (meanP
+contrastive, from scratch) on the world's training split and run the encoder gate on it
+(linear probes of its frame features for background / colour / shape / motion against the
+majority class, and the model-free "background + colour words" floor ranker on the test
+queries); (3) fine-tune every method from that backbone for each seed, briefly, and evaluate
+once on the test gallery, keeping per-query results; (4) report R@1 per method and query kind
+(mean and sample std over seeds, ddof=1), the gate, and every pre-registered comparison as a
+paired per-query difference with a two-level (seeds x queries) bootstrap interval.
+
+Resumable and keyed: a run is stored under runs/<what>-<key>/ with key = sha256 of (protocol
+file bytes, the code that trains and evaluates it, what it is). A finished run (result.json) with
+the same key is reused; runs of other keys are never read, so editing the protocol or the code
+starts afresh without mixing stale numbers in. One thread per run (torch.set_num_threads(1)),
+``--parallel`` runs at a time (default 2, the cores of the development machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_stats as qs  # noqa: E402
+from common import REPO, machine, say  # noqa: E402
+
+PROTOCOL = REPO / "bench" / "protocols" / "quality_v2.json"
+#: The code a run's numbers depend on; its hash is part of every run key. Whole folders, so a
+#: file added or renamed there is covered too.
+CODE_FILES = ["bench/quality_v2.py", "bench/quality_stats.py", "engine/metrics.py", "engine/video.py"]
+CODE_GLOBS = ["train/*.py", "train/methods/*.py", "train/world/*.py", "train/backbone_configs/*.json"]
+MARKER = "probret-quality-run.json"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_sha() -> str:
+    h = hashlib.sha256()
+    files = [REPO / f for f in CODE_FILES] + sorted(p for g in CODE_GLOBS for p in REPO.glob(g))
+    for p in files:
+        if p.is_file():
+            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def run_key(protocol_sha: str, code: str, what: dict) -> str:
+    blob = json.dumps({"protocol": protocol_sha, "code": code, **what}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_protocol(path: Path, quick: bool) -> tuple[dict, str]:
+    """The protocol (with its ``quick`` overrides applied when asked) and the file's sha256."""
+    raw = json.loads(path.read_text())
+    protocol = json.loads(json.dumps(raw))
+    if quick:
+        for section, values in raw["quick"].items():
+            if isinstance(values, dict):
+                protocol[section].update(values)
+            else:
+                protocol[section] = values
+    protocol.pop("quick", None)
+    return protocol, sha256_file(path) + ("-quick" if quick else "")
+
+
+def method_list(protocol: dict) -> list[str]:
+    if protocol["methods"] != "registry":
+        return list(protocol["methods"])
+    from probret.train.methods import list_methods
+
+    return list_methods()
+
+
+# -- world ---------------------------------------------------------------------------------------
+
+def ensure_world(protocol: dict, root: Path) -> Path:
+    from probret.train.world import WORLD_VERSION, BenchmarkKnobs, generate_world
+
+    w = protocol["world"]
+    key = hashlib.sha256(json.dumps({**w, "world_version": WORLD_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    out = root / f"world-{key}"
+    if (out / "world.json").is_file():
+        return out
+    say(f"generating world: {w['videos']} videos in {out}")
+    generate_world(out, videos=w["videos"], seed=w["seed"], resolution=tuple(w["resolution"]), frames=w["frames"],
+                   fps=w["fps"], difficulty=w["difficulty"], splits=tuple(w["splits"]), overwrite=True,
+                   benchmark=BenchmarkKnobs(**{k: tuple(v) if isinstance(v, list) else v
+                                               for k, v in w["benchmark"].items()}))
+    return out
+
+
+# -- runs (each in its own process, one thread) -----------------------------------------------------
+
+def _overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
+    b = protocol["backbone"]
+    pretrained = job.get("backbone_file")
+    return [
+        f"model.backbone={b['name']}", f"model.pretrained={pretrained or 'null'}", f"model.method={job['method']}",
+        f"model.num_frames={b['num_frames']}", "data.dataset=procedural", f"data.root={job['world']}",
+        "data.num_workers=0", f"train.out={job['dir']}/train", f"train.seed={job['seed']}",
+        f"train.batch_size={schedule['batch_size']}", f"train.max_steps={schedule['steps']}", "train.epochs=100000",
+        f"train.eval_every={schedule['steps']}", f"train.lr_backbone={schedule['lr_backbone']}",
+        f"train.lr_head={schedule['lr_head']}", f"train.weight_decay={schedule['weight_decay']}",
+        f"train.warmup_ratio={schedule['warmup_ratio']}", "train.log_every=50", "train.eval_batch_size=64",
+        "train.device=cpu",
+    ] + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()]
+
+
+def _train(protocol: dict, job: dict, schedule: dict):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from probret.train.checkpoint import load_checkpoint
+    from probret.train.config import ExperimentConfig, apply_overrides
+    from probret.train.trainer import train
+
+    config = apply_overrides(ExperimentConfig(), _overrides(protocol, job, schedule))
+    started = time.process_time()
+    result = train(config, progress=False)
+    model, _ = load_checkpoint(Path(job["dir"]) / "train" / "last")  # fixed schedule: the last step
+    return model, result, time.process_time() - started
+
+
+def pretrain_job(protocol: dict, job: dict) -> dict:
+    """Train the shared backbone, save it as open_clip weights, and probe its frame features."""
+    from safetensors.torch import save_file
+
+    model, result, cpu = _train(protocol, job, protocol["pretrain"])
+    state = {k: v.detach().contiguous() for k, v in model.backbone.clip.state_dict().items()}
+    save_file(state, str(Path(job["dir"]) / "backbone.safetensors"))
+    started = time.process_time()
+    gate = encoder_probes(model, Path(job["world"]), protocol["gate"]["probe"])
+    return {"cpu_seconds": round(cpu, 1), "probe_cpu_seconds": round(time.process_time() - started, 1),
+            "steps": result.steps, "val": result.last_metrics, "probes": gate}
+
+
+def encoder_probes(model, world_dir: Path, probe: dict) -> dict:
+    """Linear probes of the backbone's frame features: fit on train videos, test on test videos."""
+    import torch
+
+    from probret.train.datasets import load_split
+    from probret.train.evaluate import encode_videos
+    from probret.train.world import load_world
+
+    world = load_world(world_dir)
+    feats = {}
+    for split in ("train", "test"):
+        data = load_split("procedural", str(world_dir), split)
+        frames, _ = encode_videos(model, data, batch_size=64, num_workers=0, device=torch.device("cpu"),
+                                  progress=False)
+        records = [world["videos"][vid] for vid in data.video_ids]
+        feats[split] = (qs.probe_inputs(frames.numpy()), qs.probe_labels(records))
+    out = {}
+    for attr in ("background", "color", "shape", "motion"):
+        (x_tr, y_tr), (x_te, y_te) = ((f[0][attr], f[1][attr]) for f in (feats["train"], feats["test"]))
+        out[attr] = qs.linear_probe(x_tr, y_tr, x_te, y_te, l2=probe["l2"], steps=probe["steps"])
+    return out
+
+
+def finetune_job(protocol: dict, job: dict) -> dict:
+    """Fine-tune one method from the shared backbone for one seed; evaluate once on test."""
+    import torch
+
+    from probret.train.datasets import load_split
+    from probret.train.evaluate import evaluate
+
+    model, result, cpu = _train(protocol, job, protocol["finetune"])
+    test = load_split("procedural", job["world"], "test")
+    started = time.process_time()
+    with torch.no_grad():
+        ev = evaluate(model, test, block=256, seed=0)
+    scores = qs.per_query(ev.sims, test.relevant)
+    extra = qs.margins(ev.sims)
+    unc = None
+    if ev.uncertainty is not None:
+        unc = ev.uncertainty[np.arange(len(ev.sims)), ev.sims.argmax(1)].tolist()
+    return {"method": job["method"], "seed": job["seed"], "cpu_seconds": round(cpu, 1),
+            "eval_cpu_seconds": round(time.process_time() - started, 1), "steps": result.steps,
+            "val": result.last_metrics, "test": ev.metrics, "hit1": scores["hit1"].tolist(),
+            "rank": scores["rank"].tolist(), "top1": extra["top1"].tolist(), "margin": extra["margin"].tolist(),
+            "uncertainty_top1": unc}
+
+
+def run_keyed(job: dict) -> dict:
+    """Run ``job`` unless runs/<name>-<key>/result.json exists; a half-finished run of the same
+    key (killed) is removed first, but only if it carries our marker."""
+    d = Path(job["dir"])
+    done = d / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if d.exists():
+        if not (d / MARKER).is_file():
+            raise SystemExit(f"{d} exists but was not made by this bench; move it away")
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    (d / MARKER).write_text(json.dumps({k: v for k, v in job.items() if k != "protocol"}, indent=1) + "\n")
+    fn = pretrain_job if job["kind"] == "pretrain" else finetune_job
+    result = {"key": job["key"], **fn(job["protocol"], job)}
+    shutil.rmtree(d / "train" / "state", ignore_errors=True)  # optimizer state: not needed once done
+    tmp = d / "result.json.part"
+    tmp.write_text(json.dumps(result) + "\n")
+    os.replace(tmp, done)
+    return result
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+def test_queries(world_dir: Path) -> dict:
+    """Test texts, match sets (indices), query kinds and video records, in evaluation order."""
+    from probret.train.datasets import load_split
+    from probret.train.world import load_world
+
+    world = load_world(world_dir)
+    split = load_split("procedural", str(world_dir), "test")
+    vids = split.video_ids
+    kinds = [world["captions"][str(world["videos"][vids[j]]["eval_sen_id"])]["kind"] for j in split.text_video_index]
+    return {"texts": split.texts, "relevant": split.relevant, "kinds": np.asarray(kinds),
+            "records": [world["videos"][v] for v in vids], "vocabulary": world["vocabulary"]}
+
+
+def gate_report(protocol: dict, pre: dict, queries: dict, hits: dict[str, np.ndarray]) -> dict:
+    """Probes against their majority class, the floor ranker, meanP against the floor, and
+    whether the comparison counts (all three as the protocol's thresholds say)."""
+    g = protocol["gate"]
+    voc = queries["vocabulary"]
+    floor = qs.per_query(qs.floor_scores(queries["texts"], queries["records"], list(voc["colors"]),
+                                         voc["backgrounds"]), queries["relevant"])["hit1"]
+    kinds = queries["kinds"]
+    floor_r1 = {k: float(100 * floor[qs.kind_mask(kinds, k)].mean()) for k in ("all",) + qs.KINDS}
+    probes = pre["probes"]
+    checks = {f"{a}_over_majority": probes[a]["accuracy"] - probes[a]["majority"] >= g[f"{a}_over_majority"]
+              for a in ("shape", "motion")}
+    meanp = None
+    if "meanp" in hits:
+        diff = 100 * (hits["meanp"] - floor[None, :])
+        st = protocol["statistics"]
+        meanp = qs.paired_bootstrap(diff, reps=st["reps"], level=st["level"], seed=st["seed"])
+        checks["meanp_over_floor"] = meanp["lo"] > 0 and meanp["mean"] >= g["meanp_over_floor"]
+    else:
+        checks["meanp_over_floor"] = None
+    return {"probes": probes, "floor_R1": floor_r1, "meanp_minus_floor": meanp, "checks": checks,
+            "passed": all(v is True for v in checks.values()), "floor_hit1": floor.tolist()}
+
+
+def analyse(protocol: dict, runs: dict, seeds: list[int], methods: list[str], queries: dict, pre: dict) -> dict:
+    st = dict(protocol["statistics"])
+    primary = [c for c in protocol["comparisons"] if c.get("family") == "primary"]
+    st["primary_level"] = 1 - (1 - st["level"]) / max(len(primary), 1)  # Bonferroni over the primary family
+    complete = {m: np.stack([np.asarray(runs[(m, s)]["hit1"]) for s in seeds])
+                for m in methods if all((m, s) in runs for s in seeds)}
+    partial = {m: np.stack([np.asarray(runs[(m, s)]["hit1"]) for s in seeds if (m, s) in runs])
+               for m in methods if any((m, s) in runs for s in seeds)}
+    kinds = queries["kinds"]
+    return {
+        "table": qs.method_table(partial, kinds),
+        "seeds_done": {m: [s for s in seeds if (m, s) in runs] for m in methods},
+        "complete_methods": sorted(complete),
+        "gate": gate_report(protocol, pre, queries, complete),
+        "comparisons": [qs.comparison(c, complete, kinds, st) for c in protocol["comparisons"]],
+        "primary_level": st["primary_level"],
+        "cpu_seconds": {"pretrain": pre["cpu_seconds"] + pre["probe_cpu_seconds"],
+                        "finetune_mean": float(np.mean([r["cpu_seconds"] + r["eval_cpu_seconds"] for r in runs.values()]))
+                        if runs else None,
+                        "finetune_total": float(sum(r["cpu_seconds"] + r["eval_cpu_seconds"] for r in runs.values()))},
+    }
+
+
+def _fmt(x, nd=1) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def markdown(a: dict, meta: dict) -> str:
+    lines = [f"Quality protocol v2 - protocol sha256 {meta['protocol_sha'][:16]}, code {meta['code_sha'][:16]}, "
+             f"{meta['machine']['cpu']}.", "",
+             "t2v R@1 (%) against match sets, test gallery; mean ± std over seeds (ddof=1).", "",
+             "| method | seeds | all | full | partial | short |", "|---|---|---|---|---|---|"]
+    for m, row in a["table"].items():
+        cells = [f"{_fmt(row[k]['mean'])} ± {_fmt(row[k]['std'])}" for k in ("all",) + qs.KINDS]
+        lines.append(f"| {m} | {len(a['seeds_done'][m])} | " + " | ".join(cells) + " |")
+    g = a["gate"]
+    lines += ["", "Encoder gate (shared backbone): linear-probe accuracy vs majority class.", "",
+              "| attribute | probe | majority | classes |", "|---|---|---|---|"]
+    for attr, p in g["probes"].items():
+        lines.append(f"| {attr} | {100 * p['accuracy']:.1f} | {100 * p['majority']:.1f} | {p['classes']} |")
+    fl = g["floor_R1"]
+    lines += ["", "Floor (background + colour words, no model) R@1: " + ", ".join(f"{k} {_fmt(v)}" for k, v in fl.items()),
+              f"meanP - floor: {_fmt((g['meanp_minus_floor'] or {}).get('mean'))} "
+              f"[{_fmt((g['meanp_minus_floor'] or {}).get('lo'))}, {_fmt((g['meanp_minus_floor'] or {}).get('hi'))}]",
+              "Gate checks: " + ", ".join(f"{k}={v}" for k, v in g["checks"].items())
+              + f" -> {'PASSED' if g['passed'] else 'NOT PASSED: the comparisons below do not count'}", "",
+              f"Pre-registered comparisons (paired per-query difference, points; primary family at "
+              f"{100 * a['primary_level']:.1f}% intervals, Bonferroni):", "",
+              "| id | A - B | kind | mean | CI | seed std | threshold | status |", "|---|---|---|---|---|---|---|---|"]
+    for c in a["comparisons"]:
+        b = c.get("b_resolved", c["b"])
+        lines.append(f"| {c['id']} | {c['a']} - {b} | {c['kind']} | {_fmt(c.get('mean'))} | "
+                     f"[{_fmt(c.get('lo'))}, {_fmt(c.get('hi'))}] | {_fmt(c.get('seed_std'))} | "
+                     f">= {c.get('min_diff', 0)}, CI > 0 | {c['status']} |")
+    cpu = a["cpu_seconds"]
+    lines += ["", f"CPU seconds: shared backbone + probes {_fmt(cpu['pretrain'], 0)}, one fine-tune + eval "
+              f"{_fmt(cpu['finetune_mean'], 0)} (mean), all fine-tunes so far {_fmt(cpu['finetune_total'], 0)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _jobs(protocol: dict, psha: str, csha: str, world: Path, out: Path, methods: list[str], seeds: list[int],
+          backbone: Path) -> list[dict]:
+    jobs = []
+    for seed in seeds:
+        for m in methods:
+            key = run_key(psha, csha, {"kind": "finetune", "method": m, "seed": seed})
+            jobs.append({"kind": "finetune", "method": m, "seed": seed, "key": key, "world": str(world),
+                         "dir": str(out / "runs" / f"{m}-s{seed}-{key}"), "backbone_file": str(backbone),
+                         "protocol": protocol})
+    return jobs
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", type=Path, default=PROTOCOL)
+    p.add_argument("--out", type=Path, default=None, help="default: the protocol's out (quick: OUT/quick)")
+    p.add_argument("--quick", action="store_true", help="the protocol's quick overrides: a ~1 minute smoke run")
+    p.add_argument("--gate-only", action="store_true", help="world, shared backbone and encoder gate only")
+    p.add_argument("--max-runs", type=int, default=None, help="start at most this many new fine-tuning runs")
+    p.add_argument("--parallel", type=int, default=2)
+    args = p.parse_args(argv)
+    t0 = time.time()
+    protocol, psha = load_protocol(args.protocol, args.quick)
+    csha = code_sha()
+    out = args.out or (REPO / protocol["out"] / ("quick" if args.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    world = ensure_world(protocol, out)
+    pkey = run_key(psha, csha, {"kind": "pretrain"})
+    pre_job = {"kind": "pretrain", "method": protocol["pretrain"]["method"], "seed": protocol["pretrain"]["seed"],
+               "key": pkey, "world": str(world), "dir": str(out / "runs" / f"pretrain-{pkey}"), "protocol": protocol}
+    with ProcessPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        say("shared backbone: pre-training (or reusing a finished run of the same key)")
+        pre = pool.submit(run_keyed, pre_job).result()
+        methods, seeds = method_list(protocol), list(protocol["seeds"])
+        jobs = [] if args.gate_only else _jobs(protocol, psha, csha, world, out, methods, seeds,
+                                               Path(pre_job["dir"]) / "backbone.safetensors")
+        todo = [j for j in jobs if not (Path(j["dir"]) / "result.json").is_file()]
+        if args.max_runs is not None:
+            skipped = {id(j) for j in todo[args.max_runs:]}
+            jobs = [j for j in jobs if id(j) not in skipped]
+        say(f"{len(jobs)} fine-tuning runs ({len(todo)} not finished before, starting "
+            f"{len(todo) if args.max_runs is None else min(len(todo), args.max_runs)})")
+        runs = {}
+        for job, res in zip(jobs, pool.map(run_keyed, jobs)):
+            runs[(job["method"], job["seed"])] = res
+            say(f"{job['method']:6s} seed {job['seed']}: R@1 {100 * np.mean(res['hit1']):.1f} "
+                f"({res['cpu_seconds'] + res['eval_cpu_seconds']:.0f} CPU s)")
+    queries = test_queries(world)
+    analysis = analyse(protocol, runs, seeds, methods, queries, pre)
+    meta = {"protocol_sha": psha, "code_sha": csha, "machine": machine(), "seconds": round(time.time() - t0, 1),
+            "quick": args.quick, "world": str(world)}
+    results = {"meta": meta, "protocol": protocol, "analysis": analysis, "kinds": queries["kinds"].tolist(),
+               "runs": {f"{m}-s{s}": r for (m, s), r in runs.items()}, "pretrain": pre}
+    (out / "results.json").write_text(json.dumps(results) + "\n")
+    md = markdown(analysis, meta)
+    (out / "summary.md").write_text(md)
+    print(md)
+    say(f"total {time.time() - t0:.0f} s wall; results in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Quality protocol v2 (bench/quality_v2.py, bench/quality_stats.py): per-query scoring against
+match sets, the floor ranker, the paired bootstrap, the committed protocol file, and the --quick
+smoke run end to end (keyed runs reused on a second run)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+import quality_stats as qs  # noqa: E402
+import quality_v2 as q2  # noqa: E402
+
+
+def test_per_query_hit_counts_ties_and_match_sets():
+    sims = np.array([[3.0, 3.0, 1.0, 3.0],    # three tie at the top, one of them relevant
+                     [0.0, 2.0, 5.0, 1.0],    # top is video 2, relevant {1, 2}
+                     [4.0, 1.0, 2.0, 3.0]])   # relevant {3}: one irrelevant above it
+    out = qs.per_query(sims, [[0], [1, 2], [3]])
+    assert out["hit1"] == pytest.approx([1 / 3, 1.0, 0.0])
+    assert out["rank"] == pytest.approx([1 + 2 / 2, 1.0, 2.0])
+
+
+def test_floor_ranker_uses_only_background_and_colour_words():
+    records = [{"background": "striped", "objects": [{"color": "red"}]},
+               {"background": "dotted", "objects": [{"color": "red"}, {"color": "blue"}]}]
+    sims = qs.floor_scores(["a red circle moves left", "a blue star on a striped background", "a square spins"],
+                           records, ["red", "blue"], ["striped", "dotted"])
+    assert sims.tolist() == [[1, 1], [1, 1], [0, 0]]
+
+
+def test_paired_bootstrap_interval_and_seed_std():
+    rng = np.random.default_rng(0)
+    diff = 5 + rng.normal(0, 1, (5, 400))
+    ci = qs.paired_bootstrap(diff, reps=300, level=0.95, seed=0)
+    assert ci["lo"] < 5 < ci["hi"] and ci["lo"] > 4 and ci["hi"] < 6
+    assert ci["seed_std"] == pytest.approx(diff.mean(1).std(ddof=1))
+    zero = qs.paired_bootstrap(rng.normal(0, 1, (5, 400)), reps=300, level=0.95, seed=0)
+    assert zero["lo"] < 0 < zero["hi"]
+
+
+def test_linear_probe_beats_majority_on_separable_data():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(0, 1, (300, 8)) + 3 * np.eye(8)[y]
+    res = qs.linear_probe(x[:200], y[:200], x[200:], y[200:])
+    assert res["accuracy"] > 0.9 and res["majority"] < 0.5
+
+
+def test_committed_protocol_is_pre_registered():
+    protocol, sha = q2.load_protocol(q2.PROTOCOL, quick=False)
+    assert len(sha) == 64
+    assert set(q2.method_list(protocol)) >= {"meanp", "xpool", "tmass", "spem", "duq", "dvtr", "prota"}
+    assert len(protocol["seeds"]) == 5
+    w = protocol["world"]
+    assert round(w["videos"] * w["splits"][2] / sum(w["splits"])) >= 1000  # test queries
+    assert round(w["videos"] * w["splits"][1] / sum(w["splits"])) >= 300  # validation queries
+    ids = {c["id"]: c for c in protocol["comparisons"]}
+    assert ids["world_has_phenomenon"]["a"] == "xpool" and ids["world_has_phenomenon"]["kind"] == "partial"
+    for kind in ("all", "partial", "short"):
+        spem = next(c for c in ids.values() if c["a"] == "spem" and c["kind"] == kind)
+        assert spem["b"] == "max(xpool, meanp)" and spem["min_diff"] == 2.0 and spem["family"] == "primary"
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
+    q2.main(["--quick", "--out", str(tmp_path), "--parallel", "2"])
+    res = json.loads((tmp_path / "results.json").read_text())
+    a = res["analysis"]
+    methods = q2.method_list(q2.load_protocol(q2.PROTOCOL, quick=True)[0])
+    assert sorted(a["complete_methods"]) == sorted(methods)
+    n = len(res["kinds"])
+    assert all(len(r["hit1"]) == n for r in res["runs"].values())
+    assert set(a["gate"]["probes"]) == {"background", "color", "shape", "motion"}
+    assert {c["id"] for c in a["comparisons"]} >= {"world_has_phenomenon", "spem_overall"}
+    assert "Encoder gate" in (tmp_path / "summary.md").read_text()
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    # same protocol and code: every run is reused, nothing new is trained
+    q2.main(["--quick", "--out", str(tmp_path), "--gate-only"])
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["pretrain"] == res["pretrain"]

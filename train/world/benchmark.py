@@ -1,0 +1,93 @@
+"""Quality-benchmark knobs (protocol v2, issue 11): put SPEM's phenomenon into the data.
+
+``generate_world(..., benchmark=BenchmarkKnobs())`` changes three things and records the knobs
+in world.json ``settings.benchmark`` (without it, a world is exactly what it was):
+
+* **dominant, recurring backgrounds that captions rarely name.** Every background kind recurs in
+  ~1/5 of the videos; its texture amplitude is raised (``background_contrast``) and striped /
+  checkered / dotted textures scroll (``background_motion``), so the background dominates the
+  pixels and moves. Training captions name the background with probability
+  ``train_background_mention`` only (the other captions drop it), so a model cannot lean on
+  background words;
+* **test and validation queries never name the background** (no val/test caption does);
+* **a fixed mix of evaluation query kinds** (``eval_mix``: full / partial / short). The kinds
+  are dealt out by quota over each val/test split: partial queries (one event of a two-event
+  video) go to two-event videos, short / ambiguous ones ("a circle moving", "something red
+  moves left", "a blue cross") anywhere; ``two_event_fraction`` is raised so there are enough
+  two-event videos. Full and partial queries take the candidate with the fewest true matches
+  (then naming a distractor when that singles the video out); short queries keep their
+  ambiguity. Every query is scored against its match set (world.json ``matches``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from probret.engine.errors import DataError
+
+from .difficulty import Difficulty
+from .specs import VideoSpec
+
+EVAL_KINDS = ("full", "partial", "short")
+
+
+@dataclass(frozen=True)
+class BenchmarkKnobs:
+    """The protocol-v2 knobs (see the module docstring); serialised into world.json."""
+
+    train_background_mention: float = 0.1
+    eval_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    background_contrast: float = 1.6
+    background_motion: float = 1.0
+    two_event_fraction: float = 0.6
+    short_candidates: int = 3
+
+    def check(self) -> None:
+        if not 0.0 <= self.train_background_mention <= 1.0:
+            raise DataError(f"train_background_mention must be in [0, 1], got {self.train_background_mention}")
+        if len(self.eval_mix) != 3 or min(self.eval_mix) < 0 or sum(self.eval_mix) <= 0:
+            raise DataError(f"eval_mix must be three non-negative weights (full, partial, short), got {self.eval_mix}")
+        if self.eval_mix[1] > self.two_event_fraction:
+            raise DataError("eval_mix asks for more partial queries than there are two-event videos: "
+                            f"raise two_event_fraction ({self.two_event_fraction}) above {self.eval_mix[1]}")
+
+    def difficulty(self, d: Difficulty) -> Difficulty:
+        """The difficulty with the backgrounds made dominant and enough two-event videos."""
+        return dataclasses.replace(d, background_contrast=self.background_contrast,
+                                   background_motion=self.background_motion,
+                                   two_event_fraction=self.two_event_fraction)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def deal_eval_kinds(rng: np.random.Generator, members: list[VideoSpec], mix: tuple[float, float, float]) -> dict[str, str]:
+    """video_id -> evaluation query kind for one val/test split, by quota: round(mix * N)
+    partial queries on two-event videos (fewer if there are not enough), round(mix * N) short
+    ones, the rest full; which video gets which kind is a random draw."""
+    n = len(members)
+    weights = np.asarray(mix, dtype=np.float64) / float(sum(mix))
+    two = [v.video_id for v in members if len(v.events) == 2]
+    n_partial = min(int(round(weights[1] * n)), len(two))
+    n_short = min(int(round(weights[2] * n)), n - n_partial)
+    kinds = {v.video_id: "full" for v in members}
+    partial = set(two[i] for i in rng.permutation(len(two))[:n_partial])
+    rest = [v.video_id for v in members if v.video_id not in partial]
+    short = set(rest[i] for i in rng.permutation(len(rest))[:n_short])
+    for vid in partial:
+        kinds[vid] = "partial"
+    for vid in short:
+        kinds[vid] = "short"
+    return kinds
+
+
+def drop_background(rng: np.random.Generator, sem: dict, split: str, knobs: BenchmarkKnobs) -> dict:
+    """Training captions keep the background with probability ``train_background_mention``;
+    val/test captions never name it."""
+    if sem.get("background") is not None:
+        if split != "train" or rng.random() >= knobs.train_background_mention:
+            sem["background"] = None
+    return sem
