@@ -32,10 +32,15 @@ import click
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="int8 text / frame encoders for ONNX Runtime on the CPU (dynamic, per-channel weights; "
                    "gated against fp32: <= 1 pt R@1 loss). About 4x faster on CPUs with VNNI/AMX.")
+@click.option("--calibrate", "calibrate", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Dataset root: fit the per-hit confidence calibrator on its validation split and store it in "
+                   "the bundle (export/calibrate.py; never on test).")
+@click.option("--calibrate-split", default="val", show_default=True, help="Split to fit on (test is refused).")
+@click.option("--calibrate-dataset", default="procedural", show_default=True, help="Dataset reader of --calibrate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark, benchmark_videos, quantize, as_json,
-           quiet):
+def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark, benchmark_videos, quantize,
+           calibrate, calibrate_split, calibrate_dataset, as_json, quiet):
     """Export CHECKPOINT (a directory written by probret-train) to an ONNX / TensorRT bundle."""
     if trt:  # before torch is even imported: a missing TensorRT / GPU fails at once
         from probret.export.trt import require_tensorrt
@@ -53,7 +58,9 @@ def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark
             click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
 
     options = ExportOptions(trt=trt, fp16=fp16, sampling=sampling, samples=samples, seed=seed, opset=opset,
-                            benchmark=benchmark, benchmark_videos=benchmark_videos, quantize=quantize)
+                            benchmark=benchmark, benchmark_videos=benchmark_videos, quantize=quantize,
+                            calibrate=calibrate, calibrate_split=calibrate_split,
+                            calibrate_dataset=calibrate_dataset)
     result = export_checkpoint(checkpoint, out, options, progress=progress)
     s = result.summary
     if as_json:

@@ -10,37 +10,36 @@ A bundle is the directory ``probret-export`` writes (docs/export.md)::
     BUNDLE/tokenizer/bpe_simple_vocab_16e6.txt.gz
     BUNDLE/parity.json                the parity report of the export
     BUNDLE/trt/*.plan                 TensorRT engines (only with --trt)
+BUNDLE/*.int8.onnx, int8_probe.npz  int8 encoders and their load-time probe (only with --quantize int8)
 
-``manifest.json`` lists every other file with its sha256 and size. :func:`load_bundle` checks
-all of them before anything is used and refuses a bundle whose files are missing, altered or
-not listed where the manifest points, with a :class:`~probret.engine.errors.ModelError` that
-names the file and says why.
+``manifest.json`` (schema: engine/manifest.py) lists every other file with its sha256 and size.
+:func:`load_bundle` validates every manifest key, then checks every file before anything is used,
+and refuses a bundle whose files are missing, altered, symlinks, or not listed where the manifest
+points, with a :class:`~probret.engine.errors.ModelError` that names the key or file and says why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import os
+import stat
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from probret.engine._version import __version__
 from probret.engine.errors import ModelError
+from probret.engine.manifest import (FORMAT as BUNDLE_FORMAT, FORMAT_VERSION as BUNDLE_FORMAT_VERSION, GRAPH_NAMES,
+                                     MANIFEST, Manifest, TensorSpec, parse_manifest)
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "GRAPH_NAMES", "TensorSpec", "GraphSpec", "Bundle",
-           "load_bundle", "sha256_file", "is_bundle"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "GRAPH_NAMES", "GRAPHS_REVISION", "MANIFEST", "TensorSpec",
+           "GraphSpec", "Bundle", "load_bundle", "sha256_file", "is_bundle"]
 
-BUNDLE_FORMAT = "probret-bundle"
-BUNDLE_FORMAT_VERSION = 1
 #: Revision of the graphs the exporter writes (same format, different nodes: e.g. 2 = ViT towers
 #: traced as single Gemms, SPEM pair side with batched bank products). Part of the model cache's
 #: key (export/resolve.py), so bundles exported by older graph code are exported again. Bump it
 #: whenever export/graphs.py or export/forms.py changes the graphs.
 GRAPHS_REVISION = 2
-MANIFEST = "manifest.json"
-#: The four graphs of every bundle, in pipeline order.
-GRAPH_NAMES = ("text_encoder", "frame_encoder", "video_side", "pair_score")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -61,24 +60,8 @@ def is_bundle(path: str | Path) -> bool:
         return False
     try:
         return json.loads(p.read_text()).get("format") == BUNDLE_FORMAT
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: dims are ints (fixed) or strings (dynamic, e.g. "N_t")."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
-        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)
@@ -87,6 +70,8 @@ class GraphSpec:
     file: Path
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    precision: str = "fp32"
+    fp32_file: Path | None = None  # int8 graphs: the fp32 graph the runtime falls back to
 
     @property
     def input_names(self) -> list[str]:
@@ -99,43 +84,63 @@ class GraphSpec:
 
 @dataclass
 class Bundle:
-    """A verified bundle. ``manifest`` is the parsed manifest.json; the rest are views of it."""
+    """A verified bundle. ``spec`` is the validated manifest (engine/manifest.py), ``manifest``
+    the same as a JSON dict; the rest are views of it."""
 
     path: Path
     manifest: dict[str, Any]
     graphs: dict[str, GraphSpec]
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spec: Manifest | None = None
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, spec: Manifest) -> "Bundle":
+        """The bundle ``spec`` describes at ``path``, files not verified (the exporter opens its
+        graphs this way before it hashes them)."""
+        path = Path(path)
+        graphs = {}
+        for name in GRAPH_NAMES:
+            g = spec.graphs[name]
+            graphs[name] = GraphSpec(name, _inside(path, g.file), tuple(g.inputs), tuple(g.outputs),
+                                     g.precision or "fp32", _inside(path, g.fp32_file) if g.fp32_file else None)
+        engines = {n: asdict(e) for n, e in (spec.engines or {}).items()}
+        return cls(path=path, manifest=spec.to_dict(), graphs=graphs, engines=engines, spec=spec)
 
     # -- convenience views ----------------------------------------------------------------
     @property
     def method(self) -> str:
-        return self.manifest["method"]
+        return self.spec.method
 
     @property
     def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+        return self.spec.embed_dim
 
     @property
     def num_frames(self) -> int:
-        return int(self.manifest["num_frames"])
+        return self.spec.num_frames
 
     @property
     def context_length(self) -> int:
-        return int(self.manifest["tokenizer"]["context_length"])
+        return self.spec.tokenizer.context_length
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        return self.manifest["preprocessing"]
+        return asdict(self.spec.preprocessing)
 
     @property
     def sampling(self) -> dict[str, Any]:
-        return self.manifest["sampling"]
+        return asdict(self.spec.sampling)
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The confidence calibration fitted at export (engine/calibration.py), or None."""
+        return self.spec.calibration
 
     @property
     def noise_specs(self) -> list[dict[str, Any]]:
         """Noise inputs of the pair graph, in drawing order (empty unless mode noise-input)."""
-        s = self.sampling
-        return list(s.get("noise", [])) if s.get("mode") == "noise-input" else []
+        s = self.spec.sampling
+        return [asdict(n) for n in s.noise] if s.mode == "noise-input" else []
 
     @property
     def video_outputs(self) -> list[str]:
@@ -148,7 +153,15 @@ class Bundle:
 
     @property
     def tokenizer_file(self) -> Path:
-        return self.path / self.manifest["tokenizer"]["file"]
+        return _inside(self.path, self.spec.tokenizer.file)
+
+    @property
+    def int8_probe(self) -> tuple[Path, float] | None:
+        """(probe file, tolerance) of an int8 bundle, else None (engine/int8_probe.py)."""
+        q = self.spec.quantization
+        if q is None or q.probe is None:
+            return None
+        return _inside(self.path, q.probe.file), q.probe.tolerance
 
     @property
     def sha256(self) -> str:
@@ -160,17 +173,15 @@ class Bundle:
 
     def engine_path(self, name: str) -> Path | None:
         e = self.engines.get(name)
-        return None if e is None else self.path / e["file"]
+        return None if e is None else _inside(self.path, e["file"])
 
 
-def _safe_relative(bundle: Path, rel: str) -> Path:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ModelError(f"bundle {bundle}: manifest names the file {rel!r}, which is not a path inside the bundle")
-    return bundle.joinpath(*p.parts)
+def _inside(bundle: Path, rel: str) -> Path:
+    """``bundle/rel`` for a path the manifest schema already checked (relative, no ``..``)."""
+    return bundle.joinpath(*PurePosixPath(rel).parts)
 
 
-def _read_manifest(path: Path) -> dict:
+def _read_manifest(path: Path) -> Manifest:
     if not path.exists():
         raise ModelError(f"{path}: no such bundle directory")
     if not path.is_dir():
@@ -178,75 +189,56 @@ def _read_manifest(path: Path) -> dict:
     mf = path / MANIFEST
     if not mf.is_file():
         raise ModelError(f"{path}: not a probret bundle (no {MANIFEST}); create one with probret-export CKPT --out DIR")
+    if mf.is_symlink():
+        raise ModelError(f"{mf}: is a symlink; a bundle's files are its own, not links (re-export the checkpoint)")
     try:
-        manifest = json.loads(mf.read_text(encoding="utf-8"))
+        data = json.loads(mf.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ModelError(f"{mf}: unreadable or not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise ModelError(f"{mf}: not a probret bundle manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise ModelError(f"{mf}: bad format_version {version!r}")
-    if version > BUNDLE_FORMAT_VERSION:
-        raise ModelError(f"{mf}: bundle format {version} is newer than this probret ({__version__}) reads "
-                         f"(format {BUNDLE_FORMAT_VERSION}); upgrade probret")
-    for key in ("files", "graphs", "tokenizer", "preprocessing", "sampling", "method", "embed_dim", "num_frames"):
-        if key not in manifest:
-            raise ModelError(f"{mf}: manifest has no {key!r} entry (damaged or hand-edited)")
-    return manifest
+    return parse_manifest(data, where=str(mf))
 
 
-def _verify_files(path: Path, manifest: dict) -> None:
-    files = manifest["files"]
-    if not isinstance(files, dict) or not files:
-        raise ModelError(f"bundle {path}: manifest lists no files")
-    for rel, meta in sorted(files.items()):
-        f = _safe_relative(path, rel)
-        if not f.is_file():
-            raise ModelError(f"bundle {path}: {rel} is listed in {MANIFEST} but missing; the bundle is incomplete, re-export it")
+def _check_no_symlink(path: Path, rel: str) -> Path:
+    """``path/rel``, refusing a symlink anywhere along it inside the bundle (a link could point
+    outside the bundle, at files the manifest's hashes were never meant to vouch for)."""
+    f = path
+    for part in PurePosixPath(rel).parts:
+        f = f / part
         try:
-            expected = str(meta["sha256"]).lower()
-        except (KeyError, TypeError):
-            raise ModelError(f"bundle {path}: {MANIFEST} has no sha256 for {rel}") from None
-        size = meta.get("bytes") if isinstance(meta, dict) else None
+            st = os.lstat(f)
+        except FileNotFoundError:
+            raise ModelError(f"bundle {path}: {rel} is listed in {MANIFEST} but missing; the bundle is incomplete, "
+                             "re-export it") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ModelError(f"bundle {path}: {rel} is a symlink ({f.relative_to(path)}); a bundle holds its own "
+                             "files, re-export the checkpoint instead of linking")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"bundle {path}: {rel} is not a regular file")
+    return f
+
+
+def _verify_files(path: Path, spec: Manifest) -> None:
+    if not spec.files:
+        raise ModelError(f"bundle {path}: manifest lists no files")
+    for rel, meta in sorted(spec.files.items()):
+        f = _check_no_symlink(path, rel)
         actual_size = f.stat().st_size
-        if size is not None and int(size) != actual_size:
-            raise ModelError(f"bundle {path}: {rel} has {actual_size} bytes but {MANIFEST} says {size}: "
+        if meta.bytes != actual_size:
+            raise ModelError(f"bundle {path}: {rel} has {actual_size} bytes but {MANIFEST} says {meta.bytes}: "
                              "the file was modified or truncated after export; re-export the checkpoint")
         actual = sha256_file(f)
-        if actual != expected:
+        if actual != meta.sha256:
             raise ModelError(f"bundle {path}: {rel} does not match {MANIFEST} (sha256 {actual[:16]}..., expected "
-                             f"{expected[:16]}...): the file was modified or corrupted after export, or the manifest "
+                             f"{meta.sha256[:16]}...): the file was modified or corrupted after export, or the manifest "
                              "was edited; re-export the checkpoint")
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Read ``path/manifest.json`` and (``verify=True``, the default) check every file's size and
-    sha256 against it. Raises ModelError naming the file and the reason on any mismatch."""
+    """Read and validate ``path/manifest.json`` (engine/manifest.py) and (``verify=True``, the
+    default) check every file's size and sha256 against it. Raises ModelError naming the key or
+    the file and the reason on any problem."""
     path = Path(path)
-    manifest = _read_manifest(path)
+    spec = _read_manifest(path)
     if verify:
-        _verify_files(path, manifest)
-    files = manifest["files"]
-    graphs: dict[str, GraphSpec] = {}
-    for name in GRAPH_NAMES:
-        g = manifest["graphs"].get(name)
-        if g is None:
-            raise ModelError(f"bundle {path}: {MANIFEST} has no {name} graph")
-        rel = g.get("file")
-        if rel not in files:
-            raise ModelError(f"bundle {path}: graph {name} points at {rel!r}, which is not among the hashed files")
-        try:
-            graphs[name] = GraphSpec(name, _safe_relative(path, rel),
-                                     tuple(TensorSpec.from_dict(t) for t in g["inputs"]),
-                                     tuple(TensorSpec.from_dict(t) for t in g["outputs"]))
-        except (KeyError, TypeError) as exc:
-            raise ModelError(f"bundle {path}: graph {name} has a malformed entry in {MANIFEST} ({exc})") from None
-    engines = dict(manifest.get("engines") or {})
-    for name, e in engines.items():
-        if e.get("file") not in files:
-            raise ModelError(f"bundle {path}: TensorRT engine {name} points at {e.get('file')!r}, which is not among the hashed files")
-    tok = manifest["tokenizer"].get("file")
-    if tok not in files:
-        raise ModelError(f"bundle {path}: tokenizer file {tok!r} is not among the hashed files")
-    return Bundle(path=path, manifest=manifest, graphs=graphs, engines=engines)
+        _verify_files(path, spec)
+    return Bundle.from_manifest(path, spec)

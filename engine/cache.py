@@ -2,6 +2,10 @@
 engine caches): one rule for every caller.
 
 ``$PROBRET_CACHE``, else ``$XDG_CACHE_HOME/probret``, else ``~/.cache/probret``.
+
+Below it, ``int8-probe/`` holds the verdicts of int8 bundles' load-time probe per bundle and CPU
+(engine/int8_probe.py). Every entry carries a format version (a bundle's manifest, the probe's
+JSON), so an entry written by an older probret is migrated or recomputed, never misread.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ leaving only CPUExecutionProvider); uninstalling either one then deletes files t
 when a visible GPU is idle because the CPU build shadows onnxruntime-gpu, and its errors give the
 repair (docs/install.md).
 
+int8 bundles (``--quantize int8``): an int8 encoder is used only when the bundle's probe passes on
+this machine; otherwise its fp32 graph runs, with one warning (engine/int8_probe.py; the verdict
+is cached per bundle and CPU). ``BundleRuntime.precisions`` records the choice per graph.
+
 Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_search.md):
 
 * ``threads``: ONNX Runtime intra-op threads of the encoder and video-side sessions (None: ORT's
@@ -514,6 +518,7 @@ class BundleRuntime:
             self._ort_providers()  # an unusable explicit device fails here, at once
         self._sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
+        self.precisions: dict[str, str] = {}  # per opened ONNX graph: "fp32", or "int8" when its probe passed
         s = self.bundle.sampling
         self.seed = int(seed if seed is not None else s.get("seed", 0) or 0)
         self._noise_cache: dict[int, dict[str, np.ndarray]] = {}
@@ -537,12 +542,12 @@ class BundleRuntime:
             self._providers = provider_chain(device, trt_cache=self._trt_cache)
         return self._providers
 
-    def _optimized_path(self, name: str) -> Path | None:
-        """The cache file of ``name``'s ORT-optimised graph (module docstring), or None: caching off,
-        a GPU provider in the chain (those optimise for their own kernels), or no sha256 to key by."""
+    def _optimized_path(self, path: Path) -> Path | None:
+        """The cache file of graph file ``path``'s ORT-optimised form (module docstring), or None:
+        caching off, a GPU provider in the chain (those optimise for their own kernels), or no
+        sha256 to key by."""
         if not self.graph_cache or self._ort_providers() != ["CPUExecutionProvider"]:
             return None
-        path = self.bundle.graph_path(name)
         try:
             meta = (self.bundle.manifest.get("files") or {}).get(path.relative_to(self.bundle.path).as_posix())
         except ValueError:
@@ -578,15 +583,32 @@ class BundleRuntime:
                         raise
                     log.warning("%s; running %s with ONNX Runtime instead", exc, name)
             if sess is None:
-                threads = self.threads
-                if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
-                    threads = 1  # tiles run concurrently instead (module docstring)
-                sess = OrtGraph(self.bundle.graph_path(name), self._ort_providers(), name=name, threads=threads,
-                                spinning=self.spinning, optimized=self._optimized_path(name))
+                sess = self._open_checked(name)
             self._sessions[name] = sess
             self.providers[name] = sess.provider
             log.info("bundle %s: %s runs on %s", self.bundle.path, name, sess.provider)
         return self._sessions[name]
+
+    def _open_ort(self, name: str, path: Path) -> "OrtGraph":
+        threads = self.threads
+        if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
+            threads = 1  # tiles run concurrently instead (module docstring)
+        return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=self.spinning,
+                        optimized=self._optimized_path(path))
+
+    def _open_checked(self, name: str) -> "OrtGraph":
+        """The graph's ONNX Runtime session; an int8 graph only when it passes the bundle's probe
+        on this machine, else its fp32 graph (engine/int8_probe.py). ``precisions`` records which."""
+        spec = self.bundle.graphs[name]
+        sess = self._open_ort(name, spec.file)
+        self.precisions[name] = spec.precision
+        if spec.precision == "int8" and spec.fp32_file is not None and self.bundle.int8_probe is not None:
+            from probret.engine.int8_probe import int8_verdict
+
+            if not int8_verdict(self.bundle, name, sess):
+                sess = self._open_ort(name, spec.fp32_file)
+                self.precisions[name] = "fp32"
+        return sess
 
     # -- text ----------------------------------------------------------------------------------
     @property

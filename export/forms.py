@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from probret.engine.errors import ModelError
 from probret.train.methods.base import NoiseSpec, RetrievalHead, ScoreOutput, TextFeatures
+from probret.train.methods.spem import video_content
 
 __all__ = ["NoiseSpec", "ExportForm", "FusedXPool", "GenericForm", "create_form", "form_class", "declared_noise_specs",
            "set_num_samples"]
@@ -371,6 +372,10 @@ class SPEMForm(_FusedZAndFramesForm):
         c = head.config
         self.inference = c.inference
         self.sort = bool(c.sort_frame_sims)
+        # content=True: exp(content offsets) multiply p (per text) and q (per video); see spem.py
+        self.content = bool(getattr(c, "content", False))
+        if self.content:
+            self.video_names = (*self.video_names, "content")
         with torch.no_grad():
             w = {}
             for side, mod in (("t", head.sigma_t), ("v", head.sigma_v)):
@@ -387,6 +392,12 @@ class SPEMForm(_FusedZAndFramesForm):
             # the column of g_sq that sums p^2 (q^2): |p|^2 = scale_t^2 sum (p / scale_t)^2
             self.register_buffer("sq_norm", self.c_sq.expand(2, head.embed_dim, 1).contiguous())
 
+    def video_side(self, frames):
+        out = super().video_side(frames)
+        if self.content:
+            out["content"] = video_content(out["frames"])
+        return out
+
     def pair(self, text, video, noise):
         t = text.sentence
         a = _l2n(t)  # (N_t, D) = mu_t
@@ -401,6 +412,10 @@ class SPEMForm(_FusedZAndFramesForm):
             s_f = torch.topk(s_f, self.num_frames, dim=-1, largest=True, sorted=True).values
         s1 = torch.cat([s_f, ab0, torch.ones_like(ab0)], -1)  # (N_t, N_v, T'+2)
         e = torch.exp(torch.matmul(s1.unsqueeze(1), self.w_pq))  # (N_t, 2, N_v, D): [p / scale_t, q / scale_v]
+        if self.content:
+            f_t = torch.exp(self.head.content_t(a))[:, None]  # (N_t, 1, D)
+            f_v = torch.exp(self.head.content_v(video["content"]))[None]  # (1, N_v, D)
+            e = e * torch.stack([f_t.expand_as(e[:, 0]), f_v.expand_as(e[:, 1])], 1)
         if self.inference == "mean":
             uncertainty = (e.norm(dim=-1) * self.c_abs).sum(1)  # |p| + |q|
             b_len = (z_len * zn).squeeze(-1)
@@ -412,6 +427,8 @@ class SPEMForm(_FusedZAndFramesForm):
         g_z = torch.matmul(e * z.unsqueeze(1), eps * self.c_z)  # (N_t, 2, N_v, M), times 1/|z| below
         g_sq = torch.matmul(e * e, torch.cat([eps * eps * self.c_sq, self.sq_norm], -1))  # (N_t, 2, N_v, M+1)
         pq = torch.exp(torch.matmul(s1, self.w_t_plus_v))  # (N_t, N_v, D) = p q / (scale_t scale_v)
+        if self.content:
+            pq = pq * f_t * f_v
         g_pq = torch.matmul(pq, eps[0] * eps[1] * (self.scale_t * self.scale_v))  # (N_t, N_v, M)
         uncertainty = g_sq[..., m].sqrt().sum(1)  # |p| + |q| (N_t, N_v)
         ab = ab0 + zn * g_z[:, 0] + g_a[:, 1] + g_pq
@@ -431,6 +448,7 @@ class DUQForm(ExportForm):
         super().__init__(head)
         self.xpool = FusedXPool(head.fusion)
         self.gamma1, self.gamma2 = float(head.config.gamma1), float(head.config.gamma2)
+        self.shifted = getattr(head.config, "rerank", "paper") == "shifted"
 
     def video_side(self, frames):
         f = _l2n(frames)
@@ -451,7 +469,8 @@ class DUQForm(ExportForm):
         count = torch.ones_like(s).sum(1, keepdim=True)  # N_v of this call
         u_s = count / (F.relu(s) + 1).sum(1, keepdim=True)
         u_d = count / (F.relu(dist) + 1).sum(1, keepdim=True)
-        scores = torch.exp(-self.gamma1 * u_d) * (1 - dist) * torch.exp(-self.gamma2 * u_s) * s
+        closeness, sim = ((1 - dist / 2), (1 + s) / 2) if self.shifted else ((1 - dist), s)  # duq.rerank
+        scores = torch.exp(-self.gamma1 * u_d) * closeness * torch.exp(-self.gamma2 * u_s) * sim
         return scores, u_s.expand_as(s)
 
 

@@ -23,10 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from probret.engine.bundle import TensorSpec
+from probret.engine.errors import ModelError
 from probret.train.methods.base import TextFeatures
 
 __all__ = ["TextEncoderGraph", "FrameEncoderGraph", "VideoSideGraph", "PairGraph", "export_onnx", "onnx_io",
-           "vit_supported", "vit_tokens_forward", "quantize_int8", "INT8_GRAPHS", "INT8_SCHEME"]
+           "vit_supported", "vit_tokens_forward", "quantize_int8", "int8_pair_sum_bound", "INT8_GRAPHS",
+           "INT8_SCHEME", "INT8_WEIGHT_LIMIT", "INT16_MAX"]
 
 
 class TextEncoderGraph(nn.Module):
@@ -235,15 +237,30 @@ def export_onnx(module: nn.Module, args: tuple, path: str | Path, *, input_names
 #: The graphs ``--quantize int8`` quantises: the encoders hold almost all the FLOPs and weights;
 #: the head graphs are small and stay fp32 (their ranking arithmetic is what the fp32 gates pin).
 INT8_GRAPHS = ("text_encoder", "frame_encoder")
-#: How (recorded in the manifest's ``quantization``). Why these choices, measured with
-#: bench/encoder.py on ViT-B/32 and the demo model (docs/benchmarks_encoder.md): int8 weights
-#: (QInt8) run MLAS's VNNI / AMX int8 kernels, ~3.5x the fp32 frame encoder on this Xeon, where
-#: uint8 weights were no faster than fp32; per-channel weight scales cost nothing in speed and
-#: keep the demo model's R@1 within 0.25 pt of fp32 (per-tensor: 1 pt v2t). Dynamic (run-time)
-#: activation ranges need no calibration set, so any checkpoint can be quantised at export.
-INT8_SCHEME = {"tool": "onnxruntime.quantization.quantize_dynamic", "ops": ["MatMul", "Gemm"],
-               "weights": "int8, symmetric, per output channel",
+#: Largest magnitude of a quantised weight. ``reduce_range`` (7-bit weights, [-64, 64]) makes the
+#: scheme correct by construction on every x86 CPU: without VNNI, ONNX Runtime's MLAS multiplies
+#: u8 activations by s8 weights with VPMADDUBSW, which adds two products into a *saturating*
+#: int16; 255 * (64 + 64) = 32,640 <= 32,767, so that sum can never clip, whereas full-range
+#: weights (+-127: up to 64,770) did clip on AVX2-only EPYCs (int8 feature errors 0.16-0.27
+#: against the 0.1 gate). VNNI / AMX (32-bit accumulation) and ARM never saturate either way.
+INT8_WEIGHT_LIMIT = 64
+#: The int16 accumulator VPMADDUBSW saturates at.
+INT16_MAX = 32767
+#: How (recorded in the manifest's ``quantization``). Measured on this repository's models
+#: (docs/export.md, "int8 scheme"): 7-bit int8 weights keep the VNNI speed of full-range int8
+#: (demo model frame encoder, 1 thread: 6,565 frames/s against 6,074 full range, 4,256 fp32)
+#: at a scaled feature error of 0.023 (full range 0.017); u8 weights (U8U8, also saturation-free)
+#: were as accurate (0.015) but slower than fp32 (3,936 frames/s): MLAS has no VNNI kernel for
+#: them. Per-channel weight scales cost nothing in speed and keep the demo model's R@1 within
+#: 0.25 pt of fp32 (per-tensor: 1 pt v2t). Dynamic (run-time) activation ranges need no
+#: calibration set, so any checkpoint can be quantised at export.
+INT8_SCHEME = {"name": "u8s8-reduce-range", "tool": "onnxruntime.quantization.quantize_dynamic",
+               "ops": ["MatMul", "Gemm"],
+               "weights": f"int8 in [-{INT8_WEIGHT_LIMIT}, {INT8_WEIGHT_LIMIT}] (reduce_range: 7 bits), symmetric, "
+                          "per output channel",
                "activations": "uint8, per tensor, ranges computed at run time (DynamicQuantizeLinear)",
+               "saturation": f"255 * 2 * {INT8_WEIGHT_LIMIT} = {255 * 2 * INT8_WEIGHT_LIMIT} <= {INT16_MAX}: "
+                             "no int16 overflow in AVX2's VPMADDUBSW pair sums",
                "runs_on": "ONNX Runtime CPU (MatMulInteger / DynamicQuantizeMatMul); not TensorRT"}
 
 
@@ -253,7 +270,8 @@ class _DropLogRecords(logging.Filter):
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
-    """Write the int8 version of the fp32 graph ``src`` to ``dst`` (INT8_SCHEME), checked by onnx."""
+    """Write the int8 version of the fp32 graph ``src`` to ``dst`` (INT8_SCHEME), checked by onnx
+    and by :func:`int8_pair_sum_bound` (a graph whose pair sums could saturate is an error)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -262,7 +280,45 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
     root.addFilter(quiet)
     try:
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                         weight_type=QuantType.QInt8)
+                         reduce_range=True, weight_type=QuantType.QInt8)
     finally:
         root.removeFilter(quiet)
     onnx.checker.check_model(str(dst))
+    bound = int8_pair_sum_bound(dst)
+    if bound > INT16_MAX:
+        raise ModelError(f"{dst}: an int8 pair sum can reach {bound} > {INT16_MAX}, which saturates int16 on AVX2 "
+                         "CPUs without VNNI; this onnxruntime's quantizer ignored reduce_range (report it)")
+
+
+def int8_pair_sum_bound(path: str | Path) -> int:
+    """The largest |a_k w_k + a_k+1 w_k+1| any MatMulInteger of the int8 graph ``path`` can form
+    for uint8 activations a (0..255) and its stored int8 weights w: the int16 sum AVX2's
+    VPMADDUBSW makes of each pair of adjacent products along the reduction axis K (MLAS packs B
+    so that rows 2i and 2i+1 of every column meet in one lane). Raises ModelError for a graph
+    outside the scheme (activations that are not uint8, weights that are not symmetric int8)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    init = {i.name: i for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    worst = 0
+    for node in (n for n in model.graph.node if n.op_type == "MatMulInteger"):
+        src = producer.get(node.input[0])
+        if src is None or src.op_type != "DynamicQuantizeLinear":
+            raise ModelError(f"{path}: MatMulInteger {node.name} does not take uint8 DynamicQuantizeLinear activations")
+        if node.input[1] not in init:
+            raise ModelError(f"{path}: MatMulInteger {node.name} has no constant weight")
+        w = numpy_helper.to_array(init[node.input[1]])
+        zero = numpy_helper.to_array(init[node.input[3]]) if len(node.input) > 3 and node.input[3] else np.zeros(1)
+        if w.dtype != np.int8 or np.any(zero != 0):
+            raise ModelError(f"{path}: MatMulInteger {node.name} weights are not symmetric int8")
+        w = w.astype(np.int64).reshape(w.shape[0], -1)  # (K, N)
+        if w.shape[0] % 2:
+            w = np.concatenate([w, np.zeros((1, w.shape[1]), np.int64)])  # MLAS pads K with zeros
+        # a >= 0, so a pair's sum is largest with a = 255 on its positive weights (or its negative ones)
+        pos, neg = np.maximum(w, 0), np.maximum(-w, 0)
+        pairs = np.maximum(pos[0::2] + pos[1::2], neg[0::2] + neg[1::2])
+        worst = max(worst, int(255 * pairs.max(initial=0)))
+    return worst

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from probret.engine.int8_probe import TOLERANCE as INT8_TOLERANCE
 from probret.engine.metrics import retrieval_metrics
 from probret.train.methods.base import TextFeatures
 
@@ -49,8 +50,9 @@ FP16_TOLERANCES = {**TRT_FP32_TOLERANCES, "text_sentence": ("scaled", 3e-2), "te
 # errors 0.5-2e-2 on random-weight towers, so 0.1 catches a broken quantisation (wrong scales,
 # a transposed weight: errors of order 1) without failing on rounding. The head graphs stay fp32
 # and bit-identical, so they keep the fp32 gates. The retrieval gate below is the real one.
-INT8_TOLERANCES = {**TOLERANCES, "text_sentence": ("scaled", 0.1), "text_tokens": ("scaled", 0.1),
-                   "frame_features": ("scaled", 0.1)}
+# The same figure is the tolerance of the probe the engine replays at load (engine/int8_probe.py).
+INT8_TOLERANCES = {**TOLERANCES, "text_sentence": ("scaled", INT8_TOLERANCE), "text_tokens": ("scaled", INT8_TOLERANCE),
+                   "frame_features": ("scaled", INT8_TOLERANCE)}
 #: Retrieval-level gates: fp32 needs identical top-k (up to ties closer than tie_tol);
 #: fp16 needs a mean top-k overlap and |delta R@1| within these bounds; int8 (issue #6: "<= 1 pt
 #: R@1 loss") a mean top-k overlap and an R@1 loss (fp32 ORT minus int8, both directions) of at

@@ -43,7 +43,7 @@ def test_export_passes_parity(bundles, method):
 def test_manifest_contents(bundles):
     res = bundles("spem", seed=5, samples=6)
     m = json.loads((res.out / "manifest.json").read_text())
-    assert m["format"] == "probret-bundle" and m["format_version"] == 1 and m["probret_version"]
+    assert m["format"] == "probret-bundle" and m["format_version"] == 2 and m["probret_version"]
     assert m["model"]["method"] == "spem" and m["model"]["backbone"] == "test-vit-tiny"
     assert m["export_form"] == "SPEMForm" and m["pair_cost_per_pair"] == "O(T'd)"
     assert m["opset"] >= 17

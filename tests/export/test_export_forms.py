@@ -24,7 +24,10 @@ VARIANTS = [
     ("spem", {}),
     ("spem", {"inference": "expected", "sort_frame_sims": False, "num_heads": 2}),
     ("spem", {"inference": "mean"}),
+    ("spem", {"content": True}),
+    ("spem", {"content": True, "inference": "mean"}),
     ("duq", {}),
+    ("duq", {"rerank": "paper"}),
     ("dvtr", {}),
     ("prota", {}),
 ]

@@ -50,6 +50,14 @@ Choices where the paper is vague (the released code was read for reference only)
     the frames, so `video_side` precomputes it at index time; only s uses X-Pool.
   * Noise: {"text": (N_t, K, D), "video": (N_v, K, D)} standard normals for loss and score, plus
     X-Pool's dropout keep-mask when training.
+  * Eq. 16, a bug when taken literally (fixed by default, rerank="shifted"): s' multiplies two
+    signed cosines, s and 1 - d. Ranking by a product is only monotone while both are positive,
+    which holds for CLIP's pre-trained cosines (~0.2-0.4) but not here: Eqs. 5-7 with evidence
+    ReLU(s) reach their optimum only when every negative has s <= 0, so training drives negatives
+    below zero, and a hard negative with s = -0.5 and 1 - d = -0.5 then scores +0.25, above a true
+    match at s = 0.3, 1 - d = 0.6 (0.18). rerank="shifted" uses (1 + s)/2 and 1 - d/2, both in
+    [0, 1] for cosines, which keeps the paper's multiplicative form and its uncertainty factors and
+    is increasing in s and decreasing in d everywhere. rerank="paper" keeps Eq. 16 as printed.
 """
 
 from __future__ import annotations
@@ -101,12 +109,17 @@ def duq_distance(dist: Tensor, positive: Tensor | None = None) -> Tensor:
     return torch.where(positive, flat.amin(-1), flat.amax(-1))
 
 
-def rerank(s: Tensor, d: Tensor, gamma1: float, gamma2: float) -> tuple[Tensor, Tensor, Tensor]:
+def rerank(s: Tensor, d: Tensor, gamma1: float, gamma2: float, *, shifted: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Eq. 16: s' = exp(-gamma1 u_d) (1 - d) * exp(-gamma2 u_s) s, u per query row (Eq. 3).
+    shifted=True (default) multiplies (1 - d/2) and (1 + s)/2 instead of (1 - d) and s: both in
+    [0, 1], so s' increases in s and decreases in d everywhere. As printed, the product of two
+    cosines ranks a candidate with s < 0 and 1 - d < 0 above every candidate with s > 0 > 1 - d
+    and close to ones with both small and positive (see the module docstring).
     Returns s', u_s and u_d, each (N_t, N_v)."""
     u_s = evidential_uncertainty(s)[:, None].expand_as(s)
     u_d = evidential_uncertainty(d)[:, None].expand_as(s)
-    return torch.exp(-gamma1 * u_d) * (1 - d) * torch.exp(-gamma2 * u_s) * s, u_s, u_d
+    closeness, sim = ((1 - d / 2), (1 + s) / 2) if shifted else ((1 - d), s)
+    return torch.exp(-gamma1 * u_d) * closeness * torch.exp(-gamma2 * u_s) * sim, u_s, u_d
 
 
 def distance_loss_paper(d: Tensor, scale: Tensor) -> Tensor:
@@ -160,6 +173,7 @@ class DUQHead(RetrievalHead):
         gamma2: float = 0.1  # similarity-uncertainty re-ranking (Eq. 16)
         sigma_init: float = 0.1  # initial noise norm relative to the mean (ours)
         distance_loss: str = "paper"  # Eq. 12 as printed, or "infonce"
+        rerank: str = "shifted"  # Eq. 16 on (1 + s)/2 and 1 - d/2 (monotone), or "paper" (as printed)
         num_heads: int = 1  # X-Pool
         dropout: float = 0.3  # X-Pool, training only
 
@@ -167,6 +181,8 @@ class DUQHead(RetrievalHead):
         super().__init__(embed_dim, num_frames, config)
         if self.config.distance_loss not in ("paper", "infonce"):
             raise ValueError(f"distance_loss must be 'paper' or 'infonce', got {self.config.distance_loss!r}")
+        if self.config.rerank not in ("shifted", "paper"):
+            raise ValueError(f"rerank must be 'shifted' or 'paper', got {self.config.rerank!r}")
         self.fusion = XPoolFusion(embed_dim, self.config.num_heads, self.config.dropout)
         self.prob_text = ProbabilisticEmbedding(embed_dim, self.config.sigma_init)
         self.prob_video = ProbabilisticEmbedding(embed_dim, self.config.sigma_init)
@@ -201,7 +217,8 @@ class DUQHead(RetrievalHead):
     def pair_side(self, text: TextFeatures, video: dict[str, Tensor], *, noise=None, generator=None) -> ScoreOutput:
         noise = self._noise(noise, len(text), video["mu"].shape[0], generator, False)
         s, dist, _ = self._parts(text, video, noise)
-        scores, u_s, _ = rerank(s, duq_distance(dist), self.config.gamma1, self.config.gamma2)
+        scores, u_s, _ = rerank(s, duq_distance(dist), self.config.gamma1, self.config.gamma2,
+                                shifted=self.config.rerank == "shifted")
         return ScoreOutput(scores, u_s)
 
     def loss(self, text, frames, *, logit_scale, noise=None, generator=None):

@@ -17,6 +17,16 @@ Inference (cf. T-MASS Eq. 10), M samples per side, the m-th text sample paired w
     best_of_m: max_m cos(t_s^m, v_s^m)   |   mean: cos(mu_t, mu_v)   |   expected: mean_m cos(t_s^m, v_s^m)
     uncertainty = |sigma_t| + |sigma_v|  (expected noise radii relative to the unit-norm means)
 
+Options for issue 11's hypotheses (off by default; validation ablations in
+docs/methods_uncertainty.md, "Ablations": none beat the poster's defaults beyond noise, so the
+defaults stay the poster's):
+  * boundary="toward_full" / "margin": boundary points at the full radius |sigma| along u (stopping
+    where they meet); "margin" takes positives' farthest and negatives' nearest points, so the
+    required gap grows with the radii; pair it with width_weight > 0 (``radius_prior``).
+  * content=True: log sigma_t += C_t mu_t, log sigma_v += C_v [g/|g|, 1 - |g|], g = mean unit frame;
+    C zero-initialised; monotonicity in s is kept.
+  * loss(positives=...): multi-positive InfoNCE over the match sets (``multi_positive_infonce``).
+
 Choices:
   * Means are unit-normalised so that scale_m has a meaning: with eps ~ N(0, I_D), |sigma * eps|
     is about scale_m * exp(b - softplus(A) s), i.e. scale_m is the sample's distance from its mean,
@@ -65,6 +75,7 @@ from probret.train.methods.base import (NoiseSpec, RetrievalHead, ScoreOutput, T
 from probret.train.methods.xpool import XPoolFusion, draw, pair_cos
 
 INIT_SLOPE = 2.0  # total weight softplus(A).sum(-1) at initialisation
+BOUNDARIES = ("toward", "toward_full", "margin")
 
 
 def sample_cos(mu_a, sig_a, eps_a, mu_b, sig_b, eps_b) -> Tensor:
@@ -72,14 +83,35 @@ def sample_cos(mu_a, sig_a, eps_a, mu_b, sig_b, eps_b) -> Tensor:
     return pair_cos(mu_a + sig_a * eps_a, mu_b + sig_b * eps_b)
 
 
-def boundary_cos(mu_a, sig_a, mu_b, sig_b) -> Tensor:
-    """cos of the two boundary points facing each other; symmetric in a <-> b."""
-    u = l2n(mu_b - mu_a)
-    return pair_cos(mu_a + sig_a * u, mu_b - sig_b * u)
+def boundary_cos(mu_a, sig_a, mu_b, sig_b, *, spread: str = "dimension", side=None) -> Tensor:
+    """cos of the two boundary points, one per Gaussian, on the line u = (mu_b - mu_a)/|mu_b - mu_a|;
+    symmetric in a <-> b.
+
+    spread="dimension": a_b = mu_a + sig_a * u (elementwise; the Mahalanobis-1 point, which moves
+    |sig_a * u| ~ |sig_a| / sqrt(D) for a roughly isotropic sigma). spread="full": a_b = mu_a + |sig_a| u,
+    the typical sample radius (|sig * eps| ~ |sig| for eps ~ N(0, I)) along u; points moving toward
+    each other stop where they meet (both steps scaled by min(1, |mu_b - mu_a| / (|sig_a| + |sig_b|))).
+    side: None or +1 = both points toward each other (the pair's closest approach); -1 = away from
+    each other (the farthest); a tensor of +-1 broadcast over the pair axes chooses per pair."""
+    diff = mu_b - mu_a
+    u = l2n(diff)
+    sign = torch.ones((), dtype=u.dtype, device=u.device) if side is None else \
+        torch.as_tensor(side, dtype=u.dtype, device=u.device)
+    sign = sign[..., None] if sign.dim() else sign  # broadcast over D
+    if spread == "dimension":
+        return pair_cos(mu_a + sign * sig_a * u, mu_b - sign * sig_b * u)
+    r_a, r_b = sig_a.norm(dim=-1, keepdim=True), sig_b.norm(dim=-1, keepdim=True)
+    # points moving toward each other stop where they meet: radii that overlap the gap give the
+    # closest approach, never points that cross and turn apart again
+    meet = (diff.norm(dim=-1, keepdim=True) / (r_a + r_b).clamp_min(1e-12)).clamp(max=1.0)
+    step = sign * torch.where(sign > 0, meet, torch.ones_like(meet))
+    return pair_cos(mu_a + step * r_a * u, mu_b - step * r_b * u)
 
 
 class SimilarityModulator(nn.Module):
-    """sigma = scale / sqrt(D) * exp(b - softplus(A) s): positive, per dimension, non-increasing in s."""
+    """sigma = scale / sqrt(D) * exp(b + c - softplus(A) s): positive, per dimension, non-increasing in s.
+    c is an optional content offset (N, 1 or N_v, D) added to the log-variance (``content_v`` /
+    ``content_t`` of the head); it does not depend on s, so the monotonicity in s is kept."""
 
     def __init__(self, n_features: int, dim: int, scale: float):
         super().__init__()
@@ -87,8 +119,23 @@ class SimilarityModulator(nn.Module):
         self.a = nn.Parameter(torch.full((dim, n_features), math.log(math.expm1(INIT_SLOPE / n_features))))
         self.b = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, s: Tensor) -> Tensor:  # (..., F) -> (..., D)
-        return self.scale * torch.exp(self.b - s @ F.softplus(self.a).t())
+    def forward(self, s: Tensor, content: Tensor | None = None) -> Tensor:  # (..., F) -> (..., D)
+        log = self.b - s @ F.softplus(self.a).t()
+        return self.scale * torch.exp(log if content is None else log + content)
+
+
+def video_content(frames_unit: Tensor) -> Tensor:
+    """(N_v, T', D) unit frames -> (N_v, D + 1): [direction of the mean frame, 1 - its norm]. The norm
+    is 1 when every frame looks alike and shrinks as the clip changes (two events, camera motion)."""
+    g = frames_unit.mean(1)
+    return torch.cat([l2n(g), 1 - g.norm(dim=-1, keepdim=True)], -1)
+
+
+def zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """A bias-free linear layer that starts at zero: a content term that is off at initialisation."""
+    layer = nn.Linear(n_in, n_out, bias=False)
+    nn.init.zeros_(layer.weight)
+    return layer
 
 
 @register_method("spem")
@@ -103,6 +150,9 @@ class SPEMHead(RetrievalHead):
         num_samples: int = 20  # M at inference
         inference: str = "best_of_m"  # "best_of_m" | "mean" | "expected"
         sort_frame_sims: bool = True
+        boundary: str = "toward"  # "toward" | "toward_full" | "margin" (see the module docstring)
+        content: bool = False  # log-variances also read the text feature / the frames
+        width_weight: float = 0.0  # weight of the radius prior that holds the mean radius at scale
         num_heads: int = 1  # X-Pool fusion
         dropout: float = 0.3
 
@@ -111,11 +161,16 @@ class SPEMHead(RetrievalHead):
         c = self.config
         if c.inference not in ("best_of_m", "mean", "expected"):
             raise ValueError(f"spem: inference must be best_of_m, mean or expected, got {c.inference!r}")
-        if c.scale_v < 0 or c.scale_t < 0 or c.num_samples < 1:
-            raise ValueError("spem: scale_v and scale_t must be >= 0 and num_samples >= 1")
+        if c.boundary not in BOUNDARIES:
+            raise ValueError(f"spem: boundary must be one of {BOUNDARIES}, got {c.boundary!r}")
+        if c.scale_v < 0 or c.scale_t < 0 or c.num_samples < 1 or c.width_weight < 0:
+            raise ValueError("spem: scale_v, scale_t and width_weight must be >= 0 and num_samples >= 1")
         self.fusion = XPoolFusion(embed_dim, c.num_heads, c.dropout)
         self.sigma_t = SimilarityModulator(num_frames + 1, embed_dim, c.scale_t)
         self.sigma_v = SimilarityModulator(num_frames + 1, embed_dim, c.scale_v)
+        if c.content:
+            self.content_t = zero_linear(embed_dim, embed_dim)  # unit text feature -> log-sigma offset
+            self.content_v = zero_linear(embed_dim + 1, embed_dim)  # [mean unit frame, frame spread] -> offset
 
     # -- pieces --------------------------------------------------------------------------------
     def distributions(self, text: Tensor, video: dict[str, Tensor], dropout: Tensor | None = None):
@@ -126,7 +181,11 @@ class SPEMHead(RetrievalHead):
         if self.config.sort_frame_sims:
             s_f = s_f.sort(-1, descending=True).values
         s = torch.cat([s_f, (mu_t * mu_v).sum(-1, keepdim=True)], -1)  # + video level
-        return mu_t, mu_v, self.sigma_t(s), self.sigma_v(s)
+        c_t = c_v = None
+        if self.config.content:
+            c_t = self.content_t(mu_t)  # (N_t, 1, D): the caption's own ambiguity
+            c_v = self.content_v(video["content"])[None]  # (1, N_v, D): the clip's own diversity
+        return mu_t, mu_v, self.sigma_t(s, c_t), self.sigma_v(s, c_v)
 
     def draw_noise(self, n_text, n_video, *, generator=None, training=False):
         like = self.fusion.q_proj.weight
@@ -148,7 +207,11 @@ class SPEMHead(RetrievalHead):
 
     # -- scoring -------------------------------------------------------------------------------
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
-        return {**self.fusion.video_side(frames), "frames": l2n(frames)}
+        f = l2n(frames)
+        out = {**self.fusion.video_side(frames), "frames": f}
+        if self.config.content:
+            out["content"] = video_content(f)
+        return out
 
     def pair_side(self, text: TextFeatures, video: dict[str, Tensor], *, noise=None, generator=None) -> ScoreOutput:
         mu_t, mu_v, sig_t, sig_v = self.distributions(text.sentence, video)
@@ -164,19 +227,59 @@ class SPEMHead(RetrievalHead):
         return ScoreOutput(scores, uncertainty)
 
     # -- training ------------------------------------------------------------------------------
-    def loss(self, text, frames, *, logit_scale, noise=None, generator=None):
+    def loss(self, text, frames, *, logit_scale, noise=None, generator=None, positives: Tensor | None = None):
+        """positives: optional (B, B) bool, True where caption i truly describes video j (the diagonal
+        always): the contrastive terms then count every true match as a positive (multi-positive
+        InfoNCE) instead of pushing an ambiguous caption away from the other clips it describes."""
         b = frames.shape[0]
         noise = self._noise(noise, b, b, generator, True)
         mu_t, mu_v, sig_t, sig_v = self.distributions(text.sentence, self.video_side(frames), noise.get("dropout"))
         s_s = sample_cos(mu_t, sig_t, noise["eps_t"][0][:, None], mu_v, sig_v, noise["eps_v"][0][None])
-        s_b = boundary_cos(mu_t, sig_t, mu_v, sig_v)
-        l_s = symmetric_infonce(logit_scale * s_s)
-        l_b = symmetric_infonce(logit_scale * s_b)
+        pos = torch.eye(b, dtype=torch.bool, device=mu_v.device)
+        if positives is not None:
+            pos = pos | positives.to(device=pos.device, dtype=torch.bool)
+        s_b = self.boundary(mu_t, sig_t, mu_v, sig_v, pos)
+        contrast = symmetric_infonce if positives is None else (lambda z: multi_positive_infonce(z, pos))
+        l_s = contrast(logit_scale * s_s)
+        l_b = contrast(logit_scale * s_b)
+        r_t, r_v = sig_t.norm(dim=-1), sig_v.norm(dim=-1)
+        total = l_s + self.config.alpha * l_b
+        if self.config.width_weight:
+            total = total + self.config.width_weight * (radius_prior(r_t, self.config.scale_t)
+                                                        + radius_prior(r_v, self.config.scale_v))
         with torch.no_grad():  # logged: relative noise radii of positive and negative pairs
-            pos = torch.eye(b, dtype=torch.bool, device=mu_v.device)
-            r_t, r_v = sig_t.norm(dim=-1), sig_v.norm(dim=-1)
             neg = ~pos if b > 1 else pos
             logs = {"radius_t_pos": r_t[pos].mean(), "radius_v_pos": r_v[pos].mean(),
                     "radius_t_neg": r_t[neg].mean(), "radius_v_neg": r_v[neg].mean()}
-        return {"loss": l_s + self.config.alpha * l_b, "loss_sample": l_s.detach(),
-                "loss_boundary": l_b.detach(), **logs}
+        return {"loss": total, "loss_sample": l_s.detach(), "loss_boundary": l_b.detach(), **logs}
+
+    def boundary(self, mu_t, sig_t, mu_v, sig_v, positive: Tensor) -> Tensor:
+        """(B, B) boundary cosines by ``config.boundary``: toward = Mahalanobis-1 points facing each
+        other; toward_full = full radius facing each other; margin = full radius, apart for positives
+        (the farthest points), toward for negatives (the nearest)."""
+        kind = self.config.boundary
+        if kind == "toward":
+            return boundary_cos(mu_t, sig_t, mu_v, sig_v)
+        side = None if kind == "toward_full" else 1.0 - 2.0 * positive.to(mu_v.dtype)
+        return boundary_cos(mu_t, sig_t, mu_v, sig_v, spread="full", side=side)
+
+
+def multi_positive_infonce(logits: Tensor, positive: Tensor) -> Tensor:
+    """Symmetric InfoNCE with a set of positives per row and column: -log(sum_{j in P_i} e^{l_ij} /
+    sum_j e^{l_ij}), averaged over rows, and the same over columns. With positive = I it is
+    ``symmetric_infonce``."""
+    masked = logits.masked_fill(~positive, float("-inf"))
+    rows = torch.logsumexp(logits, 1) - torch.logsumexp(masked, 1)
+    cols = torch.logsumexp(logits, 0) - torch.logsumexp(masked, 0)
+    return 0.5 * (rows.mean() + cols.mean())
+
+
+def radius_prior(r: Tensor, scale: float) -> Tensor:
+    """Mean over pairs of (r/scale)^2 / 2 - log(r/scale): smallest at r = scale, infinite at r -> 0.
+    The "margin" boundary makes every radius costly; this holds the typical radius near its scale so
+    the loss can only move width between pairs, not remove it (cf. the log-variance terms of a
+    Gaussian KL, as in PCME / DUQ Eq. 14, on the radius alone)."""
+    if scale == 0:
+        return r.new_zeros(())
+    x = r / scale
+    return (0.5 * x * x - torch.log(x.clamp_min(1e-12))).mean() - 0.5

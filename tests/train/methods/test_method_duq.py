@@ -71,7 +71,7 @@ def test_min_for_positives_max_for_negatives_from_each_candidates_own_samples():
 def test_eq16_rerank_values_and_t2v_order_flip():
     s = torch.tensor([[0.6, 0.5]])
     d = torch.tensor([[0.9, 0.1]])
-    out, u_s, u_d = rerank(s, d, 0.1, 0.1)
+    out, u_s, u_d = rerank(s, d, 0.1, 0.1, shifted=False)
     us, ud = 2 / (1.6 + 1.5), 2 / (1.9 + 1.1)
     expected = [math.exp(-0.1 * ud) * (1 - dd) * math.exp(-0.1 * us) * ss for ss, dd in ((0.6, 0.9), (0.5, 0.1))]
     assert out[0].tolist() == pytest.approx(expected, rel=1e-6)
@@ -83,10 +83,32 @@ def test_eq16_similarity_uncertainty_reorders_texts_for_a_video():
     # text 0 has strong evidence overall (low u_s), text 1 weak (high u_s); same distances
     s = torch.tensor([[0.50, 0.9], [0.51, -1.0]])
     d = torch.full((2, 2), 0.2)
-    out, u_s, _ = rerank(s, d, 0.1, 0.1)
+    out, u_s, _ = rerank(s, d, 0.1, 0.1, shifted=False)
     assert u_s[0, 0] < u_s[1, 0]
     assert s[:, 0].argmax() == 1 and out[:, 0].argmax() == 0  # v2t order flips
     assert out[0].argmax() == s[0].argmax() and out[1].argmax() == s[1].argmax()  # t2v per row unchanged
+
+
+def test_eq16_as_printed_ranks_a_double_negative_first_and_the_shifted_form_does_not():
+    # one query: a true match (s = 0.3, 1 - d = 0.6) and a hard negative the evidential loss pushed
+    # below zero on both signals (s = -0.5, 1 - d = -0.5)
+    s = torch.tensor([[0.3, -0.5]])
+    d = torch.tensor([[0.4, 1.5]])
+    printed, _, _ = rerank(s, d, 0.1, 0.1, shifted=False)
+    assert printed.argmax() == 1  # the bug: (-0.5) * (-0.5) > 0.3 * 0.6
+    fixed, _, _ = rerank(s, d, 0.1, 0.1)
+    assert fixed.argmax() == 0
+    # the shifted form is increasing in s and decreasing in d over the whole cosine range
+    g = torch.Generator().manual_seed(0)
+    s = 2 * torch.rand(1, 400, generator=g) - 1
+    d = 2 * torch.rand(1, 400, generator=g)
+    base, _, _ = rerank(s, d, 0.1, 0.1)
+    u = lambda m: (m.shape[1] / (torch.relu(m) + 1).sum()).item()  # Eq. 3 of the row, held fixed below
+    f = lambda ss, dd: math.exp(-0.1 * u(d)) * (1 - dd / 2) * math.exp(-0.1 * u(s)) * (1 + ss) / 2
+    torch.testing.assert_close(base, f(s, d))
+    assert (f(s + 0.1, d) >= f(s, d)).all() and (f(s, d + 0.1) <= f(s, d)).all()
+    with pytest.raises(ValueError, match="rerank"):
+        DUQHead(8, 4, DUQHead.Config(rerank="median"))
 
 
 def test_distance_loss_as_printed_and_kl_zero_at_prior():

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from probret.train.methods import DEFAULT_METHOD, TextFeatures, create_head
 from probret.train.methods.base import l2n, symmetric_infonce
-from probret.train.methods.spem import SimilarityModulator, SPEMHead, boundary_cos, sample_cos
+from probret.train.methods.spem import (SimilarityModulator, SPEMHead, boundary_cos, multi_positive_infonce,
+                                        radius_prior, sample_cos)
 from probret.train.methods.xpool import XPoolHead
 
 from method_features import losses_over_adam, perturb, sentence_text
@@ -194,3 +195,96 @@ def test_loss_decreases_in_30_steps():
                                    train_loss=lambda: head.loss(text, frames, logit_scale=scale, generator=g)["loss"],
                                    lr=1e-2)
     assert last < 0.7 * first
+
+
+# -- the hypotheses of issue 11 section 2, as options ------------------------------------------------
+
+def test_full_spread_boundary_moves_the_sample_radius_far_for_positives_near_for_negatives():
+    g = torch.Generator().manual_seed(20)
+    mu_t, mu_v = l2n(torch.randn(3, 1, D, generator=g)), l2n(torch.randn(3, 3, D, generator=g))
+    sig_t, sig_v = 0.2 * torch.rand(3, 3, D, generator=g), 0.5 * torch.rand(3, 3, D, generator=g)
+    u = l2n(mu_v - mu_t)
+    r_t, r_v = sig_t.norm(dim=-1, keepdim=True), sig_v.norm(dim=-1, keepdim=True)
+    meet = ((mu_v - mu_t).norm(dim=-1, keepdim=True) / (r_t + r_v)).clamp(max=1)  # stop where they meet
+    near = F.cosine_similarity(mu_t + meet * r_t * u, mu_v - meet * r_v * u, dim=-1)
+    far = F.cosine_similarity(mu_t - r_t * u, mu_v + r_v * u, dim=-1)
+    torch.testing.assert_close(boundary_cos(mu_t, sig_t, mu_v, sig_v, spread="full"), near)
+    side = 1.0 - 2.0 * torch.eye(3)  # -1 (apart) on the diagonal
+    mixed = boundary_cos(mu_t, sig_t, mu_v, sig_v, spread="full", side=side)
+    torch.testing.assert_close(mixed, torch.where(torch.eye(3, dtype=torch.bool), far, near))
+    # the full radius moves sqrt(D) times further than the per-dimension point of an isotropic sigma
+    iso = torch.full((3, 3, D), 0.05)
+    step_dim = ((mu_t + iso * u) - mu_t).norm(dim=-1)
+    torch.testing.assert_close(step_dim * D ** 0.5, iso.norm(dim=-1))
+    # the margin grows with uncertainty: wider sigmas, lower far cosine, higher near cosine
+    wide = boundary_cos(mu_t, 2 * sig_t, mu_v, 2 * sig_v, spread="full", side=side)
+    diag = torch.eye(3, dtype=torch.bool)
+    assert (wide[diag] < mixed[diag]).all() and (wide[~diag] >= mixed[~diag] - 1e-6).all()
+    # overlapping radii meet: the near points coincide up to the means' norms (cos 1)
+    huge = boundary_cos(mu_t, 10 * sig_t, mu_v, 10 * sig_v, spread="full")
+    torch.testing.assert_close(huge, torch.ones(3, 3))
+
+
+def test_margin_boundary_loss_uses_far_positives_and_near_negatives():
+    g = torch.Generator().manual_seed(21)
+    head = _head(g, boundary="margin")
+    b, scale = 4, torch.tensor(10.0)
+    text, frames = _text(b, g), torch.randn(b, T, D, generator=g)
+    noise = head.draw_noise(b, b, generator=g, training=True)
+    out = head.loss(text, frames, logit_scale=scale, noise=noise)
+    mu_t, mu_v, sig_t, sig_v = head.distributions(text.sentence, head.video_side(frames), noise["dropout"])
+    side = 1.0 - 2.0 * torch.eye(b)
+    ref = symmetric_infonce(scale * boundary_cos(mu_t, sig_t, mu_v, sig_v, spread="full", side=side))
+    torch.testing.assert_close(out["loss_boundary"], ref)
+    with pytest.raises(ValueError, match="boundary"):
+        create_head("spem", embed_dim=D, num_frames=T, boundary="sideways")
+
+
+def test_content_terms_start_off_and_make_the_variance_depend_on_the_caption():
+    g = torch.Generator().manual_seed(22)
+    torch.manual_seed(0)
+    plain = SPEMHead(D, T)
+    torch.manual_seed(0)
+    content = SPEMHead(D, T, SPEMHead.Config(content=True))
+    text, frames = _text(3, g), torch.randn(5, T, D, generator=g)
+    noise = plain.draw_noise(3, 5, generator=torch.Generator().manual_seed(1))
+    a, b = plain.score(text, frames, noise=noise), content.score(text, frames, noise=noise)
+    torch.testing.assert_close(a.scores, b.scores)  # zero-initialised: the poster's model at start
+    torch.testing.assert_close(a.uncertainty, b.uncertainty)
+    with torch.no_grad():
+        content.content_t.weight.normal_(generator=g)
+        content.content_v.weight.normal_(generator=g)
+    # two captions with the same direction cosines to every frame but different content get
+    # different text variances: the text feature itself now moves sigma_t
+    _, _, sig_t, sig_v = content.distributions(text.sentence, content.video_side(frames))
+    _, _, sig_t0, _ = plain.distributions(text.sentence, plain.video_side(frames))
+    ratio = (sig_t / sig_t0)[:, 0]  # exp(content_t(mu_t)): one factor per caption, whatever the video
+    torch.testing.assert_close((sig_t / sig_t0), ratio[:, None].expand_as(sig_t))
+    assert not torch.allclose(ratio[0], ratio[1])
+    # still non-increasing in every similarity with the content offset held fixed
+    mod = content.sigma_v
+    s = torch.rand(50, T + 1, generator=g)
+    c = torch.randn(50, D, generator=g)
+    assert (mod(s + 0.1, c) <= mod(s, c)).all()
+
+
+def test_multi_positive_infonce_and_radius_prior():
+    g = torch.Generator().manual_seed(23)
+    logits = 5 * torch.randn(4, 4, generator=g)
+    eye = torch.eye(4, dtype=torch.bool)
+    torch.testing.assert_close(multi_positive_infonce(logits, eye), symmetric_infonce(logits))
+    both = eye.clone()
+    both[0, 1] = True  # caption 0 also describes video 1
+    row0 = torch.logsumexp(logits[0], 0) - torch.logsumexp(logits[0, :2], 0)
+    col1 = torch.logsumexp(logits[:, 1], 0) - torch.logsumexp(logits[:2, 1], 0)
+    rows = torch.stack([row0] + [torch.logsumexp(logits[i], 0) - logits[i, i] for i in (1, 2, 3)])
+    cols = torch.stack([torch.logsumexp(logits[:, 0], 0) - logits[0, 0], col1]
+                       + [torch.logsumexp(logits[:, j], 0) - logits[j, j] for j in (2, 3)])
+    torch.testing.assert_close(multi_positive_infonce(logits, both), 0.5 * (rows.mean() + cols.mean()))
+    head = _head(g)
+    text, frames = _text(4, g), torch.randn(4, T, D, generator=g)
+    noise = head.draw_noise(4, 4, generator=g, training=True)
+    assert head.loss(text, frames, logit_scale=torch.tensor(10.0), noise=noise, positives=both)["loss"].isfinite()
+    r = torch.tensor([0.05, 0.1, 0.2])
+    torch.testing.assert_close(radius_prior(r[1:2], 0.1), torch.tensor(0.0))  # minimum at the scale
+    assert radius_prior(r[:1], 0.1) > 0 and radius_prior(r[2:], 0.1) > 0
