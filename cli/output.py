@@ -129,11 +129,15 @@ def report_update(report: UpdateReport, providers: str) -> None:
                    f"waiting for frames {st.get('wait', 0):.1f} s{how})")
     if report.removed:
         notes.info(f"dropped {report.removed} removed file(s) from the index")
-    for what, files in (("could not be decoded", report.failed), ("are not regular video files", report.skipped)):
+    for what, files in (("could not be decoded", report.failed), ("are not regular files", report.skipped)):
         if files:
             log.warning(f"skipped {len(files)} file(s) that {what}:")
             for f in files:
                 click.echo(f"  {f.display_path}: {display_safe(f.reason)}", err=True)
+    if report.unlisted:
+        log.warning(f"could not list {len(report.unlisted)} folder(s); their videos stay in the index as they were:")
+        for folder in report.unlisted:
+            click.echo(f"  {display_safe(folder)}", err=True)
     if report.failed_before:
         notes.info(f"{len(report.failed_before)} file(s) failed earlier and are unchanged (--retry-failed to try again)")
 

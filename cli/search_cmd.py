@@ -21,9 +21,9 @@ notes = logging.getLogger("probret.notes")
 
 
 def _open(folder: Path, *, model, index_dir, device, window, resize, half, workers, batch, rebuild, wait,
-          retry_failed, quiet, verbose, update: bool = True, ray_address: str | None = None):
+          retry_failed, quiet, verbose, update: bool = True, write: bool = False, ray_address: str | None = None):
     """(VideoFolder, the model's meta) after resolving ``--model`` and, unless ``update`` is
-    False, bringing the index up to date."""
+    False, bringing the index up to date (``write``: through the writer even when nothing changed)."""
     from probret.export.resolve import demo_caveat, resolve_model
 
     setup_logging(quiet=quiet, verbose=verbose)
@@ -33,7 +33,7 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
     vf = open_folder(folder, bundle=resolved.bundle, index=index_dir, device=device, window=window, resize=resize,
                      dtype=None if half is None else ("float16" if half else "float32"), workers=workers, batch=batch,
                      rebuild=rebuild, update=update, progress=False if quiet else None, model=resolved.to_meta(),
-                     wait=wait, retry_failed=retry_failed, ray_address=ray_address)
+                     wait=wait, retry_failed=retry_failed, ray_address=ray_address, write=write)
     if vf.last_update is not None:
         output.report_update(vf.last_update, vf.providers)
     return vf, resolved.to_meta()
@@ -48,7 +48,7 @@ def _open(folder: Path, *, model, index_dir, device, window, resize, half, worke
                    "local one); put it after FOLDER. Needs probret[ray]; see docs/scaling.md.")
 def index(folder, as_json, ray_address, **kw):
     """Build or update the index of FOLDER (only new or changed files are encoded)."""
-    vf, meta = _open(folder, ray_address=ray_address, **kw)
+    vf, meta = _open(folder, ray_address=ray_address, write=True, **kw)  # index repairs too (facade.update)
     with vf:
         vf.require_videos()
         n_ok, n_bad = len(vf), len(vf.failed)

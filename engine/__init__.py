@@ -19,7 +19,7 @@ _EXPORTS = {
     "WORKERS": "options", "BATCH": "options", "TOP_K": "options", "ANN_CANDIDATES": "options",
     "MOMENTS": "options", "MIN_CONFIDENCE": "options", "RESOLUTION_SIDE": "options", "DTYPES": "options", "RESIZE_MODES": "options",
     "parse_resolution": "options",
-    "ProbretError": "errors", "DataError": "errors", "ModelError": "errors", "IndexStoreError": "errors", "IndexError_": "errors",
+    "ProbretError": "errors", "DataError": "errors", "ModelError": "errors", "IndexStoreError": "errors",
     "UsageError": "errors", "VideoDecodeError": "errors",
     "DEVICES": "runtime", "cache_dir": "cache",
     "png_bytes": "thumbnails", "thumbnail": "thumbnails",

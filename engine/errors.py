@@ -60,7 +60,3 @@ class UsageError(ProbretError):
 
     exit_code = 2
 
-
-#: The old name, kept only until engine/search.py and cli/search_cmd.py (rewritten by the facade
-#: work) import IndexStoreError; nothing new may use it.
-IndexError_ = IndexStoreError

@@ -17,7 +17,9 @@ module; they do not wire the index, pipeline and searcher themselves. What it co
 Settings that define an index (segment window, storage dtype, resize mode): ``None`` means the
 setting the index already stores, else the default (:data:`DEFAULT_WINDOW`, :data:`DEFAULT_DTYPE`,
 ``"auto"``); an explicit different value rebuilds the index, which is said on the notes logger.
-With ``update=False`` the folder is never walked and no lock is taken; a setting that differs
+An update plans first without the writer's lock (engine/index's ``plan_update``); a search
+with nothing to index then opens only a reader (see :meth:`VideoFolder.update`). With
+``update=False`` the folder is never walked and no lock is taken; a setting that differs
 from the stored one is then a usage error rather than a silent mismatch.
 
 User-facing notes (what is being indexed, a rebuild, a one-time export) go to the
@@ -35,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from probret.engine.bundle import Bundle, load_bundle
-from probret.engine.errors import DataError, IndexError_, UsageError
+from probret.engine.errors import DataError, IndexStoreError, UsageError
 from probret.engine.options import IndexOptions, SearchOptions
 from probret.engine.results import (CaptionHit, CaptionResult, Hit, Moment, SearchResult, SkippedFile,
                                     UpdateReport, fs_path)
@@ -59,7 +61,7 @@ def open_folder(folder: str | os.PathLike, *, bundle: Bundle | str | os.PathLike
                 workers: int | None = None, batch: int | None = None, rebuild: bool = False, update: bool = True,
                 progress: bool | None = None, resize: str | None = None, model: dict | None = None,
                 wait: bool = False, retry_failed: bool = False, runtime=None,
-                ray_address: str | None = None) -> "VideoFolder":
+                ray_address: str | None = None, write: bool = False) -> "VideoFolder":
     """A :class:`VideoFolder` for ``folder`` searched with ``bundle`` (module docstring).
 
     ``index``: the index directory (default ``FOLDER/.probret-index``); ``update``: index new or
@@ -67,13 +69,15 @@ def open_folder(folder: str | os.PathLike, *, bundle: Bundle | str | os.PathLike
     progress bar on stderr (None: when stderr is a terminal); ``model``: what the index records
     about the model (export/resolve.py's ``ResolvedModel.to_meta()``; default: the bundle);
     ``wait``: wait for another writer instead of failing; ``runtime``: an open ``BundleRuntime``
-    of ``bundle`` to reuse; ``ray_address``: index on a Ray cluster (docs/scaling.md)."""
+    of ``bundle`` to reuse; ``ray_address``: index on a Ray cluster (docs/scaling.md); ``write``:
+    open the writer even when there is nothing to index (``probret index``: it also repairs a
+    damaged shard and cleans up after a crash), see :meth:`VideoFolder.update`."""
     options = IndexOptions(window=window, dtype=dtype, resize=resize, workers=workers, batch=batch)
     vf = VideoFolder(folder, bundle, index=index, device=device, options=options, model=model, wait=wait,
                      retry_failed=retry_failed, runtime=runtime)
     try:
         if update:
-            vf.update(progress=progress, rebuild=rebuild, ray_address=ray_address)
+            vf.update(progress=progress, rebuild=rebuild, ray_address=ray_address, write=write)
         else:
             if rebuild:
                 raise UsageError("--rebuild builds the index again, which --no-update forbids; drop one of them")
@@ -138,13 +142,12 @@ class VideoFolder:
     def check_searchable(self) -> None:
         """For ``update=False``: the index exists and matches this model and the settings asked for."""
         if self._header is None:
-            raise IndexError_(f"{self.index_dir}: no index here; run `probret index {self.folder}` (or search "
-                              "without --no-update)")
+            self._raise_unreadable()
         stored = self._stored()
         if stored.get("bundle_sha256") != self.bundle.sha256:
-            raise IndexError_(f"{self.index_dir} was built with another model "
-                              f"({(self._header.get('model') or {}).get('description')}); search without --no-update "
-                              "to rebuild it for this model")
+            raise IndexStoreError(f"{self.index_dir} was built with another model "
+                                  f"({(self._header.get('model') or {}).get('description')}); search without "
+                                  "--no-update to rebuild it for this model")
         asked = {"--window": (self.options.window, stored.get("window")),
                  "--half/--full": (self.options.dtype, stored.get("dtype")),
                  "--resize": (self.options.resize, stored.get("resize"))}
@@ -152,6 +155,23 @@ class VideoFolder:
             if want is not None and have is not None and want != have:
                 raise UsageError(f"{flag}: the index {self.index_dir} was built with {have}, not {want}; search "
                                  "without --no-update to rebuild it, or leave the option out to use the index as it is")
+
+    def _raise_unreadable(self) -> None:
+        """No header could be read: say why. Only a missing or empty directory is "no index";
+        a damaged, foreign or too old one is opened so that the reader says what is wrong."""
+        from probret.engine.index import IndexReader
+        from probret.engine.index.directory import foreign_entries
+
+        root = self.index_dir
+        if os.path.lexists(root) and (not root.is_dir() or root.is_symlink() or any(root.iterdir())):
+            foreign = [] if not root.is_dir() or root.is_symlink() else foreign_entries(root)
+            if foreign and not os.path.lexists(root / "index.db"):
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise IndexStoreError(f"{root}: not a probret index ({shown}); give --index a directory probret "
+                                      "made, or search without --index")
+            IndexReader(root).close()  # raises the true reason
+        raise IndexStoreError(f"{self.index_dir}: no index here; run `probret index {self.folder}` (or search "
+                                  "without --no-update)")
 
     # -- the runtime ---------------------------------------------------------------------------
     @property
@@ -170,13 +190,33 @@ class VideoFolder:
 
     # -- updating ------------------------------------------------------------------------------
     def update(self, progress: bool | None = None, *, rebuild: bool = False,
-               ray_address: str | None = None) -> UpdateReport:
-        """Index new and changed files, drop removed ones (one walk of the folder). ``ray_address``:
-        run on a Ray cluster (engine/distributed.py; "" = the default cluster)."""
-        from probret.engine.index import IndexWriter
-        from probret.engine.pipeline import PipelineOptions, update_index
+               ray_address: str | None = None, write: bool = False) -> UpdateReport:
+        """Index new and changed files, drop removed ones. ``ray_address``:
+        run on a Ray cluster (engine/distributed.py; "" = the default cluster).
+
+        The walk is planned first without the writer's lock (``plan_update``): when there is
+        nothing to encode, drop or rebuild, no writer is opened, so any number of searches run
+        at once, next to a writer and on an index they cannot write (docs/reliability.md §3).
+        ``write`` (and ``rebuild``) open the writer all the same: its opening repairs a shard
+        cut short and removes what a crash left behind."""
+        from probret.engine.index import plan_update
 
         self._close_reader()
+        if not (rebuild or write):
+            plan = plan_update(self.folder, self.index_dir, self.settings, retry_failed=self.retry_failed)
+            if plan.up_to_date:
+                if not plan.total_videos:
+                    raise self._no_videos()
+                notes.info(f"model: {self.model.get('description')}")
+                self.last_update = _plan_report(plan, self.folder, self.index_dir)
+                return self.last_update
+        return self._write_update(progress, rebuild=rebuild, ray_address=ray_address)
+
+    def _write_update(self, progress: bool | None, *, rebuild: bool, ray_address: str | None) -> UpdateReport:
+        """The update itself, under the writer's lock (the plan said there is work)."""
+        from probret.engine.index import IndexWriter, read_header
+        from probret.engine.pipeline import PipelineOptions, update_index
+
         rebuilt: list[str] = []
 
         def say(msg: str) -> None:
@@ -203,10 +243,8 @@ class VideoFolder:
 
                 report = update_index_ray(self.folder, self.runtime, writer, popts, say=say, scan=scan,
                                           address=ray_address)
-        from probret.engine.index import read_header
-
         self._header = read_header(self.index_dir)
-        self.last_update = _update_report(report, rebuilt[0] if rebuilt else None)
+        self.last_update = _update_report(report, scan, rebuilt[0] if rebuilt else None)
         return self.last_update
 
     def _no_videos(self) -> DataError:
@@ -446,17 +484,26 @@ def _moments(h, limit: int) -> list[Moment]:
     return [Moment(float(h.start), float(h.end), None if h.best_time is None else float(h.best_time), float(h.score))]
 
 
-def _update_report(report, rebuilt: str | None) -> UpdateReport:
-    """engine/pipeline.py's IndexReport -> the facade's UpdateReport."""
-    def files(pairs) -> list[SkippedFile]:
-        return [SkippedFile(fs_path(p), str(e)) for p, e in pairs or ()]
+def _files(pairs) -> list[SkippedFile]:
+    return [SkippedFile(fs_path(p), str(e)) for p, e in pairs or ()]
 
-    return UpdateReport(added=report.added, removed=report.removed, failed=files(report.failed),
-                        skipped=files(getattr(report, "skipped", ())), updated=report.updated,
-                        unchanged=report.unchanged, failed_before=files(report.failed_before),
+
+def _update_report(report, scan, rebuilt: str | None) -> UpdateReport:
+    """engine/pipeline.py's IndexReport -> the facade's UpdateReport. What the walk found and
+    never tried (not regular files, folders it could not list) comes from the scan itself."""
+    return UpdateReport(added=report.added, removed=report.removed, failed=_files(report.failed),
+                        skipped=_files(scan.skipped), unlisted=[fs_path(p) for p in scan.unlisted],
+                        updated=report.updated, unchanged=report.unchanged, failed_before=_files(report.failed_before),
                         total_videos=report.total_videos, ignored=report.ignored,
                         encoded_videos=report.encoded_videos, encoded_segments=report.encoded_segments,
                         seconds=report.seconds, stages=dict(report.stages), decode=dict(report.decode),
                         compacted=report.compacted, rebuilt=rebuilt, folder=str(report.folder),
                         index=str(report.index))
 
+
+def _plan_report(plan, folder: Path, index: Path) -> UpdateReport:
+    """The report of an update that had nothing to do (no writer was opened)."""
+    return UpdateReport(added=0, removed=0, failed=[], skipped=_files(plan.skipped),
+                        unlisted=[fs_path(p) for p in plan.unlisted], unchanged=plan.unchanged,
+                        failed_before=_files(plan.failed_before), total_videos=plan.total_videos,
+                        ignored=plan.ignored, folder=str(folder), index=str(index))

@@ -185,12 +185,14 @@ class SkippedFile:
 class UpdateReport:
     """What one index update did. ``failed``: files that could not be decoded in this run;
     ``failed_before``: unchanged files that failed in an earlier run (not tried again without
-    ``retry_failed``); ``skipped``: files never tried (not regular files, unlistable folders)."""
+    ``retry_failed``); ``skipped``: entries never tried (FIFOs, sockets, devices, broken links);
+    ``unlisted``: folders that could not be listed (their videos stay in the index as they were)."""
 
     added: int
     removed: int
     failed: list[SkippedFile]
     skipped: list[SkippedFile]
+    unlisted: list[str] = field(default_factory=list)
     updated: int = 0
     unchanged: int = 0
     failed_before: list[SkippedFile] = field(default_factory=list)
@@ -215,7 +217,8 @@ class UpdateReport:
                 "added": self.added, "updated": self.updated, "removed": self.removed, "unchanged": self.unchanged,
                 "failed": [f.to_json() for f in self.failed],
                 "failed_before": [f.to_json() for f in self.failed_before],
-                "skipped": [f.to_json() for f in self.skipped], "ignored_files": self.ignored,
+                "skipped": [f.to_json() for f in self.skipped],
+                "unlisted": [display_safe(p) for p in self.unlisted], "ignored_files": self.ignored,
                 "encoded_videos": self.encoded_videos, "encoded_segments": self.encoded_segments,
                 "seconds": round(self.seconds, 3), "videos_per_s": round(self.videos_per_s, 3),
                 "stage_seconds": {k: round(v, 3) for k, v in self.stages.items()}, "decode": dict(self.decode),

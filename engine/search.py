@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from probret.engine.errors import DataError, IndexError_, ModelError
+from probret.engine.errors import DataError, IndexStoreError, ModelError
 from probret.engine.index import IndexReader
 from probret.engine.moments import Moment, find_moments
 
@@ -147,8 +147,8 @@ def faiss_available() -> bool:
 
 def _require_faiss() -> None:
     if not faiss_available():
-        raise IndexError_("--ann needs faiss: pip install faiss-cpu (or faiss-gpu); without --ann every video is "
-                          "scored exactly")
+        raise IndexStoreError("--ann needs faiss: pip install faiss-cpu (or faiss-gpu); without --ann every video is "
+                              "scored exactly")
 
 
 @dataclass
@@ -215,8 +215,8 @@ class Searcher:
         self.video_names = [n for n in runtime.bundle.video_outputs]
         missing = [n for n in self.video_names if n not in reader.layout] if reader.num_segments else []
         if missing:
-            raise IndexError_(f"{reader.root}: the index lacks {missing} that this model's pair graph needs; it was "
-                              "built with another model: run `probret index` with this model (or --rebuild)")
+            raise IndexStoreError(f"{reader.root}: the index lacks {missing} that this model's pair graph needs; it was "
+                                  "built with another model: run `probret index` with this model (or --rebuild)")
         self._ann = None
 
     # -- text ------------------------------------------------------------------------------------
@@ -345,12 +345,12 @@ class Searcher:
         return np.where(bad, -np.inf, seg_scores).astype(np.float32), unranked
 
     def _not_finite_error(self, segs: np.ndarray) -> Exception:
-        """Every score is NaN or inf: the stored rows' fault (IndexError_) or the model's."""
+        """Every score is NaN or inf: the stored rows' fault (IndexStoreError) or the model's."""
         sample = segs[:64]
         stored = _as_float32(self.reader.gather(self.video_names, sample))
         if not all(np.isfinite(v).all() for v in stored.values()):
-            return IndexError_(f"{self.reader.root}: stored features hold NaN or inf (a damaged index): rebuild it "
-                               "with `probret index --rebuild`")
+            return IndexStoreError(f"{self.reader.root}: stored features hold NaN or inf (a damaged index): rebuild it "
+                                   "with `probret index --rebuild`")
         name = getattr(self.rt.bundle, "path", None) or getattr(self.rt.bundle, "method", "the model")
         return ModelError(f"model {name}: the pair graph scored every segment NaN or inf from finite features: "
                           "check or re-export the model")

@@ -301,7 +301,11 @@ class Txn:
             try:
                 self.conn.execute("COMMIT")
             except sqlite3.OperationalError as e:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # a COMMIT that hit a full disk may have rolled back already
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.OperationalError:
+                        pass
                 raise write_failed(self.root, e) from None
             from probret.engine.index import durability
             durability.point("commit")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -89,7 +90,7 @@ class IndexWriter:
         self._lock = WriterLock(self.root, wait=wait, say=self.say)
         try:
             self._open(rebuild)
-        except OSError as exc:
+        except (OSError, sqlite3.OperationalError) as exc:  # recovery writes too: a full disk can refuse them
             self.close()
             raise write_failed(self.root, exc) from None
         except BaseException:

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from probret.engine import (DataError, Hit, IndexError_, Moment, SearchResult, UpdateReport, UsageError, load_bundle,
+from probret.engine import (DataError, Hit, IndexStoreError, Moment, SearchResult, UpdateReport, UsageError, load_bundle,
                             open_folder)
 from probret.export.resolve import SHIPPED_DEMO_BUNDLE
 
@@ -50,11 +50,12 @@ def test_update_search_and_results(folder, bundle, tmp_path, monkeypatch):
     videos, queries = folder
     walks = WalkCounter(monkeypatch, videos)
     with open_folder(videos, bundle=bundle, index=tmp_path / "idx", progress=False) as vf:
-        assert walks.calls == 1  # one walk for the update, none for the search
+        # an update with work walks twice (the plan without the lock, then under it), a search never
+        assert walks.calls == 2
         report = vf.last_update
         assert isinstance(report, UpdateReport) and report.added == 5 and not report.failed
         results = vf.search(queries, top_k=3)
-        assert walks.calls == 1
+        assert walks.calls == 2
         assert [r.query for r in results] == queries and all(isinstance(r, SearchResult) for r in results)
         for r in results:
             assert [h.rank for h in r.hits] == [1, 2, 3] and r.note is None
@@ -66,7 +67,7 @@ def test_update_search_and_results(folder, bundle, tmp_path, monkeypatch):
         one = vf.search(queries[0], top_k=3)[0]
         assert [h.path for h in one.hits] == [h.path for h in results[0].hits]
         again = vf.update()
-        assert again.added == 0 and again.unchanged == 5 and walks.calls == 2
+        assert again.added == 0 and again.unchanged == 5 and walks.calls == 3  # up to date: the plan's walk only
 
 
 def test_no_update_walks_nothing(folder, bundle, tmp_path, monkeypatch):
@@ -79,7 +80,7 @@ def test_no_update_walks_nothing(folder, bundle, tmp_path, monkeypatch):
     assert walks.calls == 0
     with pytest.raises(UsageError, match="--window"):
         open_folder(videos, bundle=bundle, index=tmp_path / "idx", update=False, window=5)
-    with pytest.raises(IndexError_, match="no index here"):
+    with pytest.raises(IndexStoreError, match="no index here"):
         open_folder(videos, bundle=bundle, index=tmp_path / "none", update=False)
 
 
@@ -148,3 +149,120 @@ def test_a_folder_without_videos(bundle, tmp_path):
         open_folder(tmp_path / "empty", bundle=bundle)
     with pytest.raises(DataError, match="no such folder"):
         open_folder(tmp_path / "missing", bundle=bundle)
+
+
+# -- readers and writers coexist (issue 12 §3) ------------------------------------------------
+def _hold_lock(index_dir):
+    """Another process holding the writer's lock (``flock(1)`` on INDEX/lock), as a long
+    ``probret index`` would; returns the Popen (:func:`_release` it). flock(1) runs ``sleep`` as
+    its child, which holds the lock too: both are in a session of their own, ended together."""
+    import subprocess
+
+    holder = subprocess.Popen(["flock", "--exclusive", str(index_dir / "lock"), "sleep", "120"],
+                              start_new_session=True)
+    for _ in range(200):  # until the lock is really taken
+        if subprocess.run(["flock", "--nonblock", str(index_dir / "lock"), "true"]).returncode:
+            return holder
+        import time
+
+        time.sleep(0.05)
+    _release(holder)
+    raise AssertionError("flock did not take the lock")
+
+
+def _release(holder) -> None:
+    import signal
+
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+
+
+def test_a_search_with_nothing_to_index_takes_no_lock(folder, bundle, tmp_path):
+    videos, queries = folder
+    src = tmp_path / "videos"
+    shutil.copytree(videos, src)
+    open_folder(src, bundle=bundle, index=tmp_path / "idx", progress=False).close()
+    holder = _hold_lock(tmp_path / "idx")
+    try:
+        for _ in range(3):
+            with open_folder(src, bundle=bundle, index=tmp_path / "idx", progress=False) as vf:
+                assert vf.last_update.unchanged == 5 and vf.last_update.encoded_videos == 0
+                assert vf.search(queries[0], top_k=2)[0].hits
+        shutil.copy(src / sorted(os.listdir(src))[0], src / "new.mp4")  # now there is work: the lock is needed
+        with pytest.raises(IndexStoreError, match="being written by another probret process"):
+            open_folder(src, bundle=bundle, index=tmp_path / "idx", progress=False)
+        with open_folder(src, bundle=bundle, index=tmp_path / "idx", update=False) as vf:
+            assert len(vf) == 5  # --no-update searches what is there
+    finally:
+        _release(holder)
+    with open_folder(src, bundle=bundle, index=tmp_path / "idx", progress=False) as vf:
+        assert vf.last_update.added == 1 and len(vf) == 6
+
+
+def _damage(how: str, idx):
+    import sqlite3
+
+    if how == "not a database":
+        (idx / "index.db").write_bytes(b"this is no sqlite file, only text" * 200)
+        for side in ("index.db-wal", "index.db-shm"):
+            if (idx / side).exists():
+                (idx / side).unlink()
+        return "is unreadable (file is not a database)"
+    if how == "missing shard":
+        victim = sorted((idx / "shards").glob("*.bin"))[0]
+        victim.unlink()
+        return victim.name
+    conn = sqlite3.connect(idx / "index.db")
+    version = {"older format": "0", "newer format": "99"}[how]
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (version,))
+    conn.commit()
+    conn.close()
+    return f"index format {version}"
+
+
+@pytest.mark.parametrize("how", ["not a database", "missing shard", "older format", "newer format"])
+@pytest.mark.parametrize("update", [True, False])
+def test_a_damaged_index_is_reported_with_the_true_reason(folder, bundle, tmp_path, how, update):
+    videos, queries = folder
+    idx = tmp_path / "idx"
+    open_folder(videos, bundle=bundle, index=idx, progress=False).close()
+    words = _damage(how, idx)
+    with pytest.raises(IndexStoreError) as err:
+        with open_folder(videos, bundle=bundle, index=idx, progress=False, update=update) as vf:
+            vf.search(queries[0])
+    message = str(err.value)
+    assert str(idx) in message and words in message and "no index here" not in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("update", [True, False])
+def test_a_foreign_directory_is_refused_with_the_true_reason(folder, bundle, tmp_path, update):
+    videos, _ = folder
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    with pytest.raises(IndexStoreError, match=r"not a probret index.*notes\.txt|notes\.txt.*not a probret index") as err:
+        open_folder(videos, bundle=bundle, index=foreign, progress=False, update=update)
+    assert "no index here" not in str(err.value)
+    assert sorted(os.listdir(foreign)) == ["notes.txt"] and (foreign / "notes.txt").read_text() == "mine\n"
+
+
+def test_fifos_and_sockets_are_reported_as_skipped(folder, bundle, tmp_path):
+    import socket
+
+    videos, _ = folder
+    src = tmp_path / "videos"
+    shutil.copytree(videos, src)
+    os.mkfifo(src / "pipe.mp4")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock.mp4"))
+    try:
+        for _ in range(2):  # the update that indexes, then the one that has nothing to do
+            with open_folder(src, bundle=bundle, index=tmp_path / "idx", progress=False) as vf:
+                report = vf.last_update
+                assert sorted(f.path for f in report.skipped) == ["pipe.mp4", "sock.mp4"]
+                assert all("not a video file" in f.reason for f in report.skipped) and not report.failed
+                assert {s["path"] for s in report.to_json()["skipped"]} == {"pipe.mp4", "sock.mp4"}
+                assert len(vf) == 5
+    finally:
+        sock.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probret.engine.errors import DataError, IndexError_, ModelError
+from probret.engine.errors import DataError, IndexStoreError, ModelError
 from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter
 from probret.engine.search import Searcher, faiss_available, l2_normalize
 
@@ -252,7 +252,7 @@ def test_ann_without_faiss_fails_clearly(colour_index, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
     s = Searcher(ColourRuntime(), colour_index)
-    with pytest.raises(IndexError_, match="pip install faiss-cpu"):
+    with pytest.raises(IndexStoreError, match="pip install faiss-cpu"):
         s.search(["red"], ann=True)
     assert s.search(["red"])[0].hits[0].path == "a_red.mp4"  # exact search needs no faiss
 
@@ -271,7 +271,7 @@ def test_searcher_refuses_an_index_of_another_model(colour_index):
         class bundle(_Bundle):  # noqa: N801
             video_outputs = ["video_keys"]
 
-    with pytest.raises(IndexError_, match="built with another model"):
+    with pytest.raises(IndexStoreError, match="built with another model"):
         Searcher(Other(), colour_index)
 
 
