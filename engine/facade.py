@@ -125,6 +125,7 @@ class VideoFolder:
         self._reader = None
         self._searcher = None
         self._calibrator = None
+        self._domain_noted = False
         self.last_update: UpdateReport | None = None
 
     # -- settings ------------------------------------------------------------------------------
@@ -319,10 +320,31 @@ class VideoFolder:
         return self._calibrator or None
 
     def _confidences(self, scores: np.ndarray, uncertainty: np.ndarray | None) -> list[float | None]:
+        """Calibrated confidence of each ranked hit (``scores`` best first). The signals come from
+        engine/calibration.py's ``hit_signals``, the same function the calibrator was fitted with;
+        the top hit's margin needs the runner-up, so the caller passes one score more than it shows."""
         cal = self.calibrator
-        if cal is None:
+        if cal is None or not len(scores):
             return [None] * len(scores)
-        return [float(c) for c in np.asarray(cal.confidence(scores, uncertainty), dtype=np.float64)]
+        from probret.engine.calibration import hit_signals
+
+        self._note_calibration_domain(cal)
+        signals = hit_signals(scores, None if uncertainty is None or "uncertainty" not in cal.signals else uncertainty)
+        return [float(c) for c in np.asarray(cal.confidence(signals), dtype=np.float64)]
+
+    def _note_calibration_domain(self, cal) -> None:
+        """One line when the folder is far from the gallery the calibrator was fitted on: a
+        confidence holds for the gallery size it was fitted at (a bigger gallery has more
+        near-misses), so a gallery 4x larger or smaller makes it a rough guide only."""
+        if self._domain_noted:
+            return
+        self._domain_noted = True
+        fitted = (cal.domain or {}).get("gallery_size")
+        here = len(self.reader.videos)
+        if fitted and here and not 0.25 <= here / fitted <= 4:
+            where = ", ".join(f"{k} {cal.domain[k]}" for k in ("dataset", "split") if k in cal.domain)
+            log.warning(f"confidence was calibrated on a gallery of {fitted} videos ({where}); this index holds "
+                        f"{here}, so read it as a rough guide")
 
     # -- text -> video -------------------------------------------------------------------------
     def search(self, queries: str | Sequence[str], *, top_k: int = 10, min_confidence: float | None = None,
@@ -343,7 +365,7 @@ class VideoFolder:
             raise UsageError(f"--min-confidence needs a model that carries a confidence calibrator; "
                              f"{self.model.get('description') or self.bundle.path} has none")
         self.require_videos()
-        raw = _search_raw(self.searcher, qs, o)
+        raw = _search_raw(self.searcher, qs, o, extra=0 if self.calibrator is None else 1)
         self._warn_truncated(qs, [r.truncated for r in raw], "query")
         return [self._result(r, o) for r in raw]
 
@@ -361,9 +383,10 @@ class VideoFolder:
         scores = np.array([h.score for h in r.hits], dtype=np.float64)
         unc = None if not r.hits or r.hits[0].uncertainty is None else np.array([h.uncertainty for h in r.hits])
         conf = self._confidences(scores, unc)
+        shown = r.hits[:o.top_k]  # _search_raw asked for one more when a calibrator needs the runner-up
         hits = [Hit(path=fs_path(h.path), rank=h.rank, score=float(h.score), confidence=c,
                     uncertainty=None if h.uncertainty is None else float(h.uncertainty),
-                    moments=_moments(h, o.moments)) for h, c in zip(r.hits, conf)]
+                    moments=_moments(h, o.moments)) for h, c in zip(shown, conf)]
         note = None
         if o.min_confidence is not None:
             kept = [h for h in hits if h.confidence is not None and h.confidence >= o.min_confidence]
@@ -396,13 +419,12 @@ class VideoFolder:
             hits, truncated = self.searcher.rank_captions(captions, tensors=tensors, segments=segments, top_k=top_k)
             source = "encoded now (not in the index)"
         self._warn_truncated(captions, truncated, "caption")
-        scores = np.array([h.score for h in hits], dtype=np.float64)
-        unc = None if not hits or hits[0].uncertainty is None else np.array([h.uncertainty for h in hits])
-        conf = self._confidences(scores, unc)
-        out = [CaptionHit(caption=h.caption, rank=h.rank, score=float(h.score), confidence=c,
+        # confidence stays None here: the calibrator was fitted on text -> video rankings, and a
+        # caption ranking for one video is another distribution of scores and margins
+        out = [CaptionHit(caption=h.caption, rank=h.rank, score=float(h.score), confidence=None,
                           uncertainty=None if h.uncertainty is None else float(h.uncertainty),
                           moment=Moment(float(h.start), float(h.end), None, float(h.score)))
-               for h, c in zip(hits, conf)]
+               for h in hits]
         return CaptionResult(video=shown, source=source, hits=out, truncated=[bool(t) for t in truncated])
 
     def _video_position(self, video) -> tuple[int | None, str]:
@@ -464,14 +486,10 @@ def _show_progress(progress: bool | None) -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-def _search_raw(searcher, queries: list[str], o: SearchOptions):
-    """engine/search.py's ranking; ``moments`` is passed on when that version supports it."""
-    import inspect
-
-    kwargs = {"top_k": o.top_k, "ann": o.ann, "ann_candidates": o.ann_candidates}
-    if "moments" in inspect.signature(searcher.search).parameters:
-        kwargs["moments"] = o.moments
-    return searcher.search(queries, **kwargs)
+def _search_raw(searcher, queries: list[str], o: SearchOptions, *, extra: int = 0):
+    """engine/search.py's ranking, ``extra`` hits beyond ``top_k`` (the calibrator's runner-up)."""
+    return searcher.search(queries, top_k=o.top_k + extra, ann=o.ann, ann_candidates=o.ann_candidates,
+                           moments=o.moments)
 
 
 def _moments(h, limit: int) -> list[Moment]:

@@ -266,3 +266,38 @@ def test_fifos_and_sockets_are_reported_as_skipped(folder, bundle, tmp_path):
                 assert len(vf) == 5
     finally:
         sock.close()
+
+
+def _with_calibrator(bundle_dir, out, *, gallery_size: int):
+    """A copy of the demo bundle whose manifest carries a Platt calibrator on the margin, fitted on
+    synthetic signals (what export/calibrate.py stores; tests/export/test_calibrate.py fits a real one)."""
+    from probret.engine.calibration import Calibrator, hit_signals
+
+    shutil.copytree(bundle_dir, out)
+    rng = np.random.default_rng(0)
+    scores = -np.sort(-rng.uniform(0, 1, (200, 5)), axis=1)
+    signals = {k: v[:, 0] for k, v in hit_signals(scores).items()}
+    labels = (signals["margin"] + rng.normal(0, 0.05, 200) > 0.1).astype(float)
+    cal = Calibrator.fit("platt", signals, labels, ["margin"], domain={"dataset": "procedural", "split": "val",
+                                                                       "gallery_size": gallery_size})
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["calibration"] = cal.to_dict()
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return load_bundle(out), cal
+
+
+def test_confidence_uses_the_runner_up_and_min_confidence_abstains(folder, tmp_path, caplog):
+    from probret.engine.calibration import hit_signals
+
+    videos, captions = folder
+    calibrated, cal = _with_calibrator(SHIPPED_DEMO_BUNDLE, tmp_path / "b", gallery_size=1000)
+    with open_folder(videos, bundle=calibrated, index=tmp_path / "idx") as vf:
+        [two] = vf.search(captions[0], top_k=2)
+        [one] = vf.search(captions[0], top_k=1)
+        [none] = vf.search(captions[0], top_k=3, min_confidence=1.0)
+    expected = cal.confidence(hit_signals(np.array([h.score for h in two.hits])))
+    assert [h.confidence for h in two.hits] == pytest.approx(list(expected))
+    assert len(one.hits) == 1 and one.hits[0].confidence == pytest.approx(expected[0])  # margin to the hidden #2
+    assert all(0.0 <= h.confidence <= 1.0 for h in two.hits)
+    assert none.hits == [] and none.note.startswith("no confident match")
+    assert "calibrated on a gallery of 1000 videos" in caplog.text  # 5 videos here: a rough guide only
