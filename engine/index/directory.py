@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from probret.engine.errors import IndexStoreError
+from probret.engine.fsutil import fsync_dir
 from probret.engine.index import durability
 from probret.engine.index.schema import (ANN_DIR, ANN_FILES, DB_NAME, INDEX_FORMAT, INDEX_FORMAT_VERSION, LOCK_NAME,
                                          MANIFEST_NAME, MARKER_NAME, SHARD_DIR, connect, schema_problem)
@@ -102,19 +103,6 @@ def unlink_owned(path) -> bool:
     os.unlink(path)
     durability.point("unlink", path)
     return True
-
-
-def fsync_dir(path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
