@@ -1,7 +1,7 @@
 """Calibrated per-hit confidence: the probability that a search hit truly matches its query.
 
 numpy only (the engine never imports torch). The same code fits the calibrator (at export, on the
-validation split; ``probret.export.calibrate``) and applies it (at search time, in the engine), so
+validation split; export/calibrate.py) and applies it (at search time, in the engine), so
 the signals a calibrator was fitted on are exactly the ones it is applied to.
 
 Signals (``hit_signals``), computed from one query's ranked hit scores, best first:
