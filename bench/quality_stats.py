@@ -141,6 +141,13 @@ def paired_bootstrap(diff: np.ndarray, *, reps: int, level: float, seed: int) ->
             "seed_std": float(per_seed.std(ddof=1)) if s > 1 else None, "seeds": int(s), "queries": int(q)}
 
 
+def query_kinds(world: dict, split) -> np.ndarray:
+    """The kind (full / partial / short) of each query of a procedural ``split``, in its order."""
+    vids = split.video_ids
+    return np.asarray([world["captions"][str(world["videos"][vids[j]]["eval_sen_id"])]["kind"]
+                       for j in split.text_video_index])
+
+
 def kind_mask(kinds: np.ndarray, kind: str) -> np.ndarray:
     return np.ones(len(kinds), dtype=bool) if kind == "all" else kinds == kind
 

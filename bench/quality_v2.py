@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_pretrain as qp  # noqa: E402
 import quality_stats as qs  # noqa: E402
 from common import REPO, machine, say  # noqa: E402
 
@@ -113,21 +114,6 @@ def ensure_world(protocol: dict, root: Path) -> Path:
 
 # -- runs (each in its own process, one thread) -----------------------------------------------------
 
-def _overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
-    b = protocol["backbone"]
-    pretrained = job.get("backbone_file")
-    return [
-        f"model.backbone={b['name']}", f"model.pretrained={pretrained or 'null'}", f"model.method={job['method']}",
-        f"model.num_frames={b['num_frames']}", "data.dataset=procedural", f"data.root={job['world']}",
-        "data.num_workers=0", f"train.out={job['dir']}/train", f"train.seed={job['seed']}",
-        f"train.batch_size={schedule['batch_size']}", f"train.max_steps={schedule['steps']}", "train.epochs=100000",
-        f"train.eval_every={schedule['steps']}", f"train.lr_backbone={schedule['lr_backbone']}",
-        f"train.lr_head={schedule['lr_head']}", f"train.weight_decay={schedule['weight_decay']}",
-        f"train.warmup_ratio={schedule['warmup_ratio']}", "train.log_every=50", "train.eval_batch_size=64",
-        "train.device=cpu",
-    ] + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()]
-
-
 def _train(protocol: dict, job: dict, schedule: dict):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
@@ -137,47 +123,11 @@ def _train(protocol: dict, job: dict, schedule: dict):
     from probret.train.config import ExperimentConfig, apply_overrides
     from probret.train.trainer import train
 
-    config = apply_overrides(ExperimentConfig(), _overrides(protocol, job, schedule))
+    config = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, schedule))
     started = time.process_time()
     result = train(config, progress=False)
     model, _ = load_checkpoint(Path(job["dir"]) / "train" / "last")  # fixed schedule: the last step
     return model, result, time.process_time() - started
-
-
-def pretrain_job(protocol: dict, job: dict) -> dict:
-    """Train the shared backbone, save it as open_clip weights, and probe its frame features."""
-    from safetensors.torch import save_file
-
-    model, result, cpu = _train(protocol, job, protocol["pretrain"])
-    state = {k: v.detach().contiguous() for k, v in model.backbone.clip.state_dict().items()}
-    save_file(state, str(Path(job["dir"]) / "backbone.safetensors"))
-    started = time.process_time()
-    gate = encoder_probes(model, Path(job["world"]), protocol["gate"]["probe"])
-    return {"cpu_seconds": round(cpu, 1), "probe_cpu_seconds": round(time.process_time() - started, 1),
-            "steps": result.steps, "val": result.last_metrics, "probes": gate}
-
-
-def encoder_probes(model, world_dir: Path, probe: dict) -> dict:
-    """Linear probes of the backbone's frame features: fit on train videos, test on test videos."""
-    import torch
-
-    from probret.train.datasets import load_split
-    from probret.train.evaluate import encode_videos
-    from probret.train.world import load_world
-
-    world = load_world(world_dir)
-    feats = {}
-    for split in ("train", "test"):
-        data = load_split("procedural", str(world_dir), split)
-        frames, _ = encode_videos(model, data, batch_size=64, num_workers=0, device=torch.device("cpu"),
-                                  progress=False)
-        records = [world["videos"][vid] for vid in data.video_ids]
-        feats[split] = (qs.probe_inputs(frames.numpy()), qs.probe_labels(records))
-    out = {}
-    for attr in ("background", "color", "shape", "motion"):
-        (x_tr, y_tr), (x_te, y_te) = ((f[0][attr], f[1][attr]) for f in (feats["train"], feats["test"]))
-        out[attr] = qs.linear_probe(x_tr, y_tr, x_te, y_te, l2=probe["l2"], steps=probe["steps"])
-    return out
 
 
 def finetune_job(protocol: dict, job: dict) -> dict:
@@ -211,13 +161,14 @@ def run_keyed(job: dict) -> dict:
     done = d / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if d.exists():
-        if not (d / MARKER).is_file():
-            raise SystemExit(f"{d} exists but was not made by this bench; move it away")
+    if d.exists() and not (d / MARKER).is_file():
+        raise SystemExit(f"{d} exists but was not made by this bench; move it away")
+    if d.exists() and job["kind"] != "pretrain":  # pre-training resumes from its last stage instead
         shutil.rmtree(d)
-    d.mkdir(parents=True)
-    (d / MARKER).write_text(json.dumps({k: v for k, v in job.items() if k != "protocol"}, indent=1) + "\n")
-    fn = pretrain_job if job["kind"] == "pretrain" else finetune_job
+    if not d.exists():
+        d.mkdir(parents=True)
+        (d / MARKER).write_text(json.dumps({k: v for k, v in job.items() if k != "protocol"}, indent=1) + "\n")
+    fn = qp.pretrain_job if job["kind"] == "pretrain" else finetune_job
     result = {"key": job["key"], **fn(job["protocol"], job)}
     shutil.rmtree(d / "train" / "state", ignore_errors=True)  # optimizer state: not needed once done
     tmp = d / "result.json.part"
@@ -236,8 +187,7 @@ def test_queries(world_dir: Path) -> dict:
     world = load_world(world_dir)
     split = load_split("procedural", str(world_dir), "test")
     vids = split.video_ids
-    kinds = [world["captions"][str(world["videos"][vids[j]]["eval_sen_id"])]["kind"] for j in split.text_video_index]
-    return {"texts": split.texts, "relevant": split.relevant, "kinds": np.asarray(kinds),
+    return {"texts": split.texts, "relevant": split.relevant, "kinds": qs.query_kinds(world, split),
             "records": [world["videos"][v] for v in vids], "vocabulary": world["vocabulary"]}
 
 
@@ -330,7 +280,7 @@ def _jobs(protocol: dict, psha: str, csha: str, world: Path, out: Path, methods:
     jobs = []
     for seed in seeds:
         for m in methods:
-            key = run_key(psha, csha, {"kind": "finetune", "method": m, "seed": seed})
+            key = run_key(psha, csha, {"kind": "finetune", "method": m, "seed": seed, "backbone": backbone.parent.name})
             jobs.append({"kind": "finetune", "method": m, "seed": seed, "key": key, "world": str(world),
                          "dir": str(out / "runs" / f"{m}-s{seed}-{key}"), "backbone_file": str(backbone),
                          "protocol": protocol})
@@ -352,7 +302,7 @@ def main(argv=None) -> None:
     out = args.out or (REPO / protocol["out"] / ("quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_world(protocol, out)
-    pkey = run_key(psha, csha, {"kind": "pretrain"})
+    pkey = qp.pretrain_key(protocol)
     pre_job = {"kind": "pretrain", "method": protocol["pretrain"]["method"], "seed": protocol["pretrain"]["seed"],
                "key": pkey, "world": str(world), "dir": str(out / "runs" / f"pretrain-{pkey}"), "protocol": protocol}
     with ProcessPoolExecutor(max_workers=max(1, args.parallel)) as pool:
