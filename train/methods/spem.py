@@ -26,6 +26,19 @@ defaults stay the poster's):
   * content=True: log sigma_t += C_t mu_t, log sigma_v += C_v [g/|g|, 1 - |g|], g = mean unit frame;
     C zero-initialised; monotonicity in s is kept.
   * loss(positives=...): multi-positive InfoNCE over the match sets (``multi_positive_infonce``).
+  * variance="item" (issue 11's "variances that depend on content ... with a per-query
+    uncertainty"): one isotropic radius per caption and one per clip, from the item alone,
+        r_t = scale_t exp(MLP_t(mu_t)),   r_v = scale_v exp(MLP_v([g/|g|, 1 - |g|])),   sigma = r / sqrt(D)
+    (last layers zero, so r = scale at start). Why: with pair variances every sigma is a function
+    of the pair's own T'+1 cosines, so the uncertainty restates the similarity (Pearson ~ -0.9 on
+    the benchmark); an item radius cannot, by construction. The sample term is trained through
+    its expectation, ``expected_cos`` = cos(mu_t, mu_v) / sqrt((1 + r_t^2)(1 + r_v^2)) (the
+    large-D mean of the sampled cosine): the radius is then a per-item temperature, and the
+    InfoNCE gradient widens it exactly where the item's positive cannot be ranked first and
+    narrows it where it can (heteroscedastic attenuation, Kendall & Gal 2017, Eq. 12, on a
+    contrastive softmax), without the sampling variance that would otherwise dominate the
+    radius' gradient. The uncertainty of a hit is r_t + r_v: the caption's predicted difficulty
+    plus the clip's. inference="expected" is then closed form (no noise inputs in an export).
 
 Choices:
   * Means are unit-normalised so that scale_m has a meaning: with eps ~ N(0, I_D), |sigma * eps|
