@@ -35,7 +35,7 @@ defaults stay the poster's):
     its expectation, ``expected_cos`` = cos(mu_t, mu_v) / sqrt((1 + r_t^2)(1 + r_v^2)) (the
     large-D mean of the sampled cosine): the radius is then a per-item temperature, and the
     InfoNCE gradient widens it exactly where the item's positive cannot be ranked first and
-    narrows it where it can (heteroscedastic attenuation, Kendall & Gal 2017, Eq. 12, on a
+    narrows it where it can (heteroscedastic attenuation, cf. Kendall & Gal 2017, Eq. 12, here on a
     contrastive softmax), without the sampling variance that would otherwise dominate the
     radius' gradient. The uncertainty of a hit is r_t + r_v: the caption's predicted difficulty
     plus the clip's. inference="expected" is then closed form (no noise inputs in an export).
