@@ -208,16 +208,17 @@ def targets(table: dict, eces: dict, diffs: dict, spec: dict) -> dict:
 def analyse(runs: dict, seeds: list[int], methods: list[str], protocol: dict) -> tuple[dict, dict]:
     """(report, per-method run rows with their arrays). ``runs``: {(method, seed): result.json}."""
     spec = protocol["uncertainty"]
-    rows = {}
+    rows, calibrators = {}, {}
     for m in methods:
-        done = [s for s in seeds if (m, s) in runs]
-        rows[m] = [run_analysis(runs[(m, s)]["queries"]["val"], runs[(m, s)]["queries"]["test"],
-                                meanp_test=runs[("meanp", s)]["queries"]["test"] if ("meanp", s) in runs else None,
-                                bins=spec["ece_bins"], fraction=spec["abstain_fraction"]) for s in done]
-    report = {"spec": spec, "methods": {m: method_summary(r, spec, protocol["statistics"]) for m, r in rows.items() if r},
-              "calibrators": {f"{m}-s{s}": r["calibrators"] for m in rows
-                              for s, r in zip([s for s in seeds if (m, s) in runs], rows[m])}}
-    return _finite(report), rows
+        rows[m] = []
+        for s in (s for s in seeds if (m, s) in runs):
+            meanp = runs[("meanp", s)]["queries"]["test"] if ("meanp", s) in runs else None
+            row = run_analysis(runs[(m, s)]["queries"]["val"], runs[(m, s)]["queries"]["test"], meanp_test=meanp,
+                               bins=spec["ece_bins"], fraction=spec["abstain_fraction"])
+            rows[m].append(row)
+            calibrators[f"{m}-s{s}"] = row["calibrators"]
+    summaries = {m: method_summary(r, spec, protocol["statistics"]) for m, r in rows.items() if r}
+    return _finite({"spec": spec, "methods": summaries, "calibrators": calibrators}), rows
 
 
 def _finite(x):
