@@ -138,7 +138,7 @@ def print_tables(res: dict) -> None:
     print(f"CPU: {m['cpu']} ({m['nproc']} cores usable); flags: {' '.join(res['cpu_flags'])}")
     print(f"model: {res['model']}; calibrator: {res['calibrator']}")
     for name, d in res["sets"].items():
-        print(f"\n{name}: {d['queries']} queries, {d["galleries"]} galler{"y" if d["galleries"] == 1 else "ies"} of {d['gallery_size']}, "
+        print(f"\n{name}: {d['queries']} queries, {d['galleries']} galler{'y' if d['galleries'] == 1 else 'ies'} of {d['gallery_size']}, "
               f"R@1 {d['R1']:.1f}")
         print(f"  {'':28s} {'ECE top1':>9s} {'ECE all':>8s} {'AUROC':>6s} {'AURC':>6s} {'R@1 kept80%':>11s} "
               f"{'gain':>6s} {'mean conf':>9s}")
