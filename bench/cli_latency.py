@@ -59,13 +59,28 @@ def _cpu_flags() -> str:
 # --------------------------------------------------------------------------------------------
 # the folder and its index
 # --------------------------------------------------------------------------------------------
+def _indexed(folder: Path) -> int:
+    """Videos in ``folder``'s index (0 when there is none: a build cut short is built again)."""
+    db = folder / ".probret-index" / "index.db"
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return 0
+    finally:
+        con.close()
+
+
 def build(work: Path, n_videos: int, env: dict) -> Path:
     """work/videos: ``n_videos`` hard links to 8 procedural mp4s, indexed (module docstring)."""
     from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter, read_header
+    from probret.engine.index.schema import path_of
     from probret.train.world import generate_world
 
     folder = work / f"videos-{n_videos}"
-    if (folder / ".probret-index" / "index.db").is_file():
+    if _indexed(folder) == n_videos:
         return folder
     small = work / "small"
     if not (small / ".probret-index" / "index.db").is_file():
@@ -95,7 +110,7 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
                 path, duration, fps, width, height, start, stop, ts, *_ = rows[k]
                 link = folder / f"clip{i:05d}.mp4"
                 if not link.exists():
-                    os.link(small / path, link)
+                    os.link(small / path_of(path), link)
                 st = link.stat()
                 tensors = {n: (pool[k][n] + 0.01 * rng.standard_normal(pool[k][n].shape, dtype=np.float32))[None]
                            for n in names}

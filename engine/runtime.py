@@ -66,6 +66,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -134,8 +135,12 @@ def cuda_device_count() -> int:
     if _cuda_count is not None:
         return _cuda_count
     count = 0
-    # find_library runs ldconfig (~40 ms): only when the usual names are not loadable
-    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", lambda: _find_library("cuda")]
+    # find_library, only when the usual names are not loadable, and never on Linux: there it runs
+    # ldconfig (~25 ms of a CLI search on a machine without a GPU) to return a name that dlopen
+    # has just failed to load, and ONNX Runtime's CUDA provider loads libcuda.so.1 by that name too
+    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+    if not sys.platform.startswith("linux"):
+        names.append(lambda: _find_library("cuda"))
     for name in names:
         name = name() if callable(name) else name
         if not name:
