@@ -89,6 +89,8 @@ def test_optimized_graphs_are_cached_and_reused(spem_bundle, tmp_path, caplog):
     assert not first.session("pair_score").optimized_from_cache
     files = sorted(cache.glob("*.onnx"))
     assert len(files) == 3 and not list(cache.glob(".*"))  # text, video side, pair; no temporary left
+    data = sorted(cache.glob("*.data"))  # their weights, beside them (engine/runtime.py's docstring)
+    assert {d.name.split(".")[0] for d in data} <= {f.stem for f in files} and data
     stamps = [f.stat().st_mtime_ns for f in files]
 
     again = BundleRuntime(spem_bundle, device="cpu", graph_cache=cache)
@@ -112,6 +114,10 @@ def test_optimized_graphs_are_cached_and_reused(spem_bundle, tmp_path, caplog):
     assert "optimising" in caplog.text and not healed.session("text_encoder").optimized_from_cache
     assert healed.session("text_encoder").run  # usable
     assert BundleRuntime(spem_bundle, device="cpu", graph_cache=cache).session("text_encoder").optimized_from_cache
+    # the rewritten text graph names a new data file; its old one is gone, not left behind
+    healed_data = sorted(cache.glob("*.data"))
+    keys = [d.name.split(".")[0] for d in healed_data]
+    assert len(healed_data) == len(data) and len(set(keys)) == len(keys) and set(healed_data) != set(data)
 
 
 def test_optimized_graph_key():
