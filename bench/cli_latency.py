@@ -7,17 +7,25 @@ The index is real: 8 procedural videos are indexed by ``probret index`` with the
 (the shipped demo bundle), then the real ``IndexWriter`` writes 10,000 videos whose features are
 those 8 videos' features plus small noise (N(0, 0.01) per element), each video a hard link to one
 of the 8 files, so a search without ``--no-update`` finds every file unchanged (its walk is
-measured too). ``PROBRET_CACHE`` is the work dir's own.
+measured too), and the same rows are written once more as a float32 index beside it (searched
+with ``--index``: what a stored float32 matrix would save, no row converting). ``PROBRET_CACHE``
+is the work dir's own.
 
 Runs alternate between the commands (baseline, search, baseline, ...) so load from other
 processes hits both alike; the ratio is of medians. Wall time is what a user waits for; CPU
 time (user + sys of the child) is printed beside it because it is steadier on a shared machine.
 
-Then the means, each measured on its own in this process (best of ``--reps``, CPU seconds):
-the tokenizer (pure-Python tables vs Hugging Face ``tokenizers`` from its cached tokenizer.json,
-and the ftfy + regex imports a plain query skips), the ORT sessions of the text and pair graphs
-(optimising at load vs loading the cached optimised graph), ``import`` of the CLI module, and the
-search with the folder walk (no ``--no-update``).
+Two more commands isolate the console script's fast exit (cli/main.py's ``main``): the same
+search run through ``cli()`` (Python's ordinary interpreter teardown) and through ``main()``.
+
+Then the means, each measured on its own (best of ``--reps``, CPU seconds; "fresh" ones as
+medians of new interpreters): the tokenizer (its tables built with whole-string operations vs
+the former loop over every merge line, vs Hugging Face ``tokenizers`` from its cached
+tokenizer.json, and the ftfy + regex imports a plain query skips), the ORT sessions of the text
+and pair graphs (optimising at load, the cached optimised graph with its weights inside it, and
+with its weights in a data file beside it), ``import`` of the CLI module, the ``ldconfig`` probe
+for libcuda and numpy 2's first ``np.unique`` (fresh), and the search with the folder walk (no
+``--no-update``).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ PY = sys.executable
 PROBRET = str(Path(sys.executable).with_name("probret"))
 QUERY = "a red circle moves left"
 TARGET_RATIO = 1.5
+#: ``python -c`` running the ``probret`` command through one of cli/main.py's two entry points.
+_VIA = "import sys; from probret.cli.main import {0}; sys.argv[0] = 'probret'; {0}()"
 
 
 def _cpu_flags() -> str:
@@ -59,9 +69,15 @@ def _cpu_flags() -> str:
 # --------------------------------------------------------------------------------------------
 # the folder and its index
 # --------------------------------------------------------------------------------------------
-def _indexed(folder: Path) -> int:
-    """Videos in ``folder``'s index (0 when there is none: a build cut short is built again)."""
-    db = folder / ".probret-index" / "index.db"
+def _f32_index(work: Path, n_videos: int) -> Path:
+    """The same videos and features stored as float32 (``--full``): what a search gains when no
+    stored row needs converting (docs/benchmarks.md, "CLI latency")."""
+    return work / f"index-{n_videos}-float32"
+
+
+def _indexed(index: Path) -> int:
+    """Videos in the index at ``index`` (0 when there is none: a build cut short is built again)."""
+    db = index / "index.db"
     if not db.is_file():
         return 0
     con = sqlite3.connect(db)
@@ -80,7 +96,7 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
     from probret.train.world import generate_world
 
     folder = work / f"videos-{n_videos}"
-    if _indexed(folder) == n_videos:
+    if _indexed(folder / ".probret-index") == _indexed(_f32_index(work, n_videos)) == n_videos:
         return folder
     small = work / "small"
     if not (small / ".probret-index" / "index.db").is_file():
@@ -102,7 +118,9 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    with IndexWriter(folder / ".probret-index", settings, model=header["model"], rebuild=True) as w:
+    f32 = IndexSettings(**{**settings.__dict__, "dtype": "float32"})
+    with IndexWriter(folder / ".probret-index", settings, model=header["model"], rebuild=True) as w, \
+            IndexWriter(_f32_index(work, n_videos), f32, model=header["model"], rebuild=True) as w32:
         for lo in range(0, n_videos, 1000):
             batch = []
             for i in range(lo, min(n_videos, lo + 1000)):
@@ -112,13 +130,15 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
                 if not link.exists():
                     os.link(small / path_of(path), link)
                 st = link.stat()
+                # rounded to float16 first, so both indexes hold the same values
                 tensors = {n: (pool[k][n] + 0.01 * rng.standard_normal(pool[k][n].shape, dtype=np.float32))[None]
-                           for n in names}
+                           .astype(np.float16).astype(np.float32) for n in names}
                 batch.append(EncodedVideo(path=link.name, size=st.st_size, mtime_ns=st.st_mtime_ns, duration=duration,
                                           fps=fps, width=width, height=height, segments=[(start, stop)],
                                           timestamps=np.frombuffer(ts, "<f8")[None], tensors=tensors))
             w.add(batch)
-    say(f"wrote an index of {n_videos:,} videos in {time.perf_counter() - t0:.1f} s")
+            w32.add(batch)
+    say(f"wrote an index of {n_videos:,} videos (and its float32 copy) in {time.perf_counter() - t0:.1f} s")
     return folder
 
 
@@ -168,7 +188,6 @@ def _fresh_cpu(code: str, env: dict, reps: int) -> float:
 def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     from probret.engine.bundle import load_bundle
     from probret.engine.index import read_header
-    from probret.engine.runtime import OrtGraph, optimized_graph_path
     from probret.engine.tokenizer import Tokenizer
 
     out: dict = {}
@@ -176,6 +195,7 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     vocab = bundle.tokenizer_file
     os.environ["PROBRET_CACHE"] = env["PROBRET_CACHE"]
     out["tokenizer_python_tables_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab)._build_tables(), reps)
+    out["tokenizer_python_tables_per_line_cpu_s"] = _best_cpu(lambda: _tables_per_line(Tokenizer, vocab), reps)
     Tokenizer(vocab, backend="tokenizers")  # converts once into the cache
     out["tokenizer_hf_from_cache_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab, backend="tokenizers"), reps)
     n = min(reps, 7)
@@ -184,13 +204,51 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     out["import_tokenizers_cpu_s"] = _fresh_cpu("import numpy, tokenizers", env, n) - base
     out["import_cli_search_cpu_s"] = _fresh_cpu("import numpy, onnxruntime, probret.cli.search_cmd", env, n) - \
         _fresh_cpu("import numpy, onnxruntime", env, n)
+    # what engine/runtime.py's cuda_device_count no longer does on Linux, and what np.unique costs
+    # a fresh process under numpy 2 (it imports numpy.ma)
+    out["find_library_cuda_cpu_s"] = _fresh_cpu("import ctypes.util; ctypes.util.find_library('cuda')", env, n) - \
+        _fresh_cpu("import ctypes", env, n)
+    out["np_unique_first_call_cpu_s"] = _fresh_cpu("import numpy; numpy.unique(numpy.zeros(3))", env, n) - base
+    out.update(_session_means(bundle, work, reps))
+    return out
+
+
+def _tables_per_line(tokenizer_cls, vocab) -> None:
+    """The tokenizer tables as engine/tokenizer.py built them before (a Python loop over the merge
+    lines), for the before/after pair of the means."""
+    from probret.engine.tokenizer import _merge_lines
+
+    tok = tokenizer_cls.__new__(tokenizer_cls)
+    merges = [tuple(line.split()) for line in _merge_lines(Path(vocab))]
+    from probret.engine.tokenizer import _byte_alphabet
+
+    base = sorted(_byte_alphabet())
+    symbols = base + [ch + "</w>" for ch in base] + [a + b for a, b in merges] + ["<start_of_text>", "<end_of_text>"]
+    tok._tables = ({s: i for i, s in enumerate(symbols)}, symbols, {pair: r for r, pair in enumerate(merges)})
+
+
+def _session_means(bundle, work: Path, reps: int) -> dict:
+    """The text and pair sessions: optimising at load, the cached optimised graph with its weights
+    inside it (as cached before), and the cache as it is now (weights in a data file beside it)."""
+    import onnxruntime as ort
+
+    from probret.engine.runtime import OrtGraph, optimized_graph_path
+
+    out = {}
     files = bundle.manifest["files"]
     for graph in ("text_encoder", "pair_score"):
         path = bundle.graph_path(graph)
         sha = files[path.relative_to(bundle.path).as_posix()]["sha256"]
         cached = optimized_graph_path(sha, work / "graph-cache")
         OrtGraph(path, ["CPUExecutionProvider"], optimized=cached)
+        inline = work / "graph-cache" / f"{graph}-weights-inside.onnx"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(inline)
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         out[f"session_{graph}_optimise_cpu_s"] = _best_cpu(lambda: OrtGraph(path, ["CPUExecutionProvider"]), reps)
+        out[f"session_{graph}_cached_weights_inside_cpu_s"] = _best_cpu(
+            lambda: OrtGraph(inline, ["CPUExecutionProvider"], optimized=inline), reps)
         out[f"session_{graph}_cached_cpu_s"] = _best_cpu(
             lambda: OrtGraph(path, ["CPUExecutionProvider"], optimized=cached), reps)
     return out
@@ -267,10 +325,17 @@ def main(argv=None) -> None:
            "PROBRET_CACHE": str(a.work / "cache")}
     res = {"machine": machine(), "cpu_flags": _cpu_flags(), "videos": a.videos, "query": QUERY, "reps": a.reps}
     folder = build(a.work, a.videos, env)
+    search = ["search", str(folder), QUERY, "--no-update", "-q"]
     commands = {
         'python -c "import numpy, onnxruntime"': [PY, "-c", "import numpy, onnxruntime"],
-        f'probret search FOLDER "{QUERY}" --no-update': [PROBRET, "search", str(folder), QUERY, "--no-update", "-q"],
-        f'probret search FOLDER "{QUERY}" (walks the folder)': [PROBRET, "search", str(folder), QUERY, "-q"],
+        f'probret search FOLDER "{QUERY}" --no-update': [PROBRET, *search],
+        f'probret search FOLDER "{QUERY}" (walks the folder)': [PROBRET, *search[:3], "-q"],
+        # the fast exit on its own: the same search through cli() (Python's ordinary teardown) and main()
+        "the same --no-update search through cli(): ordinary interpreter exit": [PY, "-c", _VIA.format("cli"), *search],
+        "the same --no-update search through main(): the console script's exit": [PY, "-c", _VIA.format("main"),
+                                                                                  *search],
+        "the same --no-update search of the float32 copy of the index (--index)": [
+            PROBRET, *search, "--index", str(_f32_index(a.work, a.videos))],
     }
     say(f"timing {len(commands)} commands x {a.reps} runs, interleaved")
     res["end_to_end"] = side_by_side(commands, env, a.reps)
