@@ -59,6 +59,13 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   default, spinning on). Turning it off measured slower for the pair graph on a quiet machine
   (102.8 ms against 93.8 ms above); it frees a core sooner on a machine shared with other work.
 
+Scoring float16 rows (an index's default storage): ``score`` converts them to float32 tile by
+tile, each tile by the pair worker that scores it, with ONNX Runtime's vectorised Cast into a
+buffer that worker reuses (``_half_to_float``; exact, every float16 is a float32). Converting a
+whole block first, then scoring it, wrote and read back a float32 copy twice the size of the
+block, on one core: on the demo model's 10,000 videos the scan measured 57-65 ms of CPU against
+72-91 (bench/cli_latency.py, docs/benchmarks.md "CLI latency"), identical scores.
+
 Noise (sampling methods, bundles exported with ``--sampling noise-input``): ``draw_noise`` draws
 every noise input from ONE ``numpy.random.Generator(numpy.random.PCG64(seed))``, in manifest
 order: ``uniform`` -> ``rng.random(shape, dtype=float32)``, ``gaussian`` ->
@@ -73,6 +80,7 @@ import ctypes
 import logging
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,6 +125,69 @@ def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarr
         if scale != 1.0:
             x = x * np.float32(scale)
         out[spec["name"]] = x
+    return out
+
+
+#: An ONNX graph of one node, Cast(float16 -> float32) over a 1-D tensor (opset 13, IR 8, made
+#: with onnx.helper; 84 bytes, so that the engine needs no ``onnx`` package to have it).
+_CAST_F16_ONNX = bytes.fromhex(
+    "0808120770726f627265743a410a170a01781201792204436173742a090a02746f1801a001021208663136746f6633325a0d0a0178"
+    "12080a06080a12020a00620d0a017912080a06080112020a0042040a00100d")
+_caster = None
+
+
+def _half_to_float(src: np.ndarray, dst: np.ndarray) -> None:
+    """float16 ``src`` -> float32 ``dst`` (same shape). ONNX Runtime's Cast is vectorised (F16C):
+    0.45 ns an element here against 1.15 for numpy's cast, the whole cost of float16 storage in
+    an exact scan; numpy does it when ONNX Runtime cannot (non-contiguous or big-endian arrays,
+    no onnxruntime). The conversion is exact either way (every float16 is a float32; ORT may
+    return a signalling NaN quieted)."""
+    global _caster
+    if _caster is None:
+        try:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1  # memory-bound: a second thread measured slower
+            opts.log_severity_level = 3
+            _caster = ort.InferenceSession(_CAST_F16_ONNX, opts, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any failure means: use numpy
+            _caster = False
+    if (_caster is False or not src.flags.c_contiguous or not dst.flags.c_contiguous or src.dtype != np.float16
+            or not src.dtype.isnative or dst.dtype != np.float32 or src.shape != dst.shape or not src.size):
+        np.copyto(dst, src)
+        return
+    try:
+        io = _caster.io_binding()
+        io.bind_cpu_input("x", np.asarray(src).reshape(-1))
+        io.bind_output("y", "cpu", 0, np.float32, [int(src.size)], dst.ctypes.data)
+        _caster.run_with_iobinding(io)
+    except Exception:  # noqa: BLE001
+        np.copyto(dst, src)
+
+
+def _as_float32(tensors: dict[str, np.ndarray], buffers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Stored rows as float32: a no-op for float32 storage; for float16, one block at a time, so
+    the head always computes in float32 whatever the storage dtype. ``buffers`` (name -> float32
+    array, grown as needed) are reused from block to block: converting into memory already
+    touched saves the page faults of a fresh array (1.15 against 1.75 ns an element with numpy)."""
+    out = {}
+    for k, v in tensors.items():
+        if v.dtype == np.float32:
+            out[k] = v
+            continue
+        if buffers is None:
+            dst = np.empty(v.shape, dtype=np.float32)
+        else:
+            buf = buffers.get(k)
+            if buf is None or buf.shape[0] < v.shape[0] or buf.shape[1:] != v.shape[1:]:
+                buf = buffers[k] = np.empty(v.shape, dtype=np.float32)
+            dst = buf[:v.shape[0]]
+        if v.dtype == np.float16:
+            _half_to_float(v, dst)
+        else:
+            np.copyto(dst, v)
+        out[k] = dst
     return out
 
 
@@ -713,7 +784,8 @@ class BundleRuntime:
     def score(self, text: dict[str, np.ndarray], video: dict[str, np.ndarray], *, seed: int | None = None
               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores (and uncertainty, or None) of every text against every video, (N_t, N_v) float32,
-        in blocks of (pair_text_batch x pair_video_batch)."""
+        in blocks of (pair_text_batch x pair_video_batch). Video tensors may be float16 (an index's
+        stored rows): they are converted exactly, tile by tile (module docstring, "Scoring float16 rows")."""
         sess = self.session("pair_score")
         noise = self.noise(seed)
         names = sess.input_names
@@ -732,11 +804,22 @@ class BundleRuntime:
             n_text_blocks = -(-n_t // bt)
             bv = min(bv, max(MIN_PAIR_TILE_VIDEOS, -(-n_v // max(1, workers // n_text_blocks))))
         noise_feeds = {n: noise[n] for n in names if n.startswith("noise_")}
+        # stored float16 rows become float32 tile by tile, each by the worker that scores it, in a
+        # buffer that worker reuses (module docstring, "Scoring float16 rows")
+        halves = [n for n in video_in if video[n].dtype == np.float16
+                  and np.dtype(getattr(sess, "_dtypes", {}).get(n, np.float32)) == np.float32]
+        if halves:
+            _half_to_float(np.zeros(1, np.float16), np.zeros(1, np.float32))  # the caster, once, here
+        local = threading.local()
 
         def tile(ij: tuple[int, int]) -> None:
             i, j = ij
-            feeds = {**{n: text[n][i:i + bt] for n in text_in}, **{n: video[n][j:j + bv] for n in video_in},
-                     **noise_feeds}
+            rows = {n: video[n][j:j + bv] for n in video_in}
+            if halves:
+                if not hasattr(local, "buffers"):
+                    local.buffers = {}
+                rows.update(_as_float32({n: rows[n] for n in halves}, local.buffers))
+            feeds = {**{n: text[n][i:i + bt] for n in text_in}, **rows, **noise_feeds}
             out = sess.run(feeds)
             scores[i:i + bt, j:j + bv] = out["scores"]
             if unc is not None:
