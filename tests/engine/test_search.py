@@ -165,18 +165,25 @@ def test_nan_scores_are_never_ranked(colour_index):
         Searcher(NaNRuntime(), r).search(["red"])
 
 
-class Float32OnlyRuntime(ColourRuntime):
-    """Refuses anything but float32 video rows: the head always computes in float32."""
+class StoredRowsRuntime(ColourRuntime):
+    """Takes video rows as BundleRuntime.score does: float16 rows converted exactly to float32
+    before the head (engine/runtime.py, "Scoring float16 rows"); records the dtypes it was given."""
+
+    def __init__(self):
+        self.given = set()
 
     def score(self, text, video):
-        assert all(v.dtype == np.float32 for v in video.values()), {k: v.dtype for k, v in video.items()}
-        return super().score(text, video)
+        from probret.engine.runtime import _as_float32
+
+        self.given |= {str(v.dtype) for v in video.values()}
+        return super().score(text, _as_float32(video))
 
 
 def test_float16_storage_end_to_end(colour_index, tmp_path):
-    """The same videos stored at float16: rows reach the head as float32, rankings and scores
-    match float32 storage up to float16 rounding (video ties by path included), in exact and ANN
-    mode, and in video -> text ranking."""
+    """The same videos stored at float16: the exact scan hands the stored rows to the runtime
+    unconverted (it converts them tile by tile), rankings and scores match float32 storage up to
+    float16 rounding (video ties by path included), in exact and ANN mode, and in video -> text
+    ranking."""
     import dataclasses
 
     vids = []
@@ -191,7 +198,7 @@ def test_float16_storage_end_to_end(colour_index, tmp_path):
         w.add(vids)
     with IndexReader(tmp_path / "idx16") as r16:
         assert r16.tensor(1, "video_mean").dtype == np.float16
-        a, b = Searcher(ColourRuntime(), r32), Searcher(Float32OnlyRuntime(), r16)
+        a, b = Searcher(ColourRuntime(), r32), Searcher(StoredRowsRuntime(), r16)
         modes = [{}] + ([{"ann": True}] if faiss_available() else [])
         for kw in modes:
             for x, y in zip(a.search(list(PALETTE), top_k=6, **kw), b.search(list(PALETTE), top_k=6, **kw)):
@@ -199,6 +206,7 @@ def test_float16_storage_end_to_end(colour_index, tmp_path):
                 np.testing.assert_allclose([h.score for h in x.hits], [h.score for h in y.hits], atol=2e-3)
                 # (exactly tied segments or frames, e.g. blue and green for "cyan", may swap: scores decide)
                 assert all(h.start <= h.best_time <= h.end for h in y.hits)
+        assert "float16" in b.rt.given  # no float32 copy of a block made before scoring it
         caps = ["red", "blue", "green", "yellow"]
         hits, _ = b.rank_captions(caps, video=r16.video_index("b_long.mp4"))
         want, _ = a.rank_captions(caps, video=r32.video_index("b_long.mp4"))
