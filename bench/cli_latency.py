@@ -23,8 +23,9 @@ medians of new interpreters): the tokenizer (its tables built with whole-string 
 the former loop over every merge line, vs Hugging Face ``tokenizers`` from its cached
 tokenizer.json, and the ftfy + regex imports a plain query skips), the ORT sessions of the text
 and pair graphs (optimising at load, the cached optimised graph with its weights inside it, and
-with its weights in a data file beside it), ``import`` of the CLI module, the ``ldconfig`` probe
-for libcuda and numpy 2's first ``np.unique`` (fresh), and the search with the folder walk (no
+with its weights in a data file beside it), hashing every bundle file against loading the
+bundle with its verification record, ``import`` of the CLI module, the ``ldconfig`` probe for
+libcuda and numpy 2's first ``np.unique`` (fresh), and the search with the folder walk (no
 ``--no-update``).
 """
 
@@ -208,7 +209,14 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     # a fresh process under numpy 2 (it imports numpy.ma)
     out["find_library_cuda_cpu_s"] = _fresh_cpu("import ctypes.util; ctypes.util.find_library('cuda')", env, n) - \
         _fresh_cpu("import ctypes", env, n)
+    files = bundle.manifest["files"]
     out["np_unique_first_call_cpu_s"] = _fresh_cpu("import numpy; numpy.unique(numpy.zeros(3))", env, n) - base
+    from probret.engine.bundle import sha256_file
+
+    path = bundle.path
+    out["bundle_hash_every_file_cpu_s"] = _best_cpu(lambda: [sha256_file(path / rel) for rel in files], reps)
+    load_bundle(path)  # leaves the verification record (engine/bundle.py)
+    out["bundle_load_with_record_cpu_s"] = _best_cpu(lambda: load_bundle(path), reps)
     out.update(_session_means(bundle, work, reps))
     return out
 

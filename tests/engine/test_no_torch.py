@@ -112,8 +112,9 @@ def test_default_search_runs_without_torch_and_an_empty_cache(tmp_path):
     out = json.loads(p.stdout)
     assert out["model"]["kind"] == "demo" and out["indexing"]["encoded_videos"] == 4
     assert sorted(h["path"] for h in out["queries"][0]["results"]) == sorted(f.name for f in folder.glob("*.mp4"))
-    # nothing exported: the cache holds at most ORT's optimised graphs (engine/runtime.py's graph_cache)
-    # and the tokenizer's merge rules (engine/tokenizer.py's _merge_text)
+    # nothing exported: the cache holds at most ORT's optimised graphs (engine/runtime.py's graph_cache),
+    # the tokenizer's merge rules (engine/tokenizer.py's _merge_text) and the bundle's verification
+    # record (engine/bundle.py's _verify_files)
     cache = tmp_path / "empty-cache"
-    assert not cache.exists() or set(p.name for p in cache.iterdir()) <= {"ort-optimized", "tokenizers"}
+    assert set(p.name for p in cache.iterdir()) <= {"ort-optimized", "tokenizers", "bundle-verified"}
     assert [p.name.startswith("clip-merges-") for p in (cache / "tokenizers").iterdir()] == [True]
