@@ -16,12 +16,16 @@ contrastive, from scratch) on the world's training split and run the encoder gat
 (linear probes of its frame features for background / colour / shape / motion against the
 majority class, and the model-free "background + colour words" floor ranker on the test
 queries); (3) fine-tune every method from that backbone for each seed, briefly, and evaluate
-once on the test gallery, keeping per-query results; (4) report R@1 per method and query kind
-(mean and sample std over seeds, ddof=1), the gate, and every pre-registered comparison as a
-paired per-query difference with a two-level (seeds x queries) bootstrap interval.
+once on the validation and the test split, keeping per-query results (bench/quality_finetune.py);
+(4) report R@1 per method and query kind (mean and sample std over seeds, ddof=1), the gate, and
+every pre-registered comparison as a paired per-query difference with a two-level (seeds x
+queries) bootstrap interval; (5) the pre-registered uncertainty analysis (the protocol's
+``uncertainty`` section, bench/quality_uncertainty.py): calibrators fitted on validation, AUROC /
+AURC / ECE / abstention on test against the score and margin baselines, with their plots.
 
 Resumable and keyed: a run is stored under runs/<what>-<key>/ with key = sha256 of (protocol
-file bytes, the code that trains and evaluates it, what it is). A finished run (result.json) with
+file bytes, the code that trains and evaluates it (``CODE_FILES``: quality_finetune.py, not this
+report), what it is). A finished run (result.json) with
 the same key is reused; runs of other keys are never read, so editing the protocol or the code
 starts afresh without mixing stale numbers in. One thread per run (torch.set_num_threads(1)),
 ``--parallel`` runs at a time (default 2, the cores of the development machine).
@@ -42,14 +46,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_finetune as qf  # noqa: E402
 import quality_pretrain as qp  # noqa: E402
 import quality_stats as qs  # noqa: E402
+import quality_uncertainty as qu  # noqa: E402
 from common import REPO, machine, say  # noqa: E402
 
 PROTOCOL = REPO / "bench" / "protocols" / "quality_v2.json"
-#: The code a run's numbers depend on; its hash is part of every run key. Whole folders, so a
-#: file added or renamed there is covered too.
-CODE_FILES = ["bench/quality_v2.py", "bench/quality_stats.py", "engine/metrics.py", "engine/video.py"]
+#: The code a fine-tuning run's numbers depend on; its hash is part of every fine-tuning run key.
+#: Not this file: the report (and quality_uncertainty.py's analysis) only reads finished runs, so
+#: it may change without retraining. quality_pretrain.py is here for ``overrides`` (the trainer
+#: settings of every run). Whole folders, so a file added or renamed there is covered too. The
+#: pre-training is keyed apart (quality_pretrain.pretrain_key).
+CODE_FILES = ["bench/quality_finetune.py", "bench/quality_pretrain.py", "bench/quality_stats.py",
+              "engine/metrics.py", "engine/video.py"]
 CODE_GLOBS = ["train/*.py", "train/methods/*.py", "train/world/*.py", "train/backbone_configs/*.json"]
 MARKER = "probret-quality-run.json"
 
@@ -112,47 +122,7 @@ def ensure_world(protocol: dict, root: Path) -> Path:
     return out
 
 
-# -- runs (each in its own process, one thread) -----------------------------------------------------
-
-def _train(protocol: dict, job: dict, schedule: dict):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
-    from probret.train.checkpoint import load_checkpoint
-    from probret.train.config import ExperimentConfig, apply_overrides
-    from probret.train.trainer import train
-
-    config = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, schedule))
-    started = time.process_time()
-    result = train(config, progress=False)
-    model, _ = load_checkpoint(Path(job["dir"]) / "train" / "last")  # fixed schedule: the last step
-    return model, result, time.process_time() - started
-
-
-def finetune_job(protocol: dict, job: dict) -> dict:
-    """Fine-tune one method from the shared backbone for one seed; evaluate once on test."""
-    import torch
-
-    from probret.train.datasets import load_split
-    from probret.train.evaluate import evaluate
-
-    model, result, cpu = _train(protocol, job, protocol["finetune"])
-    test = load_split("procedural", job["world"], "test")
-    started = time.process_time()
-    with torch.no_grad():
-        ev = evaluate(model, test, block=256, seed=0)
-    scores = qs.per_query(ev.sims, test.relevant)
-    extra = qs.margins(ev.sims)
-    unc = None
-    if ev.uncertainty is not None:
-        unc = ev.uncertainty[np.arange(len(ev.sims)), ev.sims.argmax(1)].tolist()
-    return {"method": job["method"], "seed": job["seed"], "cpu_seconds": round(cpu, 1),
-            "eval_cpu_seconds": round(time.process_time() - started, 1), "steps": result.steps,
-            "val": result.last_metrics, "test": ev.metrics, "hit1": scores["hit1"].tolist(),
-            "rank": scores["rank"].tolist(), "top1": extra["top1"].tolist(), "margin": extra["margin"].tolist(),
-            "uncertainty_top1": unc}
-
+# -- runs (each in its own process, one thread; the fine-tuning itself is quality_finetune.py) -----
 
 def run_keyed(job: dict) -> dict:
     """Run ``job`` unless runs/<name>-<key>/result.json exists; a half-finished run of the same
@@ -168,7 +138,7 @@ def run_keyed(job: dict) -> dict:
     if not d.exists():
         d.mkdir(parents=True)
         (d / MARKER).write_text(json.dumps({k: v for k, v in job.items() if k != "protocol"}, indent=1) + "\n")
-    fn = qp.pretrain_job if job["kind"] == "pretrain" else finetune_job
+    fn = qp.pretrain_job if job["kind"] == "pretrain" else qf.finetune_job
     result = {"key": job["key"], **fn(job["protocol"], job)}
     shutil.rmtree(d / "train" / "state", ignore_errors=True)  # optimizer state: not needed once done
     tmp = d / "result.json.part"
@@ -219,9 +189,9 @@ def analyse(protocol: dict, runs: dict, seeds: list[int], methods: list[str], qu
     st = dict(protocol["statistics"])
     primary = [c for c in protocol["comparisons"] if c.get("family") == "primary"]
     st["primary_level"] = 1 - (1 - st["level"]) / max(len(primary), 1)  # Bonferroni over the primary family
-    complete = {m: np.stack([np.asarray(runs[(m, s)]["hit1"]) for s in seeds])
+    complete = {m: np.stack([np.asarray(runs[(m, s)]["queries"]["test"]["hit1"]) for s in seeds])
                 for m in methods if all((m, s) in runs for s in seeds)}
-    partial = {m: np.stack([np.asarray(runs[(m, s)]["hit1"]) for s in seeds if (m, s) in runs])
+    partial = {m: np.stack([np.asarray(runs[(m, s)]["queries"]["test"]["hit1"]) for s in seeds if (m, s) in runs])
                for m in methods if any((m, s) in runs for s in seeds)}
     kinds = queries["kinds"]
     return {
@@ -275,6 +245,22 @@ def markdown(a: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def uncertainty_section(protocol: dict, runs: dict, seeds: list[int], methods: list[str], out: Path) -> dict:
+    """The uncertainty analysis (quality_uncertainty.py) and its two plots, saved beside results.json."""
+    report, rows = qu.analyse(runs, seeds, methods, protocol)
+    if any(rows.values()):
+        report["plots"] = [qu.plot_risk_coverage(rows, out / "risk_coverage.png").name,
+                           qu.plot_reliability(rows, out / "reliability.png", protocol["uncertainty"]["ece_bins"]).name]
+    return report
+
+
+def _without_topk(run: dict) -> dict:
+    """A run as results.json keeps it: the validation top-k hits (the product calibrator's fitting
+    data) stay in the run's own result.json, which is what the analysis reads."""
+    q = {split: {k: v for k, v in rec.items() if not k.startswith("topk_")} for split, rec in run["queries"].items()}
+    return {**run, "queries": q}
+
+
 def _jobs(protocol: dict, psha: str, csha: str, world: Path, out: Path, methods: list[str], seeds: list[int],
           backbone: Path) -> list[dict]:
     jobs = []
@@ -320,16 +306,17 @@ def main(argv=None) -> None:
         runs = {}
         for job, res in zip(jobs, pool.map(run_keyed, jobs)):
             runs[(job["method"], job["seed"])] = res
-            say(f"{job['method']:6s} seed {job['seed']}: R@1 {100 * np.mean(res['hit1']):.1f} "
+            say(f"{job['method']:6s} seed {job['seed']}: R@1 {100 * np.mean(res['queries']['test']['hit1']):.1f} "
                 f"({res['cpu_seconds'] + res['eval_cpu_seconds']:.0f} CPU s)")
     queries = test_queries(world)
     analysis = analyse(protocol, runs, seeds, methods, queries, pre)
+    analysis["uncertainty"] = uncertainty_section(protocol, runs, seeds, methods, out)
     meta = {"protocol_sha": psha, "code_sha": csha, "machine": machine(), "seconds": round(time.time() - t0, 1),
             "quick": args.quick, "world": str(world)}
     results = {"meta": meta, "protocol": protocol, "analysis": analysis, "kinds": queries["kinds"].tolist(),
-               "runs": {f"{m}-s{s}": r for (m, s), r in runs.items()}, "pretrain": pre}
+               "runs": {f"{m}-s{s}": _without_topk(r) for (m, s), r in runs.items()}, "pretrain": pre}
     (out / "results.json").write_text(json.dumps(results) + "\n")
-    md = markdown(analysis, meta)
+    md = markdown(analysis, meta) + qu.markdown(analysis["uncertainty"])
     (out / "summary.md").write_text(md)
     print(md)
     say(f"total {time.time() - t0:.0f} s wall; results in {out}")

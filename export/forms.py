@@ -372,6 +372,10 @@ class SPEMForm(_FusedZAndFramesForm):
         c = head.config
         self.inference = c.inference
         self.sort = bool(c.sort_frame_sims)
+        self.item = getattr(c, "variance", "pair") == "item"
+        if self.item:  # one radius per clip, computed at index time and stored
+            self.video_names = (*self.video_names, "radius")
+            return
         # content=True: exp(content offsets) multiply p (per text) and q (per video); see spem.py
         self.content = bool(getattr(c, "content", False))
         if self.content:
@@ -394,11 +398,42 @@ class SPEMForm(_FusedZAndFramesForm):
 
     def video_side(self, frames):
         out = super().video_side(frames)
-        if self.content:
+        if self.item:
+            out["radius"] = self.head.radius_v(video_content(out["frames"])) * math.sqrt(self.embed_dim)
+        elif self.content:
             out["content"] = video_content(out["frames"])
         return out
 
+    def _pair_item(self, text, video, noise):
+        """variance="item": p = r_t / sqrt(D) per query, q = r_v / sqrt(D) per clip (isotropic), so the
+        m-th sample pair's cosine needs only z's products with the two banks:
+        ab_m = a.b + p b.E_t,m + q a.E_v,m + p q E_t,m.E_v,m, aa_m = 1 + 2p a.E_t,m + p^2 |E_t,m|^2,
+        bb_m = 1 + 2q b.E_v,m + q^2 |E_v,m|^2 (a, b unit)."""
+        a = _l2n(text.sentence)
+        z = self.xpool.fused(text.sentence, video).transpose(0, 1)  # (N_t, N_v, D)
+        zn = 1 / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        ab0 = torch.matmul(z, a.unsqueeze(-1)) * zn  # (N_t, N_v, 1) = cos(mu_t, mu_v)
+        r_t = self.head.radius_t(a) * math.sqrt(self.embed_dim)  # (N_t, 1)
+        r_v = video["radius"].t()  # (1, N_v)
+        uncertainty = r_t + r_v
+        if self.inference == "mean":
+            return ab0.squeeze(-1), uncertainty
+        if self.inference == "expected":
+            return ab0.squeeze(-1) / ((1 + r_t * r_t) * (1 + r_v * r_v)).sqrt(), uncertainty
+        p, q = (r / math.sqrt(self.embed_dim) for r in (r_t[:, :, None], r_v[:, :, None]))  # (N_t,1,1), (1,N_v,1)
+        e_t, e_v = noise["eps_t"], noise["eps_v"]  # (M, D) banks
+        b_e = torch.matmul(z, torch.stack([e_t.t(), e_v.t()], -1).reshape(self.embed_dim, -1)) * zn  # (N_t, N_v, 2M)
+        b_et, b_ev = b_e[..., 0::2], b_e[..., 1::2]
+        a_et, a_ev = (torch.matmul(a, e.t())[:, None] for e in (e_t, e_v))  # (N_t, 1, M)
+        ab = ab0 + p * b_et + q * a_ev + p * q * (e_t * e_v).sum(-1)
+        aa = 1 + 2 * p * a_et + p * p * (e_t * e_t).sum(-1)
+        bb = 1 + 2 * q * b_ev + q * q * (e_v * e_v).sum(-1)
+        cos = ab / (aa.clamp_min(0).sqrt().clamp_min(1e-6) * bb.clamp_min(0).sqrt().clamp_min(1e-6))
+        return cos.amax(-1), uncertainty
+
     def pair(self, text, video, noise):
+        if self.item:
+            return self._pair_item(text, video, noise)
         t = text.sentence
         a = _l2n(t)  # (N_t, D) = mu_t
         # text-major (N_t, N_v, .) from here: the per-query factors then fold into (N_t, D, M) banks

@@ -1,4 +1,4 @@
-"""Quality protocol v2 (bench/quality_v2.py, bench/quality_stats.py): per-query scoring against
+"""Quality protocol v2 (bench/quality_v2.py, quality_stats.py, quality_finetune.py): per-query scoring against
 match sets, the floor ranker, the paired bootstrap, the committed protocol file, and the --quick
 smoke run end to end (keyed runs reused on a second run)."""
 
@@ -67,6 +67,12 @@ def test_committed_protocol_is_pre_registered():
         assert spem["b"] == "max(xpool, meanp)" and spem["min_diff"] == 2.0 and spem["family"] == "primary"
 
 
+def test_finetuning_runs_are_keyed_by_the_finetuning_code_not_the_report():
+    assert "bench/quality_finetune.py" in q2.CODE_FILES and "bench/quality_v2.py" not in q2.CODE_FILES
+    assert all((q2.REPO / f).is_file() for f in q2.CODE_FILES)
+    assert not hasattr(q2, "finetune_job")  # one copy: bench/quality_finetune.py
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
     q2.main(["--quick", "--out", str(tmp_path), "--parallel", "2"])
@@ -75,10 +81,29 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
     methods = q2.method_list(q2.load_protocol(q2.PROTOCOL, quick=True)[0])
     assert sorted(a["complete_methods"]) == sorted(methods)
     n = len(res["kinds"])
-    assert all(len(r["hit1"]) == n for r in res["runs"].values())
+    assert all(len(r["queries"]["test"]["hit1"]) == n for r in res["runs"].values())
+    # the uncertainty half: val and test per-query signals in every run, tables and plots
+    for r in res["runs"].values():
+        for split in ("val", "test"):
+            q = r["queries"][split]
+            assert {len(q[k]) for k in ("hit1", "rank", "top1", "margin", "match_set_size")} == {len(q["hit1"])}
+            assert (q["uncertainty_top1"] is None) == (r["method"] in ("meanp", "xpool"))
+    one = json.loads(next((tmp_path / "runs").glob("spem-s0-*/result.json")).read_text())["queries"]["val"]
+    assert len(one["topk_scores"][0]) == 10 and len(one["topk_relevant"]) == len(one["hit1"])
+    unc = a["uncertainty"]
+    assert sorted(unc["methods"]) == sorted(methods)
+    for m, s in unc["methods"].items():
+        assert s["seeds"] == 2 and set(s["ece"]) == {"platt_score", "platt_margin", "confidence", "product"}
+        assert ("uncertainty" in s["signals"]) == (m not in ("meanp", "xpool")) and "meanp_margin" in s["signals"]
+        assert set(s["targets"]) == {"auroc_over_margin", "confidence_ece_max", "abstention_gain_min"}
+        assert all(c["product"]["domain"]["split"] == "val" for k, c in unc["calibrators"].items() if k.startswith(m))
+    for png in ("risk_coverage.png", "reliability.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Confidence ECE on test (15 equal-width bins" in summary and "Targets (issue 11)" in summary
     assert set(a["gate"]["probes"]) == {"background", "color", "shape", "motion"}
     assert {c["id"] for c in a["comparisons"]} >= {"world_has_phenomenon", "spem_overall"}
-    assert "Encoder gate" in (tmp_path / "summary.md").read_text()
+    assert "Encoder gate" in summary
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     # same protocol and code: every run is reused, nothing new is trained
     q2.main(["--quick", "--out", str(tmp_path), "--gate-only"])

@@ -26,6 +26,19 @@ defaults stay the poster's):
   * content=True: log sigma_t += C_t mu_t, log sigma_v += C_v [g/|g|, 1 - |g|], g = mean unit frame;
     C zero-initialised; monotonicity in s is kept.
   * loss(positives=...): multi-positive InfoNCE over the match sets (``multi_positive_infonce``).
+  * variance="item" (issue 11's "variances that depend on content ... with a per-query
+    uncertainty"): one isotropic radius per caption and one per clip, from the item alone,
+        r_t = scale_t exp(MLP_t(mu_t)),   r_v = scale_v exp(MLP_v([g/|g|, 1 - |g|])),   sigma = r / sqrt(D)
+    (last layers zero, so r = scale at start). Why: with pair variances every sigma is a function
+    of the pair's own T'+1 cosines, so the uncertainty restates the similarity (Pearson ~ -0.9 on
+    the benchmark); an item radius cannot, by construction. The sample term is trained through
+    its expectation, ``expected_cos`` = cos(mu_t, mu_v) / sqrt((1 + r_t^2)(1 + r_v^2)) (the
+    large-D mean of the sampled cosine): the radius is then a per-item temperature, and the
+    InfoNCE gradient widens it exactly where the item's positive cannot be ranked first and
+    narrows it where it can (heteroscedastic attenuation, cf. Kendall & Gal 2017, Eq. 12, here on a
+    contrastive softmax), without the sampling variance that would otherwise dominate the
+    radius' gradient. The uncertainty of a hit is r_t + r_v: the caption's predicted difficulty
+    plus the clip's. inference="expected" is then closed form (no noise inputs in an export).
 
 Choices:
   * Means are unit-normalised so that scale_m has a meaning: with eps ~ N(0, I_D), |sigma * eps|
@@ -76,11 +89,21 @@ from probret.train.methods.xpool import XPoolFusion, draw, pair_cos
 
 INIT_SLOPE = 2.0  # total weight softplus(A).sum(-1) at initialisation
 BOUNDARIES = ("toward", "toward_full", "margin")
+VARIANCES = ("pair", "item")
 
 
 def sample_cos(mu_a, sig_a, eps_a, mu_b, sig_b, eps_b) -> Tensor:
     """cos(mu_a + sig_a * eps_a, mu_b + sig_b * eps_b), broadcast over leading axes; symmetric in a <-> b."""
     return pair_cos(mu_a + sig_a * eps_a, mu_b + sig_b * eps_b)
+
+
+def expected_cos(mu_a, sig_a, mu_b, sig_b) -> Tensor:
+    """E[cos(mu_a + sig_a eps_a, mu_b + sig_b eps_b)] for unit means and isotropic sigmas, to first
+    order in 1/D: the noise leaves the dot product's mean at mu_a . mu_b and grows each norm to
+    sqrt(1 + |sig|^2) (|sig * eps|^2 concentrates at |sig|^2), so the radii act as a per-item
+    temperature, cos(mu_a, mu_b) / sqrt((1 + r_a^2)(1 + r_b^2))."""
+    r2 = (1 + sig_a.square().sum(-1)) * (1 + sig_b.square().sum(-1))
+    return pair_cos(mu_a, mu_b) / r2.sqrt()
 
 
 def boundary_cos(mu_a, sig_a, mu_b, sig_b, *, spread: str = "dimension", side=None) -> Tensor:
@@ -124,6 +147,23 @@ class SimilarityModulator(nn.Module):
         return self.scale * torch.exp(log if content is None else log + content)
 
 
+class ItemRadius(nn.Module):
+    """variance="item": one noise radius per caption (or clip) from its own content,
+    r = scale * exp(mlp(x)), with the MLP's last layer zero so that r = scale at initialisation.
+    Returned as the per-dimension sigma r / sqrt(D), shape (..., 1) (the head expands it to D
+    equal entries), so |sigma * eps| ~ r."""
+
+    def __init__(self, n_in: int, dim: int, scale: float):
+        super().__init__()
+        self.scale, self.dim = scale, dim
+        self.mlp = nn.Sequential(nn.Linear(n_in, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale / math.sqrt(self.dim) * torch.exp(self.mlp(x))
+
+
 def video_content(frames_unit: Tensor) -> Tensor:
     """(N_v, T', D) unit frames -> (N_v, D + 1): [direction of the mean frame, 1 - its norm]. The norm
     is 1 when every frame looks alike and shrinks as the clip changes (two events, camera motion)."""
@@ -152,6 +192,7 @@ class SPEMHead(RetrievalHead):
         sort_frame_sims: bool = True
         boundary: str = "toward"  # "toward" | "toward_full" | "margin" (see the module docstring)
         content: bool = False  # log-variances also read the text feature / the frames
+        variance: str = "pair"  # "pair": from the pair's similarities (poster) | "item": per caption / clip
         width_weight: float = 0.0  # weight of the radius prior that holds the mean radius at scale
         num_heads: int = 1  # X-Pool fusion
         dropout: float = 0.3
@@ -163,20 +204,32 @@ class SPEMHead(RetrievalHead):
             raise ValueError(f"spem: inference must be best_of_m, mean or expected, got {c.inference!r}")
         if c.boundary not in BOUNDARIES:
             raise ValueError(f"spem: boundary must be one of {BOUNDARIES}, got {c.boundary!r}")
+        if c.variance not in VARIANCES:
+            raise ValueError(f"spem: variance must be one of {VARIANCES}, got {c.variance!r}")
+        if c.variance == "item" and c.content:
+            raise ValueError("spem: content=True adds to the pair variance; variance='item' is content only")
         if c.scale_v < 0 or c.scale_t < 0 or c.num_samples < 1 or c.width_weight < 0:
             raise ValueError("spem: scale_v, scale_t and width_weight must be >= 0 and num_samples >= 1")
         self.fusion = XPoolFusion(embed_dim, c.num_heads, c.dropout)
-        self.sigma_t = SimilarityModulator(num_frames + 1, embed_dim, c.scale_t)
-        self.sigma_v = SimilarityModulator(num_frames + 1, embed_dim, c.scale_v)
+        if c.variance == "item":
+            self.radius_t = ItemRadius(embed_dim, embed_dim, c.scale_t)  # unit text feature -> radius
+            self.radius_v = ItemRadius(embed_dim + 1, embed_dim, c.scale_v)  # [mean unit frame, spread]
+        else:
+            self.sigma_t = SimilarityModulator(num_frames + 1, embed_dim, c.scale_t)
+            self.sigma_v = SimilarityModulator(num_frames + 1, embed_dim, c.scale_v)
         if c.content:
             self.content_t = zero_linear(embed_dim, embed_dim)  # unit text feature -> log-sigma offset
             self.content_v = zero_linear(embed_dim + 1, embed_dim)  # [mean unit frame, frame spread] -> offset
 
     # -- pieces --------------------------------------------------------------------------------
     def distributions(self, text: Tensor, video: dict[str, Tensor], dropout: Tensor | None = None):
-        """text (N_t, D) raw -> mu_t (N_t, 1, D), mu_v, sigma_t, sigma_v (N_t, N_v, D)."""
+        """text (N_t, D) raw -> mu_t (N_t, 1, D), mu_v, sigma_t, sigma_v (N_t, N_v, D); with
+        variance="item", sigma_t is (N_t, 1, D) and sigma_v (1, N_v, D), isotropic, one per item."""
         mu_t = l2n(text)[:, None]
         mu_v = l2n(self.fusion.pair_side(text, video, dropout))
+        if self.config.variance == "item":
+            d = mu_t.shape[-1]
+            return mu_t, mu_v, self.radius_t(mu_t).expand(-1, -1, d), self.radius_v(video["content"])[None].expand(-1, -1, d)
         s_f = torch.einsum("ad,ntd->ant", mu_t[:, 0], video["frames"])  # frame level (N_t, N_v, T')
         if self.config.sort_frame_sims:
             s_f = s_f.sort(-1, descending=True).values
@@ -189,8 +242,10 @@ class SPEMHead(RetrievalHead):
 
     def draw_noise(self, n_text, n_video, *, generator=None, training=False):
         like = self.fusion.q_proj.weight
-        if not training and self.config.inference == "mean":
+        if not training and (self.config.inference == "mean" or self._closed_form()):
             return {}
+        if training and self.config.variance == "item":  # expected_cos: no embedding noise
+            return self.fusion.draw_dropout(n_text, n_video, generator, like)
         m = 1 if training else self.config.num_samples
         noise = {"eps_t": draw("gaussian", (m, n_text, self.embed_dim), generator, like),
                  "eps_v": draw("gaussian", (m, n_video, self.embed_dim), generator, like)}
@@ -198,8 +253,11 @@ class SPEMHead(RetrievalHead):
             noise.update(self.fusion.draw_dropout(n_text, n_video, generator, like))
         return noise
 
+    def _closed_form(self) -> bool:
+        return self.config.variance == "item" and self.config.inference == "expected"
+
     def inference_noise(self):
-        if self.config.inference == "mean":
+        if self.config.inference == "mean" or self._closed_form():
             return []
         shape = (self.config.num_samples, self.embed_dim)
         return [NoiseSpec("eps_t", "gaussian", 1.0, shape, side="text", axis=1),
@@ -209,7 +267,7 @@ class SPEMHead(RetrievalHead):
     def video_side(self, frames: Tensor) -> dict[str, Tensor]:
         f = l2n(frames)
         out = {**self.fusion.video_side(frames), "frames": f}
-        if self.config.content:
+        if self.config.content or self.config.variance == "item":
             out["content"] = video_content(f)
         return out
 
@@ -218,6 +276,8 @@ class SPEMHead(RetrievalHead):
         uncertainty = sig_t.norm(dim=-1) + sig_v.norm(dim=-1)
         if self.config.inference == "mean":
             return ScoreOutput(pair_cos(mu_t, mu_v), uncertainty)
+        if self.config.inference == "expected" and self.config.variance == "item":
+            return ScoreOutput(expected_cos(mu_t, sig_t, mu_v, sig_v), uncertainty)
         noise = self._noise(noise, mu_v.shape[0], mu_v.shape[1], generator, False)
         eps_t, eps_v = noise["eps_t"], noise["eps_v"]
         # one (N_t, N_v, D) temporary at a time, never (M, N_t, N_v, D)
@@ -234,7 +294,10 @@ class SPEMHead(RetrievalHead):
         b = frames.shape[0]
         noise = self._noise(noise, b, b, generator, True)
         mu_t, mu_v, sig_t, sig_v = self.distributions(text.sentence, self.video_side(frames), noise.get("dropout"))
-        s_s = sample_cos(mu_t, sig_t, noise["eps_t"][0][:, None], mu_v, sig_v, noise["eps_v"][0][None])
+        if self.config.variance == "item":  # the sample's expectation: attenuation without sampling noise
+            s_s = expected_cos(mu_t, sig_t, mu_v, sig_v)
+        else:
+            s_s = sample_cos(mu_t, sig_t, noise["eps_t"][0][:, None], mu_v, sig_v, noise["eps_v"][0][None])
         pos = torch.eye(b, dtype=torch.bool, device=mu_v.device)
         if positives is not None:
             pos = pos | positives.to(device=pos.device, dtype=torch.bool)
@@ -242,7 +305,7 @@ class SPEMHead(RetrievalHead):
         contrast = symmetric_infonce if positives is None else (lambda z: multi_positive_infonce(z, pos))
         l_s = contrast(logit_scale * s_s)
         l_b = contrast(logit_scale * s_b)
-        r_t, r_v = sig_t.norm(dim=-1), sig_v.norm(dim=-1)
+        r_t, r_v = (sig.norm(dim=-1).expand(b, b) for sig in (sig_t, sig_v))
         total = l_s + self.config.alpha * l_b
         if self.config.width_weight:
             total = total + self.config.width_weight * (radius_prior(r_t, self.config.scale_t)

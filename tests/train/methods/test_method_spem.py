@@ -288,3 +288,55 @@ def test_multi_positive_infonce_and_radius_prior():
     r = torch.tensor([0.05, 0.1, 0.2])
     torch.testing.assert_close(radius_prior(r[1:2], 0.1), torch.tensor(0.0))  # minimum at the scale
     assert radius_prior(r[:1], 0.1) > 0 and radius_prior(r[2:], 0.1) > 0
+
+
+def test_item_variance_is_one_radius_per_caption_and_per_clip():
+    g = torch.Generator().manual_seed(31)
+    torch.manual_seed(0)
+    head = SPEMHead(D, T, SPEMHead.Config(variance="item", scale_t=0.4, scale_v=0.3))
+    text, frames = _text(3, g), torch.randn(5, T, D, generator=g)
+    out = head.score(text, frames, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out.uncertainty, torch.full((3, 5), 0.7))  # zero last layer: r = scale
+    with torch.no_grad():
+        for mod in (head.radius_t, head.radius_v):
+            mod.mlp[-1].weight.normal_(generator=g)
+    unc = head.score(text, frames, generator=torch.Generator().manual_seed(1)).uncertainty
+    # additive: u_ij = r_t(i) + r_v(j), whatever the pair's similarity
+    r_t, r_v = unc[:, :1] - unc[:1, :1] / 2, unc[:1, :] - unc[:1, :1] / 2
+    torch.testing.assert_close(unc, r_t + r_v)
+    assert unc.std() > 0
+    with pytest.raises(ValueError, match="variance"):
+        SPEMHead(D, T, SPEMHead.Config(variance="per-pixel"))
+    with pytest.raises(ValueError, match="content"):
+        SPEMHead(D, T, SPEMHead.Config(variance="item", content=True))
+
+
+def test_item_text_radius_learns_which_captions_are_hard():
+    """The expected-cosine loss is heteroscedastic in the caption's radius: a wider text Gaussian
+    shrinks every logit of that caption (cos(mu_t, mu_v) / sqrt(1 + r_t^2)), which pays where the
+    caption's positive cannot be ranked first and costs where it can. Half of each batch's captions
+    are fresh noise around one direction (a recognisable "kind" of caption that describes nothing,
+    so it cannot be memorised); their radii must end up wider than the describing captions'."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    n, d, b = 64, 16, 32
+    frames = torch.randn(n, T, d, generator=g)
+    kind = torch.randn(1, d, generator=g)
+    hard = torch.arange(b) % 2 == 1
+    head = SPEMHead(d, T, SPEMHead.Config(variance="item", scale_t=0.5, dropout=0.0, alpha=0.0))
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+
+    def captions(idx):
+        describing = l2n(frames[idx].mean(1)) + 0.05 * torch.randn(b, d, generator=g)
+        return torch.where(hard[:, None], kind + 0.3 * torch.randn(b, d, generator=g), describing)
+
+    for _ in range(200):
+        idx = torch.randperm(n, generator=g)[:b]
+        text = TextFeatures(captions(idx), torch.zeros(b, 1, d), torch.ones(b, 1, dtype=torch.bool))
+        loss = head.loss(text, frames[idx], logit_scale=torch.tensor(20.0), generator=g)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        r_t = head.radius_t(l2n(captions(torch.arange(b)))[:, None])[:, 0, 0] * d ** 0.5
+    assert r_t[hard].mean() > 1.5 * r_t[~hard].mean()

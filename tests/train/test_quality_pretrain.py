@@ -1,0 +1,61 @@
+"""bench/quality_pretrain.py: the shared backbone pre-trains in stages and a run killed after a
+stage resumes from it (the stage is not trained again) and ends with every stage recorded; its
+key follows what decides the weights and nothing else."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+import quality_pretrain as qp  # noqa: E402
+import quality_v2 as q2  # noqa: E402
+
+
+def test_key_follows_the_backbone_sections_only():
+    protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=True)
+    key = qp.pretrain_key(protocol)
+    assert qp.pretrain_key(json.loads(json.dumps(protocol))) == key
+    other = json.loads(json.dumps(protocol))
+    other["finetune"]["steps"] += 1
+    other["comparisons"] = []
+    assert qp.pretrain_key(other) == key  # fine-tuning and the report do not move the backbone
+    other["pretrain"]["steps"] += 1
+    assert qp.pretrain_key(other) != key
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_resumes_from_its_last_stage(tmp_path, monkeypatch):
+    protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=True)
+    protocol["pretrain"].update(steps=4, stages=[2])
+    world = q2.ensure_world(protocol, tmp_path)
+    job = {"kind": "pretrain", "method": "meanp", "seed": 0, "world": str(world), "dir": str(tmp_path / "run")}
+    Path(job["dir"]).mkdir()
+    calls = []
+    real = qp.validation_gap
+
+    def killed_after_first_stage(model, world_dir):
+        if calls:
+            raise KeyboardInterrupt("session ended")
+        calls.append(1)
+        return real(model, world_dir)
+
+    monkeypatch.setattr(qp, "validation_gap", killed_after_first_stage)
+    with pytest.raises(KeyboardInterrupt):
+        qp.pretrain_job(protocol, job)
+    rows = json.loads((Path(job["dir"]) / qp.STAGES_FILE).read_text())
+    assert [r["steps"] for r in rows] == [2]
+    monkeypatch.setattr(qp, "validation_gap", real)
+    trained = []
+    import probret.train.trainer as trainer
+
+    original = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: trained.append(kw) or original(*a, **kw))
+    result = qp.pretrain_job(protocol, job)
+    assert [kw["stop_after"] for kw in trained] == [4] and trained[0]["resume"] is True
+    assert [r["steps"] for r in result["stages"]] == [2, 4] and result["steps"] == 4
+    assert (Path(job["dir"]) / "backbone.safetensors").is_file()
