@@ -48,7 +48,6 @@ ends.
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 import os
 import re
@@ -114,6 +113,8 @@ def _byte_alphabet() -> list[str]:
 
 
 def _clean_full(text: str) -> str:
+    import html  # with ftfy: only for text that needs them (module docstring)
+
     import ftfy
 
     text = ftfy.fix_text(text)
