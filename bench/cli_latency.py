@@ -25,7 +25,8 @@ tokenizer.json, and the ftfy + regex imports a plain query skips), the ORT sessi
 and pair graphs (optimising at load, the cached optimised graph with its weights inside it, and
 with its weights in a data file beside it), hashing every bundle file against loading the
 bundle with its verification record, ``import`` of the CLI module, the ``ldconfig`` probe for
-libcuda and numpy 2's first ``np.unique`` (fresh), and the search with the folder walk (no
+libcuda and numpy 2's first ``np.unique`` (fresh), one exact scan with each block converted to
+float32 first against the rows converted tile by tile, and the search with the folder walk (no
 ``--no-update``).
 """
 
@@ -218,7 +219,30 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     load_bundle(path)  # leaves the verification record (engine/bundle.py)
     out["bundle_load_with_record_cpu_s"] = _best_cpu(lambda: load_bundle(path), reps)
     out.update(_session_means(bundle, work, reps))
+    out.update(_scan_means(folder, bundle, reps))
     return out
+
+
+def _scan_means(folder: Path, bundle, reps: int) -> dict:
+    """One exact scan of the float16 index (the pair graph over every video): each block converted
+    to float32 first, as engine/search.py did, against the stored rows handed to
+    ``BundleRuntime.score``, which converts them tile by tile in its pair workers."""
+    from probret.engine.index import IndexReader
+    from probret.engine.runtime import BundleRuntime, _as_float32
+    from probret.engine.search import SCAN_BLOCK_BYTES
+
+    rt = BundleRuntime(bundle, device="cpu")
+    text = rt.encode_text([QUERY])
+    with IndexReader(folder / ".probret-index") as r:
+        names = list(bundle.video_outputs)
+
+        def scan(first: bool) -> None:
+            for _, tensors in r.blocks(names, release=True, max_bytes=SCAN_BLOCK_BYTES):
+                rt.score(text, _as_float32(tensors, {}) if first else tensors)
+
+        scan(False)
+        return {"scan_block_converted_first_cpu_s": _best_cpu(lambda: scan(True), reps),
+                "scan_converted_per_tile_cpu_s": _best_cpu(lambda: scan(False), reps)}
 
 
 def _tables_per_line(tokenizer_cls, vocab) -> None:
