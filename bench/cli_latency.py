@@ -328,14 +328,15 @@ def print_tables(res: dict) -> None:
     e = res["end_to_end"]
     print(f"\nCLI latency, {res['videos']:,} indexed videos, query {QUERY!r} "
           f"({res['machine']['cpu']}, {res['machine']['nproc']} cores, flags: {res['cpu_flags']})")
-    print(f"{'command':<58} {'wall median':>12} {'wall min':>9} {'CPU median':>11}")
+    w = max(len(k) for k in e)
+    print(f"{'command':<{w}} {'wall median':>12} {'wall min':>9} {'CPU median':>11}")
     for k, v in e.items():
-        print(f"{k:<58} {v['wall_median_s']:>10.3f} s {v['wall_min_s']:>7.3f} s {v['cpu_median_s']:>9.3f} s")
+        print(f"{k:<{w}} {v['wall_median_s']:>10.3f} s {v['wall_min_s']:>7.3f} s {v['cpu_median_s']:>9.3f} s")
     print(f"ratio search --no-update / import numpy, onnxruntime: wall {res['ratio_wall']:.2f}x, "
           f"CPU {res['ratio_cpu']:.2f}x (target <= {TARGET_RATIO}x)")
     print("\nmeans (CPU seconds):")
     for k, v in res["means"].items():
-        print(f"  {k:<44} {v:.4f}")
+        print(f"  {k:<50} {v:.4f}")
     print("\none search in a warm process (wall seconds, best of 5):")
     for k, v in res["breakdown"].items():
         print(f"  {k:<44} {v:.4f}")

@@ -51,8 +51,8 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   graph ORT would have run anyway (tests/engine/test_runtime.py checks equality). Its weights
   are written beside it (``KEY.onnx`` names its ``KEY.<writer>.data``) rather than inside it:
   ORT then reads them straight from that file instead of parsing them out of the protobuf,
-  and the demo text session (13 MB of fp32 weights once optimised) loads in 17-29 ms instead
-  of 48-77 ms in a fresh process. The graph file is replaced atomically and names its own
+  and the demo text session (13 MB of fp32 weights once optimised) loads in 0.008 s of CPU
+  instead of 0.036 (17-29 ms instead of 48-77 of wall in a fresh process). The graph file is replaced atomically and names its own
   writer's data file, so a concurrent writer can never pair one graph with another's weights;
   the other writers' data files of the key are removed after the replace;
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
@@ -63,8 +63,9 @@ Scoring float16 rows (an index's default storage): ``score`` converts them to fl
 tile, each tile by the pair worker that scores it, with ONNX Runtime's vectorised Cast into a
 buffer that worker reuses (``_half_to_float``; exact, every float16 is a float32). Converting a
 whole block first, then scoring it, wrote and read back a float32 copy twice the size of the
-block, on one core: on the demo model's 10,000 videos the scan measured 57-65 ms of CPU against
-72-91 (bench/cli_latency.py, docs/benchmarks.md "CLI latency"), identical scores.
+block, on one core: one exact scan of the demo model's 10,000 videos measured 0.039 s of CPU
+against 0.047 (best of 15, bench/cli_latency.py, docs/benchmarks.md "CLI latency"), identical
+scores, and a search no longer holds that float32 copy.
 
 Noise (sampling methods, bundles exported with ``--sampling noise-input``): ``draw_noise`` draws
 every noise input from ONE ``numpy.random.Generator(numpy.random.PCG64(seed))``, in manifest
