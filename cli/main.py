@@ -98,9 +98,9 @@ def main() -> None:
     :data:`EXIT_FAST`, ``os._exit`` with its exit code once stdout and stderr are flushed.
 
     Why: tearing the interpreter down (module dictionaries, numpy and ONNX Runtime objects, the
-    sessions' thread pools) took 45-145 ms after a ``probret search`` had printed everything,
-    against ~20 ms for ``python -c "import numpy, onnxruntime"`` (docs/benchmarks.md, "CLI
-    latency"). It is safe there because nothing is left to finish: the search closed its index
+    sessions' thread pools) after a ``probret search`` had printed everything made it 0.579 s
+    instead of 0.484 (wall medians, bench/cli_latency.py; docs/benchmarks.md, "CLI latency");
+    ``python -c "import numpy, onnxruntime"`` spends ~20 ms on its own teardown. It is safe there because nothing is left to finish: the search closed its index
     reader (and any writer of its update) inside the command, SQLite and the shard files have
     nothing unwritten, the kernel releases locks and descriptors, and idle pair-graph threads
     hold no work. A failed flush (a closed pipe) takes the ordinary exit, which reports it as

@@ -52,9 +52,10 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   are written beside it (``KEY.onnx`` names its ``KEY.<writer>.data``) rather than inside it:
   ORT then reads them straight from that file instead of parsing them out of the protobuf,
   and the demo text session (13 MB of fp32 weights once optimised) loads in 0.008 s of CPU
-  instead of 0.036 (17-29 ms instead of 48-77 of wall in a fresh process). The graph file is replaced atomically and names its own
-  writer's data file, so a concurrent writer can never pair one graph with another's weights;
-  the other writers' data files of the key are removed after the replace;
+  instead of 0.036 (17-29 ms instead of 48-77 of wall in a fresh process). The graph file is
+  replaced atomically and names its own writer's data file, so a concurrent writer can never
+  pair one graph with another's weights; the other writers' data files of the key are removed
+  after the replace;
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
   default, spinning on). Turning it off measured slower for the pair graph on a quiet machine
   (102.8 ms against 93.8 ms above); it frees a core sooner on a machine shared with other work.
