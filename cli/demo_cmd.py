@@ -114,9 +114,12 @@ def _show(query: str, truth: str, result, top_k: int) -> bool:
     from probret.cli.output import moment_text, table
 
     click.echo(f"\nquery: {query}")
-    rows = [[str(h.rank), f"{h.score:.4f}", "-" if h.uncertainty is None else f"{h.uncertainty:.4f}", h.display_path,
-             moment_text(h.moment), "<- the right video" if h.path == truth else ""] for h in result.hits]
-    table(["rank", "score", "uncertainty", "path", "moment", ""], rows, right=(0, 1, 2))
+    conf = bool(result.hits) and result.hits[0].confidence is not None  # the model carries a calibrator
+    rows = [[str(h.rank), f"{h.score:.4f}"] + ([f"{h.confidence:.2f}"] if conf else [])
+            + ["-" if h.uncertainty is None else f"{h.uncertainty:.4f}", h.display_path, moment_text(h.moment),
+               "<- the right video" if h.path == truth else ""] for h in result.hits]
+    table(["rank", "score"] + (["confidence"] if conf else []) + ["uncertainty", "path", "moment", ""], rows,
+          right=(0, 1, 2, 3) if conf else (0, 1, 2))
     if all(h.path != truth for h in result.hits):
         click.echo(f"  (the right video, {truth}, is not in the top {top_k})")
     return bool(result.hits and result.hits[0].path == truth)

@@ -37,10 +37,13 @@ import click
                    "the bundle (export/calibrate.py; never on test).")
 @click.option("--calibrate-split", default="val", show_default=True, help="Split to fit on (test is refused).")
 @click.option("--calibrate-dataset", default="procedural", show_default=True, help="Dataset reader of --calibrate.")
+@click.option("--calibrate-gallery", type=click.IntRange(min=2), default=None,
+              help="Fit on galleries of this many videos cut from the split (confidence depends on gallery size; "
+                   "default: the whole split as one gallery).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark, benchmark_videos, quantize,
-           calibrate, calibrate_split, calibrate_dataset, as_json, quiet):
+           calibrate, calibrate_split, calibrate_dataset, calibrate_gallery, as_json, quiet):
     """Export CHECKPOINT (a directory written by probret-train) to an ONNX / TensorRT bundle."""
     if trt:  # before torch is even imported: a missing TensorRT / GPU fails at once
         from probret.export.trt import require_tensorrt
@@ -60,7 +63,7 @@ def export(checkpoint, out, trt, fp16, sampling, samples, seed, opset, benchmark
     options = ExportOptions(trt=trt, fp16=fp16, sampling=sampling, samples=samples, seed=seed, opset=opset,
                             benchmark=benchmark, benchmark_videos=benchmark_videos, quantize=quantize,
                             calibrate=calibrate, calibrate_split=calibrate_split,
-                            calibrate_dataset=calibrate_dataset)
+                            calibrate_dataset=calibrate_dataset, calibrate_gallery=calibrate_gallery)
     result = export_checkpoint(checkpoint, out, options, progress=progress)
     s = result.summary
     if as_json:

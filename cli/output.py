@@ -78,7 +78,11 @@ def print_results(results: list[SearchResult], folder: Path, *, confidence: bool
 
 
 def print_paths(results: list[SearchResult], folder: Path, *, nul: bool) -> None:
-    """The hits' full paths, one per line (escaped for display), or NUL-terminated raw bytes."""
+    """The hits' full paths, one per line (escaped for display), or NUL-terminated raw bytes. A
+    query's note (e.g. "no confident match") goes to stderr, so stdout stays a list of paths."""
+    for r in results:
+        if r.note:
+            notes.info(f"query {display_safe(r.query)!r}: {r.note}")
     if nul:
         out = click.get_binary_stream("stdout")
         for r in results:
@@ -192,8 +196,8 @@ def _hit_html(h, folder: Path, page_dir: Path, cache: dict) -> str:
 
 def write_html(out: Path, folder: Path, results: list[SearchResult], *, model: str = "") -> Path:
     """A self-contained results page: per query, each hit's thumbnail at its best instant (PNG
-    data URI), rank, score, uncertainty, moment and a link (relative to the page) to the file
-    at that moment. Written atomically."""
+    data URI), rank, score, confidence, uncertainty, moment and a link (relative to the page) to the
+    file at that moment, and the query's note (e.g. "no confident match"). Written atomically."""
     import html
 
     out = Path(out)
@@ -203,7 +207,10 @@ def write_html(out: Path, folder: Path, results: list[SearchResult], *, model: s
              f"<p>model: {html.escape(model)}</p>"]
     cache: dict = {}
     for r in results:
-        parts.append(f"<section class='query'><h2>{html.escape(r.query)}</h2><div class='hits'>")
+        parts.append(f"<section class='query'><h2>{html.escape(r.query)}</h2>")
+        if r.note:
+            parts.append(f"<p class='note'>{html.escape(r.note)}</p>")
+        parts.append("<div class='hits'>")
         parts.extend(_hit_html(h, folder, page_dir, cache) for h in r.hits)
         parts.append("</div></section>")
     parts.append("</body></html>\n")

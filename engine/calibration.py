@@ -365,21 +365,40 @@ def fit_on_scores(sims, relevant, uncertainty=None, *, candidates=CANDIDATES, to
     cross-fitted log-loss (a proper scoring rule: it rewards separation and calibration together),
     refit it on the whole split and record its cross-fitted top-1 ECE as ``val_ece``.
     Returns (calibrator, {"kind+signals": cross-fit metrics} for every candidate tried)."""
-    sims = np.asarray(sims)
-    top_k = min(int(top_k), sims.shape[1])
-    if top_k < 2 or sims.shape[0] < 4:
-        raise ValueError(f"need at least 4 queries and 2 candidates to fit a calibrator, got shape {sims.shape}")
-    signals, labels = calibration_examples(sims, relevant, uncertainty, top_k)
+    return fit_on_galleries([(sims, relevant, uncertainty)], candidates=candidates, top_k=top_k, domain=domain)
+
+
+def fit_on_galleries(galleries, *, candidates=CANDIDATES, top_k: int = DEFAULT_TOP_K,
+                     domain: dict | None = None) -> tuple[Calibrator, dict]:
+    """``fit_on_scores`` on several galleries of one size, their examples pooled: ``galleries`` is a list of
+    (sims (N_q, N_v), relevant, uncertainty or None), each query ranked only against its own gallery.
+    A confidence depends on how many near-misses a gallery holds, so a validation split cut into
+    galleries of the size a user searches gives probabilities for that size, from more queries than
+    one gallery of that size has. The domain records ``gallery_size`` (N_v), ``galleries`` (when more
+    than one) and ``queries`` (all galleries)."""
+    galleries = [(np.asarray(s), r, u) for s, r, u in galleries]
+    if not galleries or len({s.shape[1] for s, _, _ in galleries}) != 1:
+        raise ValueError(f"need one or more galleries of one size, got sizes {[s.shape[1] for s, _, _ in galleries]}")
+    n_video, n_query = galleries[0][0].shape[1], sum(s.shape[0] for s, _, _ in galleries)
+    if any(u is None for _, _, u in galleries) and any(u is not None for _, _, u in galleries):
+        raise ValueError("give the uncertainty for every gallery or for none")
+    top_k = min(int(top_k), n_video)
+    if top_k < 2 or n_query < 4:
+        raise ValueError(f"need at least 4 queries and 2 candidates to fit a calibrator, got {n_query} and {n_video}")
+    parts = [calibration_examples(s, r, u, top_k) for s, r, u in galleries]
+    signals = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+    labels = np.concatenate([p[1] for p in parts])
     report = {}
     for kind, names in candidates:
         if any(n not in signals for n in names):
             continue
-        report[f"{kind}:{'+'.join(names)}"] = cross_fit(kind, names, signals, labels, sims.shape[0], top_k)
+        report[f"{kind}:{'+'.join(names)}"] = cross_fit(kind, names, signals, labels, n_query, top_k)
     if not report:
         raise ValueError("no calibration candidate could be fitted with the signals available")
     best = min(report, key=lambda k: report[k]["log_loss"])
     kind, names = best.split(":")[0], best.split(":")[1].split("+")
-    dom = {"gallery_size": int(sims.shape[1]), "queries": int(sims.shape[0]), **(domain or {})}
+    dom = {"gallery_size": int(n_video), **({"galleries": len(galleries)} if len(galleries) > 1 else {}),
+           "queries": int(n_query), **(domain or {})}
     cal = Calibrator.fit(kind, signals, labels, names, top_k=top_k, domain=dom)
     cal.val_ece = report[best]["ece_top1"]
     return cal, report

@@ -11,6 +11,17 @@ followed by a ``Cast`` to float32. The cast is exact, so the graph computes bit 
 exporter wrote (ONNX Runtime folds the cast once, at session creation); the bundle shrinks by
 half. Initializers that are not exactly fp16 (constants the export computed) stay float32.
 
+The bundle carries a confidence calibrator (export/calibrate.py), so a default ``probret search``
+shows a calibrated ``confidence`` per hit. It is fitted on the validation split of a world the
+demo model never saw: ``CALIBRATION_WORLD`` has the demo world's settings (train/demo_model.py:
+resolution, frames, difficulty) but another seed, so none of its videos or captions was used for
+training or for choosing the checkpoint (the demo world's own validation split chose it, which
+would make the fitted probabilities optimistic). The split is cut into galleries of
+``CALIBRATION_GALLERY`` videos, the size of folder the demo is meant for (``probret demo`` makes
+40; the engine says so when a folder is more than 4x larger or smaller). The world is generated
+in a temporary folder on every build; it is a function of its seed, so a rebuild fits the same
+calibrator (tests/export/test_demo_bundle.py compares it).
+
 After the rewrite the manifest's file hashes are recomputed and the bundle is verified with
 ``engine.bundle.load_bundle``. ``tests/export/test_demo_bundle.py`` rebuilds the bundle from the
 shipped checkpoint and compares it with the shipped one (see there for what "matches" means).
@@ -28,11 +39,17 @@ import numpy as np
 
 from probret.engine.bundle import MANIFEST, load_bundle, sha256_file
 from probret.export.resolve import DEMO_NAME, SHIPPED_DEMO_BUNDLE, demo_checkpoint
+from probret.train.demo_model import WORLD_SETTINGS
 
-__all__ = ["store_exact_fp16", "build_demo_bundle", "MAX_FILE_BYTES"]
+__all__ = ["store_exact_fp16", "build_demo_bundle", "MAX_FILE_BYTES", "CALIBRATION_WORLD", "CALIBRATION_GALLERY"]
 
 #: Every file of the shipped bundle must stay below this (the repository's limit per tracked file).
 MAX_FILE_BYTES = 8 << 20
+#: The held-out world the calibrator is fitted on (module docstring): the demo world's kind, another
+#: seed (the demo model was trained on seed 2024), every video in the validation split.
+CALIBRATION_WORLD = {**WORLD_SETTINGS, "videos": 500, "seed": 2025, "splits": (0.0, 1.0, 0.0)}
+#: Videos per calibration gallery (and the gallery size the stored domain records).
+CALIBRATION_GALLERY = 100
 #: Initializers smaller than this many elements are left alone (a Cast node costs more than it saves).
 MIN_ELEMENTS = 1024
 
@@ -97,18 +114,25 @@ def _portable_source(bundle: Path) -> None:
 
 def build_demo_bundle(dest: Path = SHIPPED_DEMO_BUNDLE, *, checkpoint: Path | None = None,
                       progress=None) -> Path:
-    """Export the demo checkpoint into ``dest`` (replacing it), fp16-compact its graphs and check
-    the size limit. ``dest`` gets only what this function writes."""
+    """Export the demo checkpoint into ``dest`` (replacing it) with its calibrator, fp16-compact its
+    graphs and check the size limit. ``dest`` gets only what this function writes."""
     from probret.export.exporter import ExportOptions, export_checkpoint
+    from probret.train.world import generate_world
 
     ckpt = Path(checkpoint) if checkpoint else demo_checkpoint()
     if ckpt is None or not (ckpt / "model.safetensors").is_file():
         raise SystemExit(f"no demo checkpoint at {ckpt}; train it first with `make demo-model`")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.build-", dir=dest.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.build-", dir=dest.parent) as tmp, \
+            tempfile.TemporaryDirectory(prefix="probret-calibration-world-") as world:
         out = Path(tmp) / "bundle"
-        export_checkpoint(ckpt, out, ExportOptions(benchmark_videos=8), progress=progress)
+        if progress:
+            progress(f"generating the calibration world (seed {CALIBRATION_WORLD['seed']}, "
+                     f"{CALIBRATION_WORLD['videos']} videos)")
+        generate_world(world, **CALIBRATION_WORLD)
+        export_checkpoint(ckpt, out, ExportOptions(benchmark_videos=8, calibrate=world,
+                                                   calibrate_gallery=CALIBRATION_GALLERY), progress=progress)
         bundle = load_bundle(out)
         for spec in bundle.graphs.values():
             store_exact_fp16(spec.file)

@@ -82,6 +82,7 @@ class ExportOptions:
     calibrate: str | Path | None = None  # dataset root: fit the confidence calibrator (export/calibrate.py)
     calibrate_split: str = "val"  # never test (refused)
     calibrate_dataset: str = "procedural"
+    calibrate_gallery: int | None = None  # fit on galleries of this many videos; None: the whole split
 
     @property
     def benchmark_path(self) -> Path | None:
@@ -125,6 +126,8 @@ def _check_options(o: ExportOptions) -> None:
         raise ModelError("--fp16 applies to TensorRT engines: use it together with --trt")
     if o.benchmark_videos < 2:
         raise ModelError("the mini-benchmark needs at least 2 videos")
+    if o.calibrate_gallery is not None and o.calibrate_gallery < 2:
+        raise ModelError(f"--calibrate-gallery must be at least 2 videos, got {o.calibrate_gallery}")
     if o.quantize is not None and o.quantize not in QUANTIZE_MODES:
         raise ModelError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {o.quantize!r}")
     if o.quantize and o.trt:

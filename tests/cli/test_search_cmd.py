@@ -257,3 +257,6 @@ def test_demo_command(env, tmp_path):
     assert p.stdout.count("query: ") == 2 and "right video first for" in p.stdout
     p = run(["demo", "--out", tmp_path / "demo", "--videos", "12", "--queries", "2", "--model", bundle], e)
     assert "1. reusing" in p.stdout and "is up to date" in p.stdout
+    assert not re.search(r"rank\s+score\s+confidence", p.stdout)  # that bundle carries no calibrator
+    p = run(["demo", "--out", tmp_path / "default", "--videos", "12", "--queries", "1"], e)  # the shipped demo model
+    assert re.search(r"^rank\s+score\s+confidence\s+uncertainty\s+path", p.stdout, re.M), p.stdout

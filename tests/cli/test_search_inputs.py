@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,11 +127,87 @@ def test_quiet_is_quiet(world):
     assert "tiny demo model" not in p.stderr
 
 
-def test_min_confidence_needs_a_calibrator(world):
+def test_min_confidence_needs_a_calibrator(world, tmp_path):
+    from probret.export.resolve import SHIPPED_DEMO_BUNDLE
+
     _, env = world
     folder = _folder(world, "conf", {"a.mp4": "video0.mp4"})
-    p = run(["search", folder, "a red circle", "--min-confidence", "0.5"], env, code=2)
+    plain = tmp_path / "plain"  # the demo bundle as an export without --calibrate makes it
+    shutil.copytree(SHIPPED_DEMO_BUNDLE, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    del manifest["calibration"]
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    p = run(["search", folder, "a red circle", "--model", plain, "--min-confidence", "0.5"], env, code=2)
     assert "--min-confidence" in p.stderr and "calibrator" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    """A procedural folder the size the demo calibrator was fitted for (within 4x of its gallery),
+    with its evaluation captions."""
+    from probret.export.demo_bundle import CALIBRATION_GALLERY
+    from probret.train.world import generate_world
+
+    root = tmp_path_factory.mktemp("gallery")
+    n = CALIBRATION_GALLERY // 3
+    generate_world(root / "world", videos=n, seed=21, resolution=(64, 64), frames=16, splits=(0.0, 0.0, 1.0))
+    caps = [c["caption"] for c in json.loads((root / "world" / "world.json").read_text())["captions"].values()
+            if c.get("eval")]
+    return root / "world" / "videos", caps[:3], {**os.environ, "PROBRET_CACHE": str(root / "cache"), "COLUMNS": "200"}
+
+
+def test_the_demo_model_reports_confidence_and_min_confidence_hides_hits(gallery, tmp_path):
+    folder, caps, env = gallery
+    p = run(["search", folder, *caps, "--json", "-k", "5"], env)
+    assert "calibrated on a gallery" not in p.stderr and "tiny demo model" not in p.stderr  # its own domain
+    queries = json.loads(p.stdout)["queries"]
+    confs = [[h["confidence"] for h in q["results"]] for q in queries]
+    assert all(isinstance(c, float) and 0.0 <= c <= 1.0 for row in confs for c in row)
+    assert all(q["note"] is None for q in queries)
+    # a threshold between the first query's top two hits keeps exactly its first hit
+    assert confs[0][0] > confs[0][1]
+    cut = f"{(confs[0][0] + confs[0][1]) / 2:.6f}"
+    kept = json.loads(run(["search", folder, caps[0], "--json", "-k", "5", "--min-confidence", cut], env).stdout)
+    [q] = kept["queries"]
+    assert [h["path"] for h in q["results"]] == [queries[0]["results"][0]["path"]] and q["note"] is None
+    paths = run(["search", folder, caps[0], "-k", "5", "--min-confidence", cut, "--paths-only"], env).stdout
+    assert paths.splitlines() == [str(folder / queries[0]["results"][0]["path"])]
+    table = run(["search", folder, caps[0], "-k", "5", "--min-confidence", cut], env).stdout.splitlines()
+    assert re.match(r"rank\s+score\s+confidence\s+uncertainty\s+path\s+moment", table[1]) and len(table) == 3
+    page = tmp_path / "kept.html"
+    run(["search", folder, caps[0], "-k", "5", "--min-confidence", cut, "--html", page], env)
+    assert page.read_text().count("class='hit'") == 1 and "no confident match" not in page.read_text()
+
+
+def test_no_confident_match_in_every_output(gallery, tmp_path):
+    folder, caps, env = gallery
+    args = ["search", folder, caps[0], "-k", "5", "--min-confidence", "1"]
+    [q] = json.loads(run(args + ["--json"], env).stdout)["queries"]
+    assert q["results"] == [] and q["note"].startswith("no confident match")
+    table = run(args, env).stdout
+    assert "(no confident match" in table and "rank" in table and ".mp4" not in table
+    p = run(args + ["--paths-only"], env)
+    assert p.stdout == "" and "no confident match" in p.stderr
+    page = tmp_path / "none.html"
+    run(args + ["--html", page], env)
+    assert "no confident match" in page.read_text() and "class='hit'" not in page.read_text()
+
+
+def test_domain_warnings_fire_only_off_the_calibrators_domain(world, gallery):
+    """One line when the gallery is far from the calibrator's size, one when the demo model meets a
+    folder that is not procedural; neither on a procedural folder of the fitted size."""
+    from probret.export.demo_bundle import CALIBRATION_GALLERY
+
+    _, env = world
+    small = _folder(world, "small", {"a.mp4": "video0.mp4", "b.mp4": "video1.mp4"})  # copies: not procedural
+    p = run(["search", small, "a red circle", "-k", "1"], env)
+    assert p.stderr.count(f"confidence was calibrated on a gallery of {CALIBRATION_GALLERY} videos") == 1
+    assert p.stderr.count("the default model is the tiny demo model") == 1
+    p = run(["search", world[0] / "world" / "videos", "a red circle", "-k", "1"], env)  # procedural, 4 videos
+    assert "calibrated on a gallery" in p.stderr and "tiny demo model" not in p.stderr
+    folder, caps, genv = gallery
+    p = run(["search", folder, caps[0], "-k", "1"], genv)
+    assert "calibrated on a gallery" not in p.stderr and "tiny demo model" not in p.stderr
 
 
 def test_index_settings_stick_and_a_change_is_reported(world):

@@ -152,6 +152,25 @@ def test_fit_on_scores_picks_a_candidate_and_records_domain():
     assert Calibrator.from_dict(cal.to_dict()).to_dict() == cal.to_dict()
 
 
+def test_fit_on_galleries_pools_the_examples_of_each():
+    from probret.engine.calibration import fit_on_galleries
+
+    rng = np.random.default_rng(6)
+    a, b = synthetic_split(rng), synthetic_split(rng)
+    cal, report = fit_on_galleries([(a[0], a[1], None), (b[0], b[1], None)], domain={"split": "val"})
+    assert cal.domain == {"gallery_size": 60, "galleries": 2, "queries": 800, "split": "val"}
+    # the pooled fit is the fit on both galleries' examples together
+    sa, la = calibration_examples(*a)
+    sb, lb = calibration_examples(*b)
+    pooled = {k: np.concatenate([sa[k], sb[k]]) for k in sa}
+    refit = Calibrator.fit(cal.kind, pooled, np.concatenate([la, lb]), cal.signals)
+    np.testing.assert_allclose(cal.confidence(pooled), refit.confidence(pooled))
+    with pytest.raises(ValueError, match="one size"):
+        fit_on_galleries([(a[0], a[1], None), (a[0][:, :30], a[1], None)])
+    with pytest.raises(ValueError, match="every gallery or for none"):
+        fit_on_galleries([(a[0], a[1], None), (b[0], b[1], -np.abs(b[0]))])
+
+
 # -- the manifest dict ------------------------------------------------------------------------------
 
 GOOD_ISOTONIC = {"kind": "isotonic", "signals": ["margin"], "increasing": True, "table_x": [-0.1, 0.0, 0.2],

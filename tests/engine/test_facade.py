@@ -60,7 +60,7 @@ def test_update_search_and_results(folder, bundle, tmp_path, monkeypatch):
         for r in results:
             assert [h.rank for h in r.hits] == [1, 2, 3] and r.note is None
             for h in r.hits:
-                assert isinstance(h, Hit) and h.confidence is None and isinstance(h.uncertainty, float)
+                assert isinstance(h, Hit) and 0.0 <= h.confidence <= 1.0 and isinstance(h.uncertainty, float)
                 assert len(h.moments) == 1 and isinstance(h.moment, Moment) and h.moment.score == h.score
                 assert (videos / h.path).is_file() and h.display_path == h.path
                 json.dumps(h.to_json(), allow_nan=False)
@@ -112,8 +112,20 @@ def test_bad_search_options_and_queries(folder, bundle, tmp_path):
                 vf.search(queries, **kwargs)
         with pytest.raises(UsageError, match="query 2 is empty"):
             vf.search(["a", " "])
+    plain = _without_calibrator(SHIPPED_DEMO_BUNDLE, tmp_path / "plain")
+    with open_folder(videos, bundle=plain, index=tmp_path / "idx2", progress=False) as vf:
+        assert vf.calibrator is None and vf.search(queries[0], top_k=2)[0].hits[0].confidence is None
         with pytest.raises(UsageError, match="calibrator"):
             vf.search(queries, min_confidence=0.5)
+
+
+def _without_calibrator(bundle_dir, out):
+    """A copy of the demo bundle whose manifest carries no calibrator (an export without --calibrate)."""
+    shutil.copytree(bundle_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["calibration"]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return load_bundle(out)
 
 
 def test_rank_captions_from_the_index_and_encoded_now(folder, bundle, tmp_path):

@@ -115,6 +115,7 @@ def test_default_search_runs_without_torch_and_an_empty_cache(tmp_path):
     out = json.loads(p.stdout)
     assert out["model"]["kind"] == "demo" and out["indexing"]["encoded_videos"] == 4
     assert sorted(h["path"] for h in out["queries"][0]["results"]) == sorted(f.name for f in folder.glob("*.mp4"))
+    assert all(0.0 <= h["confidence"] <= 1.0 for h in out["queries"][0]["results"])  # the calibrator, torch-free
     # nothing exported: the cache holds at most ORT's optimised graphs (engine/runtime.py's graph_cache),
     # the tokenizer's merge rules (engine/tokenizer.py's _merge_text) and the bundle's verification
     # record (engine/bundle.py's _verify_files)
