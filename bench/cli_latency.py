@@ -98,15 +98,17 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
     from probret.train.world import generate_world
 
     folder = work / f"videos-{n_videos}"
-    if _indexed(folder / ".probret-index") == _indexed(_f32_index(work, n_videos)) == n_videos:
-        return folder
     small = work / "small"
     if not (small / ".probret-index" / "index.db").is_file():
         shutil.rmtree(work / "world", ignore_errors=True)
         generate_world(work / "world", videos=8, seed=11, resolution=(112, 112), frames=32, splits=(0.0, 0.0, 1.0))
         shutil.copytree(work / "world" / "videos", small, dirs_exist_ok=True)
-        subprocess.run([PROBRET, "index", str(small), "-q"], check=True, env=env)
+    subprocess.run([PROBRET, "index", str(small), "-q"], check=True, env=env)  # re-encodes for a new demo model
     header = read_header(small / ".probret-index")
+    built = [read_header(i) for i in (folder / ".probret-index", _f32_index(work, n_videos))]
+    if (_indexed(folder / ".probret-index") == _indexed(_f32_index(work, n_videos)) == n_videos
+            and all(h and h["model"] == header["model"] for h in built)):
+        return folder
     stored = {k: v for k, v in header["settings"].items() if k in IndexSettings.__dataclass_fields__}
     settings = IndexSettings(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
     con = sqlite3.connect(small / ".probret-index" / "index.db")
