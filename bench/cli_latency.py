@@ -7,17 +7,27 @@ The index is real: 8 procedural videos are indexed by ``probret index`` with the
 (the shipped demo bundle), then the real ``IndexWriter`` writes 10,000 videos whose features are
 those 8 videos' features plus small noise (N(0, 0.01) per element), each video a hard link to one
 of the 8 files, so a search without ``--no-update`` finds every file unchanged (its walk is
-measured too). ``PROBRET_CACHE`` is the work dir's own.
+measured too), and the same rows are written once more as a float32 index beside it (searched
+with ``--index``: what a stored float32 matrix would save, no row converting). ``PROBRET_CACHE``
+is the work dir's own.
 
 Runs alternate between the commands (baseline, search, baseline, ...) so load from other
 processes hits both alike; the ratio is of medians. Wall time is what a user waits for; CPU
 time (user + sys of the child) is printed beside it because it is steadier on a shared machine.
 
-Then the means, each measured on its own in this process (best of ``--reps``, CPU seconds):
-the tokenizer (pure-Python tables vs Hugging Face ``tokenizers`` from its cached tokenizer.json,
-and the ftfy + regex imports a plain query skips), the ORT sessions of the text and pair graphs
-(optimising at load vs loading the cached optimised graph), ``import`` of the CLI module, and the
-search with the folder walk (no ``--no-update``).
+Two more commands isolate the console script's fast exit (cli/main.py's ``main``): the same
+search run through ``cli()`` (Python's ordinary interpreter teardown) and through ``main()``.
+
+Then the means, each measured on its own (best of ``--reps``, CPU seconds; "fresh" ones as
+medians of new interpreters): the tokenizer (its tables built with whole-string operations vs
+the former loop over every merge line, vs Hugging Face ``tokenizers`` from its cached
+tokenizer.json, and the ftfy + regex imports a plain query skips), the ORT sessions of the text
+and pair graphs (optimising at load, the cached optimised graph with its weights inside it, and
+with its weights in a data file beside it), hashing every bundle file against loading the
+bundle with its verification record, ``import`` of the CLI module, the ``ldconfig`` probe for
+libcuda and numpy 2's first ``np.unique`` (fresh), one exact scan with each block converted to
+float32 first against the rows converted tile by tile, and the search with the folder walk (no
+``--no-update``).
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ PY = sys.executable
 PROBRET = str(Path(sys.executable).with_name("probret"))
 QUERY = "a red circle moves left"
 TARGET_RATIO = 1.5
+#: ``python -c`` running the ``probret`` command through one of cli/main.py's two entry points.
+_VIA = "import sys; from probret.cli.main import {0}; sys.argv[0] = 'probret'; {0}()"
 
 
 def _cpu_flags() -> str:
@@ -59,21 +71,44 @@ def _cpu_flags() -> str:
 # --------------------------------------------------------------------------------------------
 # the folder and its index
 # --------------------------------------------------------------------------------------------
+def _f32_index(work: Path, n_videos: int) -> Path:
+    """The same videos and features stored as float32 (``--full``): what a search gains when no
+    stored row needs converting (docs/benchmarks.md, "CLI latency")."""
+    return work / f"index-{n_videos}-float32"
+
+
+def _indexed(index: Path) -> int:
+    """Videos in the index at ``index`` (0 when there is none: a build cut short is built again)."""
+    db = index / "index.db"
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return 0
+    finally:
+        con.close()
+
+
 def build(work: Path, n_videos: int, env: dict) -> Path:
     """work/videos: ``n_videos`` hard links to 8 procedural mp4s, indexed (module docstring)."""
     from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter, read_header
+    from probret.engine.index.schema import path_of
     from probret.train.world import generate_world
 
     folder = work / f"videos-{n_videos}"
-    if (folder / ".probret-index" / "index.db").is_file():
-        return folder
     small = work / "small"
     if not (small / ".probret-index" / "index.db").is_file():
         shutil.rmtree(work / "world", ignore_errors=True)
         generate_world(work / "world", videos=8, seed=11, resolution=(112, 112), frames=32, splits=(0.0, 0.0, 1.0))
         shutil.copytree(work / "world" / "videos", small, dirs_exist_ok=True)
-        subprocess.run([PROBRET, "index", str(small), "-q"], check=True, env=env)
+    subprocess.run([PROBRET, "index", str(small), "-q"], check=True, env=env)  # re-encodes for a new demo model
     header = read_header(small / ".probret-index")
+    built = [read_header(i) for i in (folder / ".probret-index", _f32_index(work, n_videos))]
+    if (_indexed(folder / ".probret-index") == _indexed(_f32_index(work, n_videos)) == n_videos
+            and all(h and h["model"] == header["model"] for h in built)):
+        return folder
     stored = {k: v for k, v in header["settings"].items() if k in IndexSettings.__dataclass_fields__}
     settings = IndexSettings(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
     con = sqlite3.connect(small / ".probret-index" / "index.db")
@@ -87,7 +122,9 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    with IndexWriter(folder / ".probret-index", settings, model=header["model"], rebuild=True) as w:
+    f32 = IndexSettings(**{**settings.__dict__, "dtype": "float32"})
+    with IndexWriter(folder / ".probret-index", settings, model=header["model"], rebuild=True) as w, \
+            IndexWriter(_f32_index(work, n_videos), f32, model=header["model"], rebuild=True) as w32:
         for lo in range(0, n_videos, 1000):
             batch = []
             for i in range(lo, min(n_videos, lo + 1000)):
@@ -95,15 +132,17 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
                 path, duration, fps, width, height, start, stop, ts, *_ = rows[k]
                 link = folder / f"clip{i:05d}.mp4"
                 if not link.exists():
-                    os.link(small / path, link)
+                    os.link(small / path_of(path), link)
                 st = link.stat()
+                # rounded to float16 first, so both indexes hold the same values
                 tensors = {n: (pool[k][n] + 0.01 * rng.standard_normal(pool[k][n].shape, dtype=np.float32))[None]
-                           for n in names}
+                           .astype(np.float16).astype(np.float32) for n in names}
                 batch.append(EncodedVideo(path=link.name, size=st.st_size, mtime_ns=st.st_mtime_ns, duration=duration,
                                           fps=fps, width=width, height=height, segments=[(start, stop)],
                                           timestamps=np.frombuffer(ts, "<f8")[None], tensors=tensors))
             w.add(batch)
-    say(f"wrote an index of {n_videos:,} videos in {time.perf_counter() - t0:.1f} s")
+            w32.add(batch)
+    say(f"wrote an index of {n_videos:,} videos (and its float32 copy) in {time.perf_counter() - t0:.1f} s")
     return folder
 
 
@@ -153,7 +192,6 @@ def _fresh_cpu(code: str, env: dict, reps: int) -> float:
 def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     from probret.engine.bundle import load_bundle
     from probret.engine.index import read_header
-    from probret.engine.runtime import OrtGraph, optimized_graph_path
     from probret.engine.tokenizer import Tokenizer
 
     out: dict = {}
@@ -161,6 +199,7 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     vocab = bundle.tokenizer_file
     os.environ["PROBRET_CACHE"] = env["PROBRET_CACHE"]
     out["tokenizer_python_tables_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab)._build_tables(), reps)
+    out["tokenizer_python_tables_per_line_cpu_s"] = _best_cpu(lambda: _tables_per_line(Tokenizer, vocab), reps)
     Tokenizer(vocab, backend="tokenizers")  # converts once into the cache
     out["tokenizer_hf_from_cache_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab, backend="tokenizers"), reps)
     n = min(reps, 7)
@@ -169,13 +208,81 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     out["import_tokenizers_cpu_s"] = _fresh_cpu("import numpy, tokenizers", env, n) - base
     out["import_cli_search_cpu_s"] = _fresh_cpu("import numpy, onnxruntime, probret.cli.search_cmd", env, n) - \
         _fresh_cpu("import numpy, onnxruntime", env, n)
+    # what engine/runtime.py's cuda_device_count no longer does on Linux, and what np.unique costs
+    # a fresh process under numpy 2 (it imports numpy.ma)
+    out["find_library_cuda_cpu_s"] = _fresh_cpu("import ctypes.util; ctypes.util.find_library('cuda')", env, n) - \
+        _fresh_cpu("import ctypes", env, n)
+    files = bundle.manifest["files"]
+    out["np_unique_first_call_cpu_s"] = _fresh_cpu("import numpy; numpy.unique(numpy.zeros(3))", env, n) - base
+    from probret.engine.bundle import sha256_file
+
+    path = bundle.path
+    out["bundle_hash_every_file_cpu_s"] = _best_cpu(lambda: [sha256_file(path / rel) for rel in files], reps)
+    load_bundle(path)  # leaves the verification record (engine/bundle.py)
+    out["bundle_load_with_record_cpu_s"] = _best_cpu(lambda: load_bundle(path), reps)
+    out.update(_session_means(bundle, work, reps))
+    out.update(_scan_means(folder, bundle, reps))
+    return out
+
+
+def _scan_means(folder: Path, bundle, reps: int) -> dict:
+    """One exact scan of the float16 index (the pair graph over every video): each block converted
+    to float32 first, as engine/search.py did, against the stored rows handed to
+    ``BundleRuntime.score``, which converts them tile by tile in its pair workers."""
+    from probret.engine.index import IndexReader
+    from probret.engine.runtime import BundleRuntime, _as_float32
+    from probret.engine.search import SCAN_BLOCK_BYTES
+
+    rt = BundleRuntime(bundle, device="cpu")
+    text = rt.encode_text([QUERY])
+    with IndexReader(folder / ".probret-index") as r:
+        names = list(bundle.video_outputs)
+
+        def scan(first: bool) -> None:
+            for _, tensors in r.blocks(names, release=True, max_bytes=SCAN_BLOCK_BYTES):
+                rt.score(text, _as_float32(tensors, {}) if first else tensors)
+
+        scan(False)
+        return {"scan_block_converted_first_cpu_s": _best_cpu(lambda: scan(True), reps),
+                "scan_converted_per_tile_cpu_s": _best_cpu(lambda: scan(False), reps)}
+
+
+def _tables_per_line(tokenizer_cls, vocab) -> None:
+    """The tokenizer tables as engine/tokenizer.py built them before (a Python loop over the merge
+    lines), for the before/after pair of the means."""
+    from probret.engine.tokenizer import _merge_lines
+
+    tok = tokenizer_cls.__new__(tokenizer_cls)
+    merges = [tuple(line.split()) for line in _merge_lines(Path(vocab))]
+    from probret.engine.tokenizer import _byte_alphabet
+
+    base = sorted(_byte_alphabet())
+    symbols = base + [ch + "</w>" for ch in base] + [a + b for a, b in merges] + ["<start_of_text>", "<end_of_text>"]
+    tok._tables = ({s: i for i, s in enumerate(symbols)}, symbols, {pair: r for r, pair in enumerate(merges)})
+
+
+def _session_means(bundle, work: Path, reps: int) -> dict:
+    """The text and pair sessions: optimising at load, the cached optimised graph with its weights
+    inside it (as cached before), and the cache as it is now (weights in a data file beside it)."""
+    import onnxruntime as ort
+
+    from probret.engine.runtime import OrtGraph, optimized_graph_path
+
+    out = {}
     files = bundle.manifest["files"]
     for graph in ("text_encoder", "pair_score"):
         path = bundle.graph_path(graph)
         sha = files[path.relative_to(bundle.path).as_posix()]["sha256"]
         cached = optimized_graph_path(sha, work / "graph-cache")
         OrtGraph(path, ["CPUExecutionProvider"], optimized=cached)
+        inline = work / "graph-cache" / f"{graph}-weights-inside.onnx"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(inline)
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         out[f"session_{graph}_optimise_cpu_s"] = _best_cpu(lambda: OrtGraph(path, ["CPUExecutionProvider"]), reps)
+        out[f"session_{graph}_cached_weights_inside_cpu_s"] = _best_cpu(
+            lambda: OrtGraph(inline, ["CPUExecutionProvider"], optimized=inline), reps)
         out[f"session_{graph}_cached_cpu_s"] = _best_cpu(
             lambda: OrtGraph(path, ["CPUExecutionProvider"], optimized=cached), reps)
     return out
@@ -223,14 +330,15 @@ def print_tables(res: dict) -> None:
     e = res["end_to_end"]
     print(f"\nCLI latency, {res['videos']:,} indexed videos, query {QUERY!r} "
           f"({res['machine']['cpu']}, {res['machine']['nproc']} cores, flags: {res['cpu_flags']})")
-    print(f"{'command':<58} {'wall median':>12} {'wall min':>9} {'CPU median':>11}")
+    w = max(len(k) for k in e)
+    print(f"{'command':<{w}} {'wall median':>12} {'wall min':>9} {'CPU median':>11}")
     for k, v in e.items():
-        print(f"{k:<58} {v['wall_median_s']:>10.3f} s {v['wall_min_s']:>7.3f} s {v['cpu_median_s']:>9.3f} s")
+        print(f"{k:<{w}} {v['wall_median_s']:>10.3f} s {v['wall_min_s']:>7.3f} s {v['cpu_median_s']:>9.3f} s")
     print(f"ratio search --no-update / import numpy, onnxruntime: wall {res['ratio_wall']:.2f}x, "
           f"CPU {res['ratio_cpu']:.2f}x (target <= {TARGET_RATIO}x)")
     print("\nmeans (CPU seconds):")
     for k, v in res["means"].items():
-        print(f"  {k:<44} {v:.4f}")
+        print(f"  {k:<50} {v:.4f}")
     print("\none search in a warm process (wall seconds, best of 5):")
     for k, v in res["breakdown"].items():
         print(f"  {k:<44} {v:.4f}")
@@ -252,10 +360,17 @@ def main(argv=None) -> None:
            "PROBRET_CACHE": str(a.work / "cache")}
     res = {"machine": machine(), "cpu_flags": _cpu_flags(), "videos": a.videos, "query": QUERY, "reps": a.reps}
     folder = build(a.work, a.videos, env)
+    search = ["search", str(folder), QUERY, "--no-update", "-q"]
     commands = {
         'python -c "import numpy, onnxruntime"': [PY, "-c", "import numpy, onnxruntime"],
-        f'probret search FOLDER "{QUERY}" --no-update': [PROBRET, "search", str(folder), QUERY, "--no-update", "-q"],
-        f'probret search FOLDER "{QUERY}" (walks the folder)': [PROBRET, "search", str(folder), QUERY, "-q"],
+        f'probret search FOLDER "{QUERY}" --no-update': [PROBRET, *search],
+        f'probret search FOLDER "{QUERY}" (walks the folder)': [PROBRET, *search[:3], "-q"],
+        # the fast exit on its own: the same search through cli() (Python's ordinary teardown) and main()
+        "the same --no-update search through cli(): ordinary interpreter exit": [PY, "-c", _VIA.format("cli"), *search],
+        "the same --no-update search through main(): the console script's exit": [PY, "-c", _VIA.format("main"),
+                                                                                  *search],
+        "the same --no-update search of the float32 copy of the index (--index)": [
+            PROBRET, *search, "--index", str(_f32_index(a.work, a.videos))],
     }
     say(f"timing {len(commands)} commands x {a.reps} runs, interleaved")
     res["end_to_end"] = side_by_side(commands, env, a.reps)

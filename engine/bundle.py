@@ -217,20 +217,74 @@ def _check_no_symlink(path: Path, rel: str) -> Path:
     return f
 
 
+#: A file changed less than this long before it was hashed is not vouched for by its stamps: file
+#: times tick coarsely (a few ms), so a change right after the hash could leave them equal.
+_STAMP_SETTLE_NS = 2_000_000_000
+_VERIFIED_FORMAT = "probret-bundle-verified"
+
+
 def _verify_files(path: Path, spec: Manifest) -> None:
+    """Every listed file: no symlink, its size, its sha256. The hashing is skipped when a record in
+    CACHE/bundle-verified/ (keyed by the bundle's real path and the manifest's files table) says
+    these very files were hashed and found right, and none has changed since: same size, mtime,
+    ctime, inode and device. Any write to a file moves its ctime, which no unprivileged process
+    can set back (the index's shard check, engine/index/layout.py, rests on the same rule). Why:
+    hashing the demo bundle's 8 MB took ~10 ms of every CLI search (docs/benchmarks.md)."""
     if not spec.files:
         raise ModelError(f"bundle {path}: manifest lists no files")
+    stamps = {}
     for rel, meta in sorted(spec.files.items()):
         f = _check_no_symlink(path, rel)
-        actual_size = f.stat().st_size
-        if meta.bytes != actual_size:
-            raise ModelError(f"bundle {path}: {rel} has {actual_size} bytes but {MANIFEST} says {meta.bytes}: "
+        st = f.stat()
+        if meta.bytes != st.st_size:
+            raise ModelError(f"bundle {path}: {rel} has {st.st_size} bytes but {MANIFEST} says {meta.bytes}: "
                              "the file was modified or truncated after export; re-export the checkpoint")
+        stamps[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    record = _verified_record(path, spec)
+    if record is not None and _read_stamps(record) == stamps:
+        return
+    for rel, meta in sorted(spec.files.items()):
+        f = path / rel
         actual = sha256_file(f)
         if actual != meta.sha256:
             raise ModelError(f"bundle {path}: {rel} does not match {MANIFEST} (sha256 {actual[:16]}..., expected "
                              f"{meta.sha256[:16]}...): the file was modified or corrupted after export, or the manifest "
                              "was edited; re-export the checkpoint")
+    _record_stamps(record, stamps)
+
+
+def _verified_record(path: Path, spec: Manifest) -> Path | None:
+    try:
+        from probret.engine.cache import cache_dir
+
+        files = json.dumps({rel: [m.sha256, m.bytes] for rel, m in sorted(spec.files.items())})
+        key = hashlib.sha256(f"{os.path.realpath(path)}\n{files}".encode("utf-8", "surrogateescape")).hexdigest()
+        return cache_dir() / "bundle-verified" / f"{key[:40]}.json"
+    except Exception:  # noqa: BLE001 - no usable cache: hash every time
+        return None
+
+
+def _read_stamps(record: Path) -> dict | None:
+    from probret.engine.fsutil import read_versioned_json
+
+    data = read_versioned_json(record, fmt=_VERIFIED_FORMAT, version=1)
+    return data.get("stamps") if data else None
+
+
+def _record_stamps(record: Path | None, stamps: dict) -> None:
+    """Remember that the files with these stamps hashed right, unless one changed too recently
+    for its stamps to vouch for it (_STAMP_SETTLE_NS)."""
+    import time
+
+    if record is None or any(s[2] > time.time_ns() - _STAMP_SETTLE_NS for s in stamps.values()):
+        return
+    try:
+        from probret.engine.fsutil import atomic_write_json
+
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record, {"format": _VERIFIED_FORMAT, "format_version": 1, "stamps": stamps})
+    except OSError:
+        pass  # an unwritable cache only costs hashing again next time
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:

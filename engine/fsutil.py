@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,8 @@ def fsync_dir(path: str | Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` by ``data`` atomically and durably (module docstring)."""
+    import tempfile  # ~3 ms of imports (shutil, random) that reading never needs
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:

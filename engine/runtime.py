@@ -48,10 +48,25 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   version and the CPU's model and flags, and later sessions load it with graph optimisation off:
   creating the demo model's text session measured 0.064 -> 0.028-0.056 s CPU and its pair
   session 0.036-0.051 -> 0.020-0.023 s (bench/cli_latency.py, docs/benchmarks.md). ``False`` turns it off. Outputs are the same: the cached file is the
-  graph ORT would have run anyway (tests/engine/test_runtime.py checks equality);
+  graph ORT would have run anyway (tests/engine/test_runtime.py checks equality). Its weights
+  are written beside it (``KEY.onnx`` names its ``KEY.<writer>.data``) rather than inside it:
+  ORT then reads them straight from that file instead of parsing them out of the protobuf,
+  and the demo text session (13 MB of fp32 weights once optimised) loads in 0.008 s of CPU
+  instead of 0.036 (17-29 ms instead of 48-77 of wall in a fresh process). The graph file is
+  replaced atomically and names its own writer's data file, so a concurrent writer can never
+  pair one graph with another's weights; the other writers' data files of the key are removed
+  after the replace;
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
   default, spinning on). Turning it off measured slower for the pair graph on a quiet machine
   (102.8 ms against 93.8 ms above); it frees a core sooner on a machine shared with other work.
+
+Scoring float16 rows (an index's default storage): ``score`` converts them to float32 tile by
+tile, each tile by the pair worker that scores it, with ONNX Runtime's vectorised Cast into a
+buffer that worker reuses (``_half_to_float``; exact, every float16 is a float32). Converting a
+whole block first, then scoring it, wrote and read back a float32 copy twice the size of the
+block, on one core: one exact scan of the demo model's 10,000 videos measured 0.039 s of CPU
+against 0.047 (best of 15, bench/cli_latency.py, docs/benchmarks.md "CLI latency"), identical
+scores, and a search no longer holds that float32 copy.
 
 Noise (sampling methods, bundles exported with ``--sampling noise-input``): ``draw_noise`` draws
 every noise input from ONE ``numpy.random.Generator(numpy.random.PCG64(seed))``, in manifest
@@ -66,6 +81,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -113,6 +130,69 @@ def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarr
     return out
 
 
+#: An ONNX graph of one node, Cast(float16 -> float32) over a 1-D tensor (opset 13, IR 8, made
+#: with onnx.helper; 84 bytes, so that the engine needs no ``onnx`` package to have it).
+_CAST_F16_ONNX = bytes.fromhex(
+    "0808120770726f627265743a410a170a01781201792204436173742a090a02746f1801a001021208663136746f6633325a0d0a0178"
+    "12080a06080a12020a00620d0a017912080a06080112020a0042040a00100d")
+_caster = None
+
+
+def _half_to_float(src: np.ndarray, dst: np.ndarray) -> None:
+    """float16 ``src`` -> float32 ``dst`` (same shape). ONNX Runtime's Cast is vectorised (F16C):
+    0.45 ns an element here against 1.15 for numpy's cast, the whole cost of float16 storage in
+    an exact scan; numpy does it when ONNX Runtime cannot (non-contiguous or big-endian arrays,
+    no onnxruntime). The conversion is exact either way (every float16 is a float32; ORT may
+    return a signalling NaN quieted)."""
+    global _caster
+    if _caster is None:
+        try:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1  # memory-bound: a second thread measured slower
+            opts.log_severity_level = 3
+            _caster = ort.InferenceSession(_CAST_F16_ONNX, opts, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any failure means: use numpy
+            _caster = False
+    if (_caster is False or not src.flags.c_contiguous or not dst.flags.c_contiguous or src.dtype != np.float16
+            or not src.dtype.isnative or dst.dtype != np.float32 or src.shape != dst.shape or not src.size):
+        np.copyto(dst, src)
+        return
+    try:
+        io = _caster.io_binding()
+        io.bind_cpu_input("x", np.asarray(src).reshape(-1))
+        io.bind_output("y", "cpu", 0, np.float32, [int(src.size)], dst.ctypes.data)
+        _caster.run_with_iobinding(io)
+    except Exception:  # noqa: BLE001
+        np.copyto(dst, src)
+
+
+def _as_float32(tensors: dict[str, np.ndarray], buffers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Stored rows as float32: a no-op for float32 storage; for float16, one block at a time, so
+    the head always computes in float32 whatever the storage dtype. ``buffers`` (name -> float32
+    array, grown as needed) are reused from block to block: converting into memory already
+    touched saves the page faults of a fresh array (1.15 against 1.75 ns an element with numpy)."""
+    out = {}
+    for k, v in tensors.items():
+        if v.dtype == np.float32:
+            out[k] = v
+            continue
+        if buffers is None:
+            dst = np.empty(v.shape, dtype=np.float32)
+        else:
+            buf = buffers.get(k)
+            if buf is None or buf.shape[0] < v.shape[0] or buf.shape[1:] != v.shape[1:]:
+                buf = buffers[k] = np.empty(v.shape, dtype=np.float32)
+            dst = buf[:v.shape[0]]
+        if v.dtype == np.float16:
+            _half_to_float(v, dst)
+        else:
+            np.copyto(dst, v)
+        out[k] = dst
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # hardware detection (no torch)
 # --------------------------------------------------------------------------------------------
@@ -134,8 +214,12 @@ def cuda_device_count() -> int:
     if _cuda_count is not None:
         return _cuda_count
     count = 0
-    # find_library runs ldconfig (~40 ms): only when the usual names are not loadable
-    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", lambda: _find_library("cuda")]
+    # find_library, only when the usual names are not loadable, and never on Linux: there it runs
+    # ldconfig (~25 ms of a CLI search on a machine without a GPU) to return a name that dlopen
+    # has just failed to load, and ONNX Runtime's CUDA provider loads libcuda.so.1 by that name too
+    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+    if not sys.platform.startswith("linux"):
+        names.append(lambda: _find_library("cuda"))
     for name in names:
         name = name() if callable(name) else name
         if not name:
@@ -307,6 +391,11 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{model}|{' '.join(sorted(flags.split()))}"
 
 
+#: Part of the cache key: 2 = weights in a data file beside the graph (module docstring), so a
+#: cache written by an older probret (weights inside) is optimised once more in the new form.
+_GRAPH_CACHE_FORMAT = 2
+
+
 def optimized_graph_path(graph_sha256: str, cache: str | Path | None = None) -> Path:
     """Where ORT's optimised form of the graph with this sha256 is cached for the active ONNX
     Runtime version and this CPU (CACHE/ort-optimized/; CACHE as in engine/cache.py)."""
@@ -315,7 +404,8 @@ def optimized_graph_path(graph_sha256: str, cache: str | Path | None = None) -> 
     from probret.engine.cache import cache_dir
 
     ort = _ort()
-    key = hashlib.sha256(f"{graph_sha256}|onnxruntime {ort.__version__}|{_cpu_signature()}".encode()).hexdigest()
+    key = hashlib.sha256(f"{graph_sha256}|onnxruntime {ort.__version__}|{_cpu_signature()}|"
+                         f"cache {_GRAPH_CACHE_FORMAT}".encode()).hexdigest()
     return (Path(cache) if cache else cache_dir() / "ort-optimized") / f"{key[:40]}.onnx"
 
 
@@ -369,12 +459,16 @@ class OrtGraph:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if cached:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        tmp = None
+        tmp = data = None
         if save_to is not None:
             try:
                 save_to.parent.mkdir(parents=True, exist_ok=True)
                 tmp = save_to.with_name(f".{save_to.stem}.{os.getpid()}.{id(self)}.onnx")
+                data = f"{save_to.stem}.{os.urandom(6).hex()}.data"  # its weights, a name of its own (module docstring)
                 opts.optimized_model_filepath = str(tmp)
+                opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", data)
+                opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                              "1024")
             except OSError as exc:
                 log.info("cannot cache optimised graphs in %s (%s)", save_to.parent, exc)
                 tmp = None
@@ -383,10 +477,7 @@ class OrtGraph:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
         if tmp is not None:
-            try:
-                os.replace(tmp, save_to)
-            except OSError as exc:
-                log.info("cannot cache the optimised graph at %s (%s)", save_to, exc)
+            _publish_cached_graph(tmp, save_to, data)
         return session
 
     @property
@@ -399,6 +490,28 @@ class OrtGraph:
             raise ModelError(f"graph {self.name}: missing input(s) {missing}")
         arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.inputs}
         return dict(zip(self.output_names, self.session.run(self.output_names, arrays)))
+
+
+def _publish_cached_graph(tmp: Path, final: Path, data: str) -> None:
+    """Move a freshly written optimised graph into place, then drop the data files of the same
+    key that it does not name (older or concurrent writers'; a session that was loading one of
+    them when it went falls back to optimising, with a warning)."""
+    try:
+        os.replace(tmp, final)
+    except OSError as exc:
+        log.info("cannot cache the optimised graph at %s (%s)", final, exc)
+        for leftover in (tmp, final.with_name(data)):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+        return
+    for other in final.parent.glob(f"{final.stem}.*.data"):
+        if other.name != data:
+            try:
+                other.unlink()
+            except OSError:
+                pass
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
@@ -673,7 +786,8 @@ class BundleRuntime:
     def score(self, text: dict[str, np.ndarray], video: dict[str, np.ndarray], *, seed: int | None = None
               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores (and uncertainty, or None) of every text against every video, (N_t, N_v) float32,
-        in blocks of (pair_text_batch x pair_video_batch)."""
+        in blocks of (pair_text_batch x pair_video_batch). Video tensors may be float16 (an index's
+        stored rows): they are converted exactly, tile by tile (module docstring, "Scoring float16 rows")."""
         sess = self.session("pair_score")
         noise = self.noise(seed)
         names = sess.input_names
@@ -692,11 +806,22 @@ class BundleRuntime:
             n_text_blocks = -(-n_t // bt)
             bv = min(bv, max(MIN_PAIR_TILE_VIDEOS, -(-n_v // max(1, workers // n_text_blocks))))
         noise_feeds = {n: noise[n] for n in names if n.startswith("noise_")}
+        # stored float16 rows become float32 tile by tile, each by the worker that scores it, in a
+        # buffer that worker reuses (module docstring, "Scoring float16 rows")
+        halves = [n for n in video_in if video[n].dtype == np.float16
+                  and np.dtype(getattr(sess, "_dtypes", {}).get(n, np.float32)) == np.float32]
+        if halves:
+            _half_to_float(np.zeros(1, np.float16), np.zeros(1, np.float32))  # the caster, once, here
+        local = threading.local()
 
         def tile(ij: tuple[int, int]) -> None:
             i, j = ij
-            feeds = {**{n: text[n][i:i + bt] for n in text_in}, **{n: video[n][j:j + bv] for n in video_in},
-                     **noise_feeds}
+            rows = {n: video[n][j:j + bv] for n in video_in}
+            if halves:
+                if not hasattr(local, "buffers"):
+                    local.buffers = {}
+                rows.update(_as_float32({n: rows[n] for n in halves}, local.buffers))
+            feeds = {**{n: text[n][i:i + bt] for n in text_in}, **rows, **noise_feeds}
             out = sess.run(feeds)
             scores[i:i + bt, j:j + bv] = out["scores"]
             if unc is not None:

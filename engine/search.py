@@ -29,10 +29,11 @@ follows an index that changed by adding and removing vectors (engine/ann.py's do
 
 Memory (docs/benchmarks_memory.md): an exact scan reads the stored rows in blocks of
 :data:`~probret.engine.index.BLOCK_BYTES` straight from the memory-mapped shards and releases
-each block's pages behind it, converts a float16 block to float32 before the head sees it (the
-head always computes in float32), and scores at most :data:`SCORE_BYTES` of (queries x segments)
-at a time; so a search's resident memory is the reader's tables (~280 B a video) plus a few
-blocks, whatever the size of the stored features.
+each block's pages behind it, has a float16 block converted to float32 tile by tile by the pair
+workers (the head always computes in float32; engine/runtime.py, "Scoring float16 rows"), and
+scores at most :data:`SCORE_BYTES` of (queries x segments) at a time; so a search's resident
+memory is the reader's tables (~280 B a video) plus a block and one float32 tile per pair
+worker, whatever the size of the stored features.
 
 Ties are broken by path, so a ranking never depends on storage order.
 """
@@ -48,6 +49,7 @@ import numpy as np
 from probret.engine.errors import DataError, IndexStoreError, ModelError
 from probret.engine.index import IndexReader
 from probret.engine.moments import Moment, find_moments
+from probret.engine.runtime import _as_float32
 
 __all__ = ["Hit", "Moment", "QueryResult", "CaptionHit", "Searcher", "ANN_AUTO_VIDEOS", "faiss_available",
            "l2_normalize"]
@@ -64,77 +66,14 @@ SCORE_BYTES = 256 << 20
 #: Stored bytes per block of an exact scan. Every block is one pair-graph run with a fixed cost
 #: (~0.3 ms of CPU: the text side is recomputed per run), and its pages are released after it:
 #: 32 MB blocks (~420 SPEM videos) left SPEM at 2.49x the warm read floor at 50k, 128 MB at 2.05x
-#: (docs/benchmarks_search.md). The price is one block resident at a time (128 MB stored, twice
-#: that once a float16 block is converted to float32), still independent of the index size.
+#: (docs/benchmarks_search.md). The price is one block resident at a time (128 MB stored, plus a
+#: float32 tile per pair worker), still independent of the index size.
 SCAN_BLOCK_BYTES = 128 << 20
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
-
-
-#: An ONNX graph of one node, Cast(float16 -> float32) over a 1-D tensor (opset 13, IR 8, made
-#: with onnx.helper; 84 bytes, so that the engine needs no ``onnx`` package to have it).
-_CAST_F16_ONNX = bytes.fromhex(
-    "0808120770726f627265743a410a170a01781201792204436173742a090a02746f1801a001021208663136746f6633325a0d0a0178"
-    "12080a06080a12020a00620d0a017912080a06080112020a0042040a00100d")
-_caster = None
-
-
-def _half_to_float(src: np.ndarray, dst: np.ndarray) -> None:
-    """float16 ``src`` -> float32 ``dst`` (same shape). ONNX Runtime's Cast is vectorised (F16C):
-    0.45 ns an element here against 1.15 for numpy's cast, the whole cost of float16 storage in
-    an exact scan; numpy does it when ONNX Runtime cannot (non-contiguous or big-endian arrays,
-    no onnxruntime). The conversion is exact either way (every float16 is a float32; ORT may
-    return a signalling NaN quieted)."""
-    global _caster
-    if _caster is None:
-        try:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1  # memory-bound: a second thread measured slower
-            opts.log_severity_level = 3
-            _caster = ort.InferenceSession(_CAST_F16_ONNX, opts, providers=["CPUExecutionProvider"])
-        except Exception:  # noqa: BLE001 - any failure means: use numpy
-            _caster = False
-    if (_caster is False or not src.flags.c_contiguous or not dst.flags.c_contiguous or src.dtype != np.float16
-            or not src.dtype.isnative or dst.dtype != np.float32 or src.shape != dst.shape or not src.size):
-        np.copyto(dst, src)
-        return
-    try:
-        io = _caster.io_binding()
-        io.bind_cpu_input("x", np.asarray(src).reshape(-1))
-        io.bind_output("y", "cpu", 0, np.float32, [int(src.size)], dst.ctypes.data)
-        _caster.run_with_iobinding(io)
-    except Exception:  # noqa: BLE001
-        np.copyto(dst, src)
-
-
-def _as_float32(tensors: dict[str, np.ndarray], buffers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Stored rows as float32: a no-op for float32 storage; for float16, one block at a time, so
-    the head always computes in float32 whatever the storage dtype. ``buffers`` (name -> float32
-    array, grown as needed) are reused from block to block: converting into memory already
-    touched saves the page faults of a fresh array (1.15 against 1.75 ns an element with numpy)."""
-    out = {}
-    for k, v in tensors.items():
-        if v.dtype == np.float32:
-            out[k] = v
-            continue
-        if buffers is None:
-            dst = np.empty(v.shape, dtype=np.float32)
-        else:
-            buf = buffers.get(k)
-            if buf is None or buf.shape[0] < v.shape[0] or buf.shape[1:] != v.shape[1:]:
-                buf = buffers[k] = np.empty(v.shape, dtype=np.float32)
-            dst = buf[:v.shape[0]]
-        if v.dtype == np.float16:
-            _half_to_float(v, dst)
-        else:
-            np.copyto(dst, v)
-        out[k] = dst
-    return out
 
 
 def faiss_available() -> bool:
@@ -241,9 +180,8 @@ class Searcher:
         n = self.reader.num_segments
         scores = np.empty((nq, n), dtype=np.float32)
         unc = np.empty((nq, n), dtype=np.float32) if self.rt.bundle.has_uncertainty else None
-        buffers: dict[str, np.ndarray] = {}
         for segs, tensors in self.reader.blocks(self.video_names, release=True, max_bytes=SCAN_BLOCK_BYTES):
-            s, u = self.rt.score(feats, _as_float32(tensors, buffers))
+            s, u = self.rt.score(feats, tensors)  # float16 rows converted tile by tile (runtime.score)
             scores[:, segs] = s
             if unc is not None and u is not None:
                 unc[:, segs] = u

@@ -84,7 +84,10 @@ def test_model_resolution_imports_without_torch(tmp_path):
         """, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "ok shipped demo model" in p.stdout
-    assert not (tmp_path / "empty-cache").exists()  # the shipped bundle is used in place, nothing exported
+    # the shipped bundle is used in place, nothing exported: the cache holds at most the record of its
+    # verified files (engine/bundle.py's _verify_files)
+    cache = tmp_path / "empty-cache"
+    assert not cache.exists() or sorted(p.name for p in cache.iterdir()) == ["bundle-verified"]
 
 
 def test_default_search_runs_without_torch_and_an_empty_cache(tmp_path):
@@ -113,6 +116,9 @@ def test_default_search_runs_without_torch_and_an_empty_cache(tmp_path):
     assert out["model"]["kind"] == "demo" and out["indexing"]["encoded_videos"] == 4
     assert sorted(h["path"] for h in out["queries"][0]["results"]) == sorted(f.name for f in folder.glob("*.mp4"))
     assert all(0.0 <= h["confidence"] <= 1.0 for h in out["queries"][0]["results"])  # the calibrator, torch-free
-    # nothing exported: the cache holds at most ORT's optimised graphs (engine/runtime.py's graph_cache)
+    # nothing exported: the cache holds at most ORT's optimised graphs (engine/runtime.py's graph_cache),
+    # the tokenizer's merge rules (engine/tokenizer.py's _merge_text) and the bundle's verification
+    # record (engine/bundle.py's _verify_files)
     cache = tmp_path / "empty-cache"
-    assert not cache.exists() or sorted(p.name for p in cache.iterdir()) == ["ort-optimized"]
+    assert set(p.name for p in cache.iterdir()) <= {"ort-optimized", "tokenizers", "bundle-verified"}
+    assert [p.name.startswith("clip-merges-") for p in (cache / "tokenizers").iterdir()] == [True]

@@ -89,6 +89,8 @@ def test_optimized_graphs_are_cached_and_reused(spem_bundle, tmp_path, caplog):
     assert not first.session("pair_score").optimized_from_cache
     files = sorted(cache.glob("*.onnx"))
     assert len(files) == 3 and not list(cache.glob(".*"))  # text, video side, pair; no temporary left
+    data = sorted(cache.glob("*.data"))  # their weights, beside them (engine/runtime.py's docstring)
+    assert {d.name.split(".")[0] for d in data} <= {f.stem for f in files} and data
     stamps = [f.stat().st_mtime_ns for f in files]
 
     again = BundleRuntime(spem_bundle, device="cpu", graph_cache=cache)
@@ -112,6 +114,10 @@ def test_optimized_graphs_are_cached_and_reused(spem_bundle, tmp_path, caplog):
     assert "optimising" in caplog.text and not healed.session("text_encoder").optimized_from_cache
     assert healed.session("text_encoder").run  # usable
     assert BundleRuntime(spem_bundle, device="cpu", graph_cache=cache).session("text_encoder").optimized_from_cache
+    # the rewritten text graph names a new data file; its old one is gone, not left behind
+    healed_data = sorted(cache.glob("*.data"))
+    keys = [d.name.split(".")[0] for d in healed_data]
+    assert len(healed_data) == len(data) and len(set(keys)) == len(keys) and set(healed_data) != set(data)
 
 
 def test_optimized_graph_key():
@@ -132,3 +138,40 @@ def test_ort_build_names_the_active_onnxruntime():
     assert build["device"] == ("GPU" if "CUDAExecutionProvider" in build["providers"] else "CPU")
     assert build["distributions"] and all(d.startswith("onnxruntime") for d in build["distributions"])
     assert ort.__version__ in build["description"] and build["device"] in build["description"]
+
+def test_half_to_float_is_exact():
+    """float16 -> float32 conversion of stored rows (ONNX Runtime's Cast, numpy as the fallback) is exact
+    for every float16 value: normals, subnormals, zeros of both signs, infinities (NaN stays NaN)."""
+    from probret.engine import runtime as S
+
+    every = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    want = every.astype(np.float32)
+    bufs = {}
+    for src in (every, every[::2], every[:, ::3]):  # contiguous (ORT) and strided (numpy) inputs
+        got = S._as_float32({"x": src}, bufs)["x"]
+        assert got.dtype == np.float32 and got.shape == src.shape
+        ref = src.astype(np.float32)
+        nan = np.isnan(ref)
+        assert np.array_equal(np.isnan(got), nan)  # (NaN payloads may come back quieted)
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), ref[~nan].view(np.uint32))  # bit-exact, -0 too
+    small = S._as_float32({"x": every[:3]}, bufs)["x"]  # a shorter block reuses the buffer
+    assert np.shares_memory(small, bufs["x"]) and np.array_equal(small, want[:3])
+    assert S._as_float32({"x": want})["x"] is want  # float32 passes through, no copy
+
+
+
+def test_float16_rows_score_as_their_float32_values(spem_bundle):
+    """``score`` given float16 video tensors (an index's stored rows) converts them tile by tile in
+    the pair workers: the scores equal those of the same rows converted to float32 beforehand,
+    with one worker or several, tiles uneven and the last one short."""
+    from probret.engine.runtime import MIN_PAIR_TILE_VIDEOS, BundleRuntime
+
+    n_v = 3 * MIN_PAIR_TILE_VIDEOS + 17
+    for workers in (1, 3):
+        rt = BundleRuntime(spem_bundle, device="cpu", pair_workers=workers, pair_text_batch=2, pair_video_batch=300)
+        text, video = _features(rt, n_v, 3)
+        half = {k: v.astype(np.float16) for k, v in video.items()}
+        want = rt.score(text, {k: v.astype(np.float32) for k, v in half.items()})
+        got = rt.score(text, half)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)

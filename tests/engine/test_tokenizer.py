@@ -274,6 +274,35 @@ def test_rust_tokenizer_cache_is_keyed_by_the_vocabulary(tmp_path, monkeypatch):
     assert cached.read_text().startswith("{") and '"merges"' in cached.read_text()
 
 
+def test_merge_rules_cache_is_checked_and_keyed_by_the_vocabulary(tmp_path, monkeypatch):
+    """engine/tokenizer.py's _merge_text: the decompressed, checked merge rules are cached once,
+    read back with the same ids as decompressing them, written again when damaged, and an
+    unusable cache only costs the decompression."""
+    from probret.engine.tokenizer import _merge_lines
+
+    texts = generate_strings(300, seed=5)
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    first = Tokenizer()
+    (cached,) = (tmp_path / "cache" / "tokenizers").glob("clip-merges-*.txt")
+    crc, body = cached.read_bytes().split(b"\n", 1)
+    assert body.decode("utf-8").split("\n") == _merge_lines(default_vocab_path())
+    stamp = cached.stat().st_mtime_ns
+    again = Tokenizer()
+    assert cached.stat().st_mtime_ns == stamp  # read back, not written again
+    np.testing.assert_array_equal(again(texts), first(texts))
+    cached.write_bytes(crc + b"\n" + body.replace(b"a", b"b", 1))  # fails its CRC
+    np.testing.assert_array_equal(Tokenizer()(texts), first(texts))
+    assert cached.read_bytes() == crc + b"\n" + body
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "blocked"))
+    np.testing.assert_array_equal(Tokenizer()(texts), first(texts))
+    broken = tmp_path / "broken.txt"
+    broken.write_text("#version: 0.2\n" + "a b c\n" * 49000)
+    with pytest.raises(ValueError, match="not a CLIP BPE merges file"):
+        Tokenizer(broken)
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("clip-merges-*.txt"))) == 1  # nothing cached for it
+
+
 def test_load_tokenizer_falls_back_without_the_package():
     code = ("import sys; sys.modules['tokenizers'] = None; import probret.engine.tokenizer as t; "
             "tok = t.load_tokenizer(backend='tokenizers'); assert tok.backend == 'python', tok; "

@@ -81,7 +81,8 @@ def test_int8_gate_failure_leaves_nothing(checkpoints, tmp_path, monkeypatch):
     out = tmp_path / "b"
     with pytest.raises(ParityError, match="int8: retrieval gate failed"):
         export_checkpoint(checkpoints("meanp"), out, ExportOptions(quantize="int8", benchmark_videos=4))
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # nothing beside the cache (this module's own, _own_cache: the tokenizer's merge rules may be there)
+    assert not out.exists() and [p for p in tmp_path.iterdir() if p.name != "cache"] == []
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -103,3 +103,39 @@ def test_newer_format_is_refused(bundle):
     _write_manifest(bundle, m)
     with pytest.raises(ModelError, match="newer than this probret"):
         load_bundle(bundle)
+
+
+def test_verified_files_are_hashed_again_only_when_one_changes(bundle, monkeypatch, tmp_path):
+    """engine/bundle.py's verification record: a bundle whose files hashed right is not hashed
+    again while no file changes (size, mtime, ctime, inode, device); a changed byte is refused
+    as ever, and files changed just before their hash are never vouched for by a record."""
+    import time
+
+    from probret.engine import bundle as B
+
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(B, "_STAMP_SETTLE_NS", 0)
+    hashed = []
+    real = B.sha256_file
+    monkeypatch.setattr(B, "sha256_file", lambda p, *a: hashed.append(p.name) or real(p, *a))
+    load_bundle(bundle)
+    n = len(hashed)
+    assert n == len(_manifest(bundle)["files"])
+    (record,) = (tmp_path / "cache" / "bundle-verified").glob("*.json")
+    load_bundle(bundle)
+    assert len(hashed) == n  # nothing hashed again
+    time.sleep(0.05)  # past the file system clock's tick
+    f = bundle / "pair_score.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))  # same size: only the hash can tell
+    with pytest.raises(ModelError, match=r"pair_score\.onnx does not match manifest\.json"):
+        load_bundle(bundle)
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    monkeypatch.setattr(B, "_STAMP_SETTLE_NS", 10**12)  # every file "changed just now"
+    record.unlink()
+    load_bundle(bundle)
+    k = len(hashed)
+    load_bundle(bundle)
+    assert len(hashed) == k + n and not record.exists()  # hashed each time, never recorded
