@@ -70,6 +70,8 @@ def print_results(results: list[SearchResult], folder: Path, *, confidence: bool
         click.echo(f"query: {display_safe(r.query)}")
         if r.note:
             click.echo(f"({r.note})")
+        if not r.hits:  # the note says why; a header over no rows says nothing
+            continue
         header = ["rank", "score"] + (["confidence"] if confidence else []) + ["uncertainty", "path", "moment"]
         rows = [[str(h.rank), f"{h.score:.4f}"] + ([_num(h.confidence)] if confidence else [])
                 + [_num(h.uncertainty), display_safe(_full(folder, h.path)), ", ".join(moment_text(m) for m in h.moments)]
