@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import finish, machine, print_targets, say  # noqa: E402
+from common import best_time, finish, machine, print_targets, say  # noqa: E402
 
 PY = sys.executable
 PROBRET = str(Path(sys.executable).with_name("probret"))
@@ -176,12 +176,7 @@ def side_by_side(commands: dict[str, list[str]], env: dict, reps: int) -> dict:
 # the means, one by one
 # --------------------------------------------------------------------------------------------
 def _best_cpu(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t)
-    return best
+    return best_time(fn, reps, clock=time.process_time)
 
 
 def _fresh_cpu(code: str, env: dict, reps: int) -> float:

@@ -52,6 +52,19 @@ def machine() -> dict:
             "versions": versions}
 
 
+def best_time(fn, reps: int, *, clock=time.perf_counter, warmup: bool = False) -> float:
+    """The smallest of ``reps`` timings of ``fn()`` on ``clock`` (after one untimed call when
+    ``warmup``): the least-disturbed run on a shared machine."""
+    if warmup:
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = clock()
+        fn()
+        best = min(best, clock() - t)
+    return best
+
+
 def sgemm_peak(n: int = 2048, reps: int = 3) -> float:
     """FP32 matmul GFLOP/s of numpy's BLAS on all cores (best of ``reps``)."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)

@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import export_source_sha, finish, machine, say, sgemm_peak  # noqa: E402
+from common import best_time, export_source_sha, finish, machine, say, sgemm_peak  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_VARIANTS = ("engine", "threads=P", "no-spin", "basic", "extended", "no-opt", "saved-opt", "tf-optimizer",
@@ -96,13 +96,7 @@ def physical_cores() -> int:
 # peak
 # --------------------------------------------------------------------------------------------
 def _best(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_time(fn, reps, warmup=True)
 
 
 def matmul_peak(n: int, threads: int, reps: int = 3) -> dict:
