@@ -43,13 +43,19 @@ SECTIONS = ("world", "backbone", "pretrain", "gate")
 STAGES_FILE = "stages.json"
 
 
-def pretrain_key(protocol: dict) -> str:
-    h = hashlib.sha256(json.dumps({s: protocol[s] for s in SECTIONS}, sort_keys=True).encode())
-    files = [REPO / f for f in PRETRAIN_CODE] + sorted(p for g in PRETRAIN_GLOBS for p in REPO.glob(g))
-    for p in files:
+def hash_code(h, files: list[str], globs: list[str]):
+    """Feed every file of ``files`` and of ``globs`` (relative to the repo; path and bytes) into
+    the hash ``h``; the code part of every run key of the protocol."""
+    paths = [REPO / f for f in files] + sorted(p for g in globs for p in REPO.glob(g))
+    for p in paths:
         if p.is_file():
             h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
+    return h
+
+
+def pretrain_key(protocol: dict) -> str:
+    h = hashlib.sha256(json.dumps({s: protocol[s] for s in SECTIONS}, sort_keys=True).encode())
+    return hash_code(h, PRETRAIN_CODE, PRETRAIN_GLOBS).hexdigest()[:16]
 
 
 def overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:

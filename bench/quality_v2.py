@@ -69,12 +69,7 @@ def sha256_file(path: Path) -> str:
 
 
 def code_sha() -> str:
-    h = hashlib.sha256()
-    files = [REPO / f for f in CODE_FILES] + sorted(p for g in CODE_GLOBS for p in REPO.glob(g))
-    for p in files:
-        if p.is_file():
-            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
+    return qp.hash_code(hashlib.sha256(), CODE_FILES, CODE_GLOBS).hexdigest()
 
 
 def run_key(protocol_sha: str, code: str, what: dict) -> str:
