@@ -415,6 +415,30 @@ def test_benchmark_knobs_put_the_phenomenon_in_the_data():
         assert np.mean([len(c.matches) > 1 for c in evals if c.kind == "short"]) > 0.8  # ambiguous
 
 
+def test_train_color_mention_drops_colour_words_from_training_captions_only():
+    d = W.parse_difficulty("0.25")
+    counts = W.split_counts(300, (0.5, 0.2, 0.3))
+
+    def specs(knobs):
+        return W.build_specs(videos=300, seed=5, width=64, height=64, frames=16, difficulty=knobs.difficulty(d),
+                             counts=counts, benchmark=knobs)
+
+    def colourless(vs, split):  # captions that name a shape but no colour
+        caps = [c for v in vs if v.split == split for c in v.captions]
+        parts = [[p for p in c.semantics["events"] + c.semantics["mentions"] if p.get("shape")] for c in caps]
+        return np.mean([bool(ps) and all(p.get("color") is None for p in ps) for ps in parts])
+
+    base, dropped = specs(W.BenchmarkKnobs()), specs(W.BenchmarkKnobs(train_color_mention=0.5))
+    assert colourless(base, "train") < 0.15  # only the short "a circle moves left" captions
+    assert colourless(dropped, "train") > colourless(base, "train") + 0.3
+    for split in ("val", "test"):
+        assert colourless(dropped, split) == pytest.approx(colourless(base, split), abs=0.05)
+    for v in dropped:  # every caption still matches its own video, with match sets recomputed
+        assert all(v.video_id in c.matches for c in v.captions)
+    with pytest.raises(DataError, match="train_color_mention"):
+        W.BenchmarkKnobs(train_color_mention=1.5).check()
+
+
 def test_benchmark_knobs_are_recorded_and_checked(tmp_path):
     W.generate_world(tmp_path / "w", seed=1, benchmark=W.BenchmarkKnobs(), **SMALL)
     world = W.load_world(tmp_path / "w")

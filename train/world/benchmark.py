@@ -9,6 +9,12 @@ in world.json ``settings.benchmark`` (without it, a world is exactly what it was
   pixels and moves. Training captions name the background with probability
   ``train_background_mention`` only (the other captions drop it), so a model cannot lean on
   background words;
+* **shape that must be learned** (``train_color_mention``, default 1: off). Training captions
+  keep their colour words with this probability only (the others say "a small square slides
+  right"), so matching them needs the shape. Without it a contrastive encoder trained from scratch
+  on 64 px frames learns colour and motion and leaves shape at chance (quality protocol v2,
+  settings 2 and 3: colour and motion tell a batch's videos apart, shape is rarely needed); val
+  and test captions keep their colours;
 * **test and validation queries never name the background** (no val/test caption does);
 * **a fixed mix of evaluation query kinds** (``eval_mix``: full / partial / short). The kinds
   are dealt out by quota over each val/test split: partial queries (one event of a two-event
@@ -44,10 +50,13 @@ class BenchmarkKnobs:
     background_motion: float = 1.0
     two_event_fraction: float = 0.6
     short_candidates: int = 3
+    train_color_mention: float = 1.0
 
     def check(self) -> None:
         if not 0.0 <= self.train_background_mention <= 1.0:
             raise DataError(f"train_background_mention must be in [0, 1], got {self.train_background_mention}")
+        if not 0.0 <= self.train_color_mention <= 1.0:
+            raise DataError(f"train_color_mention must be in [0, 1], got {self.train_color_mention}")
         if len(self.eval_mix) != 3 or min(self.eval_mix) < 0 or sum(self.eval_mix) <= 0:
             raise DataError(f"eval_mix must be three non-negative weights (full, partial, short), got {self.eval_mix}")
         if self.eval_mix[1] > self.two_event_fraction:
@@ -86,8 +95,21 @@ def deal_eval_kinds(rng: np.random.Generator, members: list[VideoSpec], mix: tup
 
 def drop_background(rng: np.random.Generator, sem: dict, split: str, knobs: BenchmarkKnobs) -> dict:
     """Training captions keep the background with probability ``train_background_mention``;
-    val/test captions never name it."""
+    val/test captions never name it. Then the colour, as ``drop_color`` says."""
     if sem.get("background") is not None:
         if split != "train" or rng.random() >= knobs.train_background_mention:
             sem["background"] = None
+    return drop_color(rng, sem, split, knobs)
+
+
+def drop_color(rng: np.random.Generator, sem: dict, split: str, knobs: BenchmarkKnobs) -> dict:
+    """A training caption loses every colour word (its events' and the distractor it mentions)
+    with probability ``1 - train_color_mention``. At the default 1 no random number is drawn, so
+    worlds made without the knob are byte for byte what they were."""
+    if split != "train" or knobs.train_color_mention >= 1.0:
+        return sem
+    if rng.random() >= knobs.train_color_mention:
+        for part in sem["events"] + sem["mentions"]:
+            if part.get("shape") is not None:  # "something red grows" would say nothing at all
+                part["color"] = None
     return sem
