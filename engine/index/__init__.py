@@ -11,6 +11,8 @@ docs/reliability.md)::
     INDEX/shards/000001.<tensor>.bin   raw little-endian rows, one file per stored tensor per shard
     INDEX/shards/000001.<tensor>.crc   one CRC32 per row of it (layout.py)
     INDEX/ann/index.faiss, ann.json    optional ANN first stage (engine/ann.py), a cache tied to the build
+    INDEX/tables.snapshot              the readers' video and segment tables as numpy columns, a cache
+                                       the writer rewrites when it closes (snapshot.py)
 
 The package's parts, one job each:
 
@@ -22,6 +24,7 @@ The package's parts, one job each:
   :func:`plan_update`.
 * :mod:`.layout`: shard file names, row sizes, per-row checksums.
 * :mod:`.durability`: the points the crash harness kills the writer at.
+* :mod:`.snapshot`: the readers' columnar table snapshot, used only when it matches the database.
 
 Storage dtype, decided on measurement (issue 6): **float16 loses nothing measurable in the
 rankings** (the shipped demo SPEM on the procedural test split: R@1 0.32 and R@5 0.76 at both

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from probret.engine.errors import IndexStoreError
+from probret.engine.index import snapshot
 from probret.engine.index.directory import lstat_or_none, open_nofollow, read_marker, real_dir
 from probret.engine.index.layout import CRC_DTYPE, crc_file, row_bytes, shard_file
 from probret.engine.index.scan import ScanResult, diff, list_folder
@@ -88,6 +89,21 @@ class VideoTable(SequenceABC):
                                                                                else np.int64))
         self._blob = b"".join(blob)
         self._ends = np.concatenate([[0], *ends]).astype(np.int64)
+
+    @classmethod
+    def from_columns(cls, cols: dict[str, np.ndarray]) -> "VideoTable":
+        """From the columns of a snapshot (snapshot.py: ``path_blob`` bytes, ``path_ends`` offsets)."""
+        self = cls.__new__(cls)
+        for k in cls._NUM:
+            setattr(self, k, cols[k])
+        self._blob = cols["path_blob"].tobytes()
+        self._ends = cols["path_ends"]
+        return self
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The inverse of :meth:`from_columns`."""
+        return {**{k: getattr(self, k) for k in self._NUM}, "path_blob": np.frombuffer(self._blob, np.uint8),
+                "path_ends": self._ends}
 
     def __len__(self) -> int:
         return len(self.id)
@@ -156,6 +172,52 @@ def _check_is_index(root: Path, conn: sqlite3.Connection) -> dict:
     return meta
 
 
+def _read_segments(conn: sqlite3.Connection, chunk: int = 1 << 16) -> np.ndarray:
+    """(n, 6) float64 [video id, seg, start, stop, shard, row] in (path, seg) order, fetched in
+    chunks so that no list of a million Python tuples is ever held (ids and rows are < 2**53,
+    exact in float64)."""
+    n = conn.execute("SELECT count(*) FROM segments s JOIN videos v ON v.id = s.video_id").fetchone()[0]
+    out = np.empty((n, 6), dtype=np.float64)
+    cur = conn.execute("SELECT s.video_id, s.seg, s.start, s.stop, s.shard, s.row FROM segments s "
+                       "JOIN videos v ON v.id = s.video_id ORDER BY v.path, s.seg")
+    i = 0
+    while True:
+        rows = cur.fetchmany(chunk)
+        if not rows:
+            break
+        out[i:i + len(rows)] = rows
+        i += len(rows)
+    return out[:i]
+
+
+def read_tables(conn: sqlite3.Connection) -> tuple[VideoTable, np.ndarray]:
+    """The searchable videos (path order) and their segments (:func:`_read_segments`) from SQLite
+    rows, inside the caller's transaction: what a snapshot (snapshot.py) caches."""
+    videos = VideoTable(conn.execute("SELECT id, path, size, mtime_ns, duration, fps, width, height FROM videos "
+                                     "WHERE status = 'ok' ORDER BY path"))
+    return videos, _read_segments(conn)
+
+
+def table_state(conn: sqlite3.Connection, meta: dict) -> dict:
+    """The state a snapshot must match (snapshot.state_of), read inside the caller's transaction."""
+    return snapshot.state_of(meta, conn.execute("SELECT count(*) FROM videos").fetchone()[0],
+                             conn.execute("SELECT count(*) FROM segments").fetchone()[0])
+
+
+def save_snapshot(root: Path, conn: sqlite3.Connection, *, force: bool = False) -> bool:
+    """Write ``root``'s table snapshot from ``conn``'s committed state unless the one there is
+    already valid for it (``force``: rewrite anyway); True when written (snapshot.py)."""
+    conn.execute("BEGIN")
+    try:
+        state = table_state(conn, read_meta(conn, root))
+        if not force and snapshot.load(root, state) is not None:
+            return False
+        videos, segs = read_tables(conn)
+    finally:
+        conn.execute("COMMIT")
+    return snapshot.save(root, state, {**videos.columns(), "segments": segs})
+
+
 class IndexReader:
     """A consistent snapshot of an index for searching: video and segment tables in RAM, the
     feature rows memory-mapped, every row checked against its checksum when first read. Takes no
@@ -210,12 +272,11 @@ class IndexReader:
         conn.execute("BEGIN")
         try:
             self.meta = _check_is_index(self.root, conn)
-            self.videos = VideoTable(conn.execute(
-                "SELECT id, path, size, mtime_ns, duration, fps, width, height FROM videos WHERE status = 'ok' "
-                "ORDER BY path"))
+            cols = snapshot.load(self.root, table_state(conn, self.meta))
+            self.from_snapshot = cols is not None
+            self.videos, segs = (VideoTable.from_columns(cols), cols["segments"]) if cols else read_tables(conn)
             self.failed = [(path_of(p), e) for p, e in
                            conn.execute("SELECT path, error FROM videos WHERE status != 'ok' ORDER BY path")]
-            segs = self._read_segments(conn)
             self.shard_rows = dict(conn.execute("SELECT id, rows FROM shards").fetchall())
             self._stamps = {n: (size, ctime) for n, size, ctime in conn.execute(
                 "SELECT name, size, ctime_ns FROM stamps")} if has_table(conn, "stamps") else {}
@@ -268,24 +329,6 @@ class IndexReader:
         # segments are sorted by video: video i owns segments [video_offsets[i], video_offsets[i + 1])
         counts = np.bincount(self.seg_video, minlength=len(self.videos))
         self.video_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-
-    @staticmethod
-    def _read_segments(conn: sqlite3.Connection, chunk: int = 1 << 16) -> np.ndarray:
-        """(n, 6) float64 [video id, seg, start, stop, shard, row] in (path, seg) order, fetched in
-        chunks so that no list of a million Python tuples is ever held (ids and rows are < 2**53,
-        exact in float64)."""
-        n = conn.execute("SELECT count(*) FROM segments s JOIN videos v ON v.id = s.video_id").fetchone()[0]
-        out = np.empty((n, 6), dtype=np.float64)
-        cur = conn.execute("SELECT s.video_id, s.seg, s.start, s.stop, s.shard, s.row FROM segments s "
-                           "JOIN videos v ON v.id = s.video_id ORDER BY v.path, s.seg")
-        i = 0
-        while True:
-            rows = cur.fetchmany(chunk)
-            if not rows:
-                break
-            out[i:i + len(rows)] = rows
-            i += len(rows)
-        return out[:i]
 
     def _close_fds(self) -> None:
         self._maps.clear()
