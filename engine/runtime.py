@@ -73,7 +73,9 @@ every noise input from ONE ``numpy.random.Generator(numpy.random.PCG64(seed))``,
 order: ``uniform`` -> ``rng.random(shape, dtype=float32)``, ``gaussian`` ->
 ``rng.standard_normal(shape, dtype=float32)``, then multiplied by ``scale`` (when not 1). The
 arrays are banks shared by every query and every video, so scores never depend on how queries
-and videos are batched. The export's PyTorch reference uses exactly these numbers.
+and videos are batched. The export's PyTorch reference uses exactly these numbers. A runtime
+reads them back from CACHE/noise/ when an earlier process drew them (``cached_noise``: the same
+bits, without importing ``numpy.random``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ import numpy as np
 from probret.engine.bundle import Bundle, load_bundle
 from probret.engine.errors import ModelError
 
-__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise", "ort_build",
+__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "cached_noise", "draw_noise", "ort_build",
            "optimized_graph_path", "provider_chain", "tensorrt_status", "open_runtime"]
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,54 @@ def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarr
         if scale != 1.0:
             x = x * np.float32(scale)
         out[spec["name"]] = x
+    return out
+
+
+def cached_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarray]:
+    """:func:`draw_noise`, bit for bit, from CACHE/noise/<key>.npy when an earlier process drew
+    the same banks (the key hashes the specs, the seed and numpy's version, whose generator
+    drew them). Why: importing ``numpy.random`` and drawing cost a fresh CLI search ~5-9 ms,
+    reading the banks back well under one (docs/benchmarks.md, "CLI latency"). The file starts
+    with the CRC32 of the rest; one that fails it, or holds other shapes, is drawn and written
+    again; an unwritable cache only costs the draw."""
+    if not specs:
+        return {}
+    import hashlib
+    import io
+    import json
+    import zlib
+
+    try:
+        from probret.engine.cache import cache_dir
+
+        key = hashlib.sha256(json.dumps([list(specs), int(seed), np.__version__], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:32]
+        path = cache_dir() / "noise" / f"banks-{key}.npy"
+    except Exception:  # noqa: BLE001 - no usable cache (no home directory): draw every time
+        return draw_noise(specs, seed)
+    sizes = [(spec["name"], tuple(int(d) for d in spec["shape"])) for spec in specs]
+    total = sum(int(np.prod(shape, dtype=np.int64)) for _, shape in sizes)
+    try:
+        crc, _, body = path.read_bytes().partition(b"\n")
+        flat = np.load(io.BytesIO(body), allow_pickle=False) if crc == b"%08x" % zlib.crc32(body) else None
+    except (OSError, ValueError, EOFError):
+        flat = None
+    if flat is not None and flat.dtype == np.float32 and flat.shape == (total,):
+        out, at = {}, 0
+        for name, shape in sizes:
+            n = int(np.prod(shape, dtype=np.int64))
+            out[name], at = flat[at:at + n].reshape(shape), at + n
+        return out
+    out = draw_noise(specs, seed)
+    buf = io.BytesIO()
+    np.save(buf, np.concatenate([out[name].reshape(-1) for name, _ in sizes]), allow_pickle=False)
+    try:
+        from probret.engine.fsutil import atomic_write_bytes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, b"%08x\n" % zlib.crc32(buf.getvalue()) + buf.getvalue())
+    except OSError as exc:
+        log.info("cannot cache the noise banks at %s (%s)", path, exc)
     return out
 
 
@@ -780,7 +830,7 @@ class BundleRuntime:
         """The noise banks fed to the pair graph (empty unless the bundle is noise-input)."""
         seed = self.seed if seed is None else int(seed)
         if seed not in self._noise_cache:
-            self._noise_cache[seed] = draw_noise(self.bundle.noise_specs, seed)
+            self._noise_cache[seed] = cached_noise(self.bundle.noise_specs, seed)
         return self._noise_cache[seed]
 
     def score(self, text: dict[str, np.ndarray], video: dict[str, np.ndarray], *, seed: int | None = None

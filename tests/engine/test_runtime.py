@@ -175,3 +175,48 @@ def test_float16_rows_score_as_their_float32_values(spem_bundle):
         got = rt.score(text, half)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
+
+
+def test_noise_banks_are_cached_bit_for_bit(spem_bundle, tmp_path, monkeypatch):
+    """runtime.cached_noise: the banks read back from CACHE/noise/ equal draw_noise's bit for bit;
+    a damaged, truncated or misshapen file is drawn and written again; another seed is another
+    file; an unwritable cache still gives the drawn banks; a fresh process with the cache
+    imports no numpy.random."""
+    import subprocess
+    import sys
+
+    from probret.engine.bundle import load_bundle
+    from probret.engine.runtime import cached_noise, draw_noise
+
+    bundle = load_bundle(spem_bundle)
+    specs, seed = bundle.noise_specs, int(bundle.sampling["seed"])
+    assert specs  # the demo SPEM is a noise-input bundle
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    want = draw_noise(specs, seed)
+
+    def same(got):
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+            assert got[k].tobytes() == want[k].tobytes(), k
+
+    same(cached_noise(specs, seed))
+    (path,) = (tmp_path / "cache" / "noise").glob("banks-*.npy")
+    good = path.read_bytes()
+    same(cached_noise(specs, seed))
+    flipped = good[:-5] + bytes([good[-5] ^ 0x40]) + good[-4:]
+    for bad in (b"", good[:9], good[:len(good) // 2], flipped, b"%08x\n" % 0 + good[9:]):
+        path.write_bytes(bad)
+        same(cached_noise(specs, seed))
+        assert path.read_bytes() == good
+    other = cached_noise(specs, seed + 1)
+    assert len(list((tmp_path / "cache" / "noise").glob("banks-*.npy"))) == 2
+    assert any(other[k].tobytes() != want[k].tobytes() for k in want)
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "blocked"))
+    same(cached_noise(specs, seed))
+    code = ("import sys, numpy; from probret.engine.runtime import cached_noise; from probret.engine.bundle import "
+            f"load_bundle; b = load_bundle({str(spem_bundle)!r}); cached_noise(b.noise_specs, {seed}); "
+            "assert 'numpy.random' not in sys.modules, 'imported numpy.random'")
+    env = {**__import__("os").environ, "PROBRET_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
