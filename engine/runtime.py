@@ -94,8 +94,8 @@ import numpy as np
 from probret.engine.bundle import Bundle, load_bundle
 from probret.engine.errors import ModelError
 
-__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "cached_noise", "draw_noise", "ort_build",
-           "optimized_graph_path", "provider_chain", "tensorrt_status", "open_runtime"]
+__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "cached_noise", "draw_noise",
+           "ort_build", "optimized_graph_path", "provider_chain", "tensorrt_status", "open_runtime"]
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -33,7 +33,6 @@ from probret.engine.errors import IndexStoreError
 from probret.engine.index import snapshot
 from probret.engine.index.directory import lstat_or_none, open_nofollow, read_marker, real_dir
 from probret.engine.index.layout import CRC_DTYPE, crc_file, row_bytes, shard_file
-from probret.engine.index.scan import ScanResult, diff, list_folder
 from probret.engine.index.schema import (DB_NAME, INDEX_FORMAT, SHARD_DIR, INDEX_FORMAT_VERSION, IndexSettings, check_version, connect, damaged,
                                          describe_change, has_table, path_key, path_of, read_meta, schema_problem,
                                          stored_files)
@@ -134,6 +133,10 @@ class VideoTable(SequenceABC):
 
     def nbytes(self) -> int:
         return sum(getattr(self, k).nbytes for k in self._NUM) + len(self._blob) + self._ends.nbytes
+
+
+if TYPE_CHECKING:
+    from probret.engine.index.scan import ScanResult
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,6 +565,8 @@ def plan_update(folder: str | Path, index: str | Path, settings: IndexSettings |
                 retry_failed: bool = False) -> ScanResult:
     """What an update of ``index`` from ``folder`` would do, read without the writer's lock: a
     search whose plan is ``up_to_date`` opens an :class:`IndexReader` and never a writer."""
+    from probret.engine.index.scan import diff, list_folder  # a --no-update search never walks the folder
+
     root = Path(index)
     listing = list_folder(folder, exclude=[root])
     header = read_header(root)
