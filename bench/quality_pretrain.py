@@ -35,7 +35,7 @@ from common import REPO, say
 #: Everything that decides the shared backbone's weights (see the module docstring).
 PRETRAIN_CODE = ["bench/quality_pretrain.py", "bench/quality_stats.py", "engine/video.py",
                  "train/trainer.py", "train/model.py", "train/backbone.py", "train/loaders.py",
-                 "train/datasets.py", "train/config.py", "train/weights.py", "train/checkpoint.py",
+                 "train/datasets.py", "train/config.py", "train/vision_towers.py", "train/weights.py", "train/checkpoint.py",
                  "train/interrupt.py", "train/methods/__init__.py", "train/methods/base.py",
                  "train/methods/meanp.py"]
 PRETRAIN_GLOBS = ["train/world/*.py", "train/backbone_configs/*.json"]

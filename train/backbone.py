@@ -11,8 +11,9 @@ two calls it needs:
 * ``encode_frames(pixels (B, T, 3, H, W)) -> (B, T, D)``: the image tower run once on B*T images.
 
 Importing this module registers probret's tiny from-scratch configs (``test-vit-tiny``,
-``test-vit-small``; ``train/backbone_configs/*.json``) with open_clip, so
-``open_clip.create_model_and_transforms("test-vit-tiny")`` works after it.
+``test-vit-small``, ``test-rn-small``, ``test-cnn-small``; ``train/backbone_configs/*.json``) with
+open_clip, so ``open_clip.create_model_and_transforms("test-vit-tiny")`` works after it, and
+probret's own timm image towers (``train/vision_towers.py``; ``test-cnn-small`` names one).
 
 Where the weights come from (tags, files, the Hub, offline caches), how they are checked before
 open_clip reads them, and which activation (GELU / QuickGELU) they need is ``train/weights.py``;
@@ -35,6 +36,7 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import Tensor, nn
 
 from probret.engine.errors import ModelError
+from probret.train import vision_towers  # noqa: F401 - registers probret's timm towers (test-cnn-small)
 from probret.train.methods.base import TextFeatures
 from probret.train.weights import WeightPlan, hf_offline_env, network_guard, resolve_weights, unreachable_message
 

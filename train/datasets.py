@@ -73,6 +73,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -387,7 +388,9 @@ def load_split(
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found (the {name} annotations go there; see {DOCS})")
+        hint = (f"; make one with `probret synth {shlex.quote(str(root))} --videos 600`" if name == "procedural"
+                else f" (the {name} annotations go there; see {DOCS})")
+        raise DataError(f"{root}: dataset folder not found{hint}")
     split_name = str(split).strip().lower()
     raw = READERS[name](root, split_name)
     layout = LAYOUTS[name]

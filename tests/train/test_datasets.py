@@ -186,6 +186,11 @@ def test_unknown_dataset_split_and_root(tmp_path):
         load_split("msrvtt", tmp_path / "absent", "test")
 
 
+def test_a_missing_procedural_world_suggests_the_command_that_makes_it(tmp_path):
+    with pytest.raises(DataError, match=r"dataset folder not found; make one with `probret synth .*my world.* --videos"):
+        load_split("procedural", tmp_path / "my world", "train")
+
+
 def test_walk_fallback_finds_videos_elsewhere_in_the_folder(tmp_path):
     root = msrvtt_root(tmp_path)
     touch(root / "videos" / "TestVideo" / "video7.mp4")  # official MSR-VTT archive layout
