@@ -205,6 +205,14 @@ def _best_cpu(fn, reps: int) -> float:
     return best_time(fn, reps, clock=time.process_time)
 
 
+def _fresh_inner_cpu(setup: str, code: str, env: dict, reps: int) -> float:
+    """Median CPU seconds of ``code`` alone, each run in a new interpreter after ``setup``: the
+    first call's cost, its imports included, without the interpreter's own start-up noise."""
+    prog = f"import time; {setup}; t = time.process_time(); {code}; print(time.process_time() - t)"
+    return statistics.median(float(subprocess.run([PY, "-c", prog], env=env, check=True, capture_output=True,
+                                                  text=True).stdout.split()[-1]) for _ in range(reps))
+
+
 def _fresh_cpu(code: str, env: dict, reps: int) -> float:
     """Median child CPU seconds of ``python -c code`` (fresh interpreters: import costs included)."""
     return statistics.median(timed([PY, "-c", code], env)[1] for _ in range(reps))
@@ -250,8 +258,8 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
 def _cache_means(folder: Path, vocab, env: dict, reps: int) -> dict:
     """This pass's caches, each against the work it replaces (CPU seconds, best of ``reps``):
     opening the index with its table snapshot and from SQLite rows; a tokenizer with the hashed
-    merge table and with the dict tables; and (medians of fresh interpreters beyond
-    ``import numpy``) the noise banks read back against drawn with numpy.random."""
+    merge table and with the dict tables; and (medians of the first call in fresh interpreters)
+    the noise banks read back against drawn with numpy.random."""
     from probret.engine import tokenizer as tokenizer_module
     from probret.engine.bundle import load_bundle
     from probret.engine.index import IndexReader, read_header, snapshot
@@ -276,10 +284,9 @@ def _cache_means(folder: Path, vocab, env: dict, reps: int) -> dict:
     bundle = read_header(index)["model"]["bundle"]
     specs = load_bundle(bundle).noise_specs
     n = min(reps, 7)
-    base = _fresh_cpu("import numpy, json, probret.engine.runtime", env, n)
     for kind, fn in (("cached", "cached_noise"), ("drawn", "draw_noise")):
-        code = f"import numpy, json; from probret.engine.runtime import {fn}; {fn}(json.loads({json.dumps(specs)!r}), 0)"
-        out[f"noise_banks_{kind}_fresh_cpu_s"] = _fresh_cpu(code, env, n) - base
+        setup = f"import json; from probret.engine.runtime import {fn}; specs = json.loads({json.dumps(specs)!r})"
+        out[f"noise_banks_{kind}_fresh_cpu_s"] = _fresh_inner_cpu(setup, f"{fn}(specs, 0)", env, max(n, 9))
     return out
 
 
