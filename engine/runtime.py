@@ -57,8 +57,14 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   pair one graph with another's weights; the other writers' data files of the key are removed
   after the replace;
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
-  default, spinning on). Turning it off measured slower for the pair graph on a quiet machine
-  (102.8 ms against 93.8 ms above); it frees a core sooner on a machine shared with other work.
+  default, spinning on, except for the text graph on the CPU). Turning it off measured slower for
+  the pair graph on a quiet machine (102.8 ms against 93.8 ms above); it frees a core sooner on a
+  machine shared with other work. The text graph's session is the exception by default: a search
+  runs it once and then scores on the pair workers at once, and its idle threads spinning for
+  their next run took those very cores. Measured on the 2-core machine with one core busy with
+  other work (docs/benchmarks.md, "CLI latency"; three runs, medians of 11-15, side by side): a
+  ``probret search --no-update`` of 10,000 videos 0.004-0.075 s less wall, 0.015-0.085 s less
+  CPU; encoding 512 captions in a warm process 143 -> 80 ms, one query 0.20 -> 0.21 ms.
 
 Scoring float16 rows (an index's default storage): ``score`` converts them to float32 tile by
 tile, each tile by the pair worker that scores it, with ONNX Runtime's vectorised Cast into a
@@ -753,10 +759,13 @@ class BundleRuntime:
         return self._sessions[name]
 
     def _open_ort(self, name: str, path: Path) -> "OrtGraph":
-        threads = self.threads
-        if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
+        threads, spinning = self.threads, self.spinning
+        cpu = self._ort_providers()[0] == "CPUExecutionProvider"
+        if name == "pair_score" and self.pair_workers > 1 and cpu:
             threads = 1  # tiles run concurrently instead (module docstring)
-        return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=self.spinning,
+        if name == "text_encoder" and spinning is None and cpu:
+            spinning = False  # idle, it would spin on the cores the pair workers score on next (module docstring)
+        return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=spinning,
                         optimized=self._optimized_path(path))
 
     def _open_checked(self, name: str) -> "OrtGraph":

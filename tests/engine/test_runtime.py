@@ -56,6 +56,17 @@ def test_thread_options_reach_the_sessions(spem_bundle):
     assert opts.intra_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert BundleRuntime(spem_bundle, device="cpu", threads=2).pair_workers == 2
+    # by default the text graph does not spin (it runs right before the pair workers), the others do
+    def spinning(sess) -> str | None:
+        try:
+            return sess.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ORT's default (spinning)
+            return None
+
+    default = BundleRuntime(spem_bundle, device="cpu")
+    assert {n: spinning(default.session(n)) for n in ("text_encoder", "frame_encoder")} == \
+        {"text_encoder": "0", "frame_encoder": None}
+    assert spinning(BundleRuntime(spem_bundle, device="cpu", spinning=True).session("text_encoder")) == "1"
     with pytest.raises(ModelError, match="pair_workers"):
         BundleRuntime(spem_bundle, device="cpu", pair_workers=0)
 
