@@ -258,10 +258,13 @@ def _without_topk(run: dict) -> dict:
 
 def _jobs(protocol: dict, psha: str, csha: str, world: Path, out: Path, methods: list[str], seeds: list[int],
           backbone: Path) -> list[dict]:
+    # keyed by the backbone's bytes, not its run's name: a backbone regenerated in a later session
+    # (its run folder is not committed) reuses the finished fine-tuning runs only if bit-identical
+    backbone_sha = sha256_file(backbone)
     jobs = []
     for seed in seeds:
         for m in methods:
-            key = run_key(psha, csha, {"kind": "finetune", "method": m, "seed": seed, "backbone": backbone.parent.name})
+            key = run_key(psha, csha, {"kind": "finetune", "method": m, "seed": seed, "backbone": backbone_sha})
             jobs.append({"kind": "finetune", "method": m, "seed": seed, "key": key, "world": str(world),
                          "dir": str(out / "runs" / f"{m}-s{seed}-{key}"), "backbone_file": str(backbone),
                          "protocol": protocol})
@@ -307,7 +310,8 @@ def main(argv=None) -> None:
     analysis = analyse(protocol, runs, seeds, methods, queries, pre)
     analysis["uncertainty"] = uncertainty_section(protocol, runs, seeds, methods, out)
     meta = {"protocol_sha": psha, "code_sha": csha, "machine": machine(), "seconds": round(time.time() - t0, 1),
-            "quick": args.quick, "world": str(world)}
+            "quick": args.quick, "world": str(world),
+            "backbone_sha256": sha256_file(Path(pre_job["dir"]) / "backbone.safetensors")}
     results = {"meta": meta, "protocol": protocol, "analysis": analysis, "kinds": queries["kinds"].tolist(),
                "runs": {f"{m}-s{s}": _without_topk(r) for (m, s), r in runs.items()}, "pretrain": pre}
     (out / "results.json").write_text(json.dumps(results) + "\n")
