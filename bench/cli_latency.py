@@ -19,7 +19,8 @@ Two more commands isolate the console script's fast exit (cli/main.py's ``main``
 search run through ``cli()`` (Python's ordinary interpreter teardown) and through ``main()``.
 One more runs it through ``main()`` with the third pass switched back (``_WITHOUT_PASS``: the
 readers' table snapshot, the tokenizer's hashed merge table and the cached noise banks replaced
-by the work they save, the text session spinning), the before of that pass's after in one run.
+by the work they save, the text session spinning, ORT's memory pattern on), the before of that
+pass's after in one run.
 
 Then the means, each measured on its own (best of ``--reps``, CPU seconds; "fresh" ones as
 medians of new interpreters): opening the index with its table snapshot and from SQLite rows,
@@ -62,12 +63,14 @@ TARGET_RATIO = 1.5
 _VIA = "import sys; from probret.cli.main import {0}; sys.argv[0] = 'probret'; {0}()"
 #: Run before _VIA: the search as it was before the third pass (the readers' table snapshot, the
 #: tokenizer's hashed merge table, the cached noise banks, each switched back to the work it
-#: replaced, and the text session spinning again), so that the pair measures them together in the
-#: same run. (The lazy imports of the index package cannot be switched back; they are ~1 ms.)
+#: replaced, the text session spinning again and ORT's memory pattern on), so that the pair
+#: measures them together in the same run. (The lazy imports of the index package cannot be
+#: switched back; they are ~1 ms.)
 _WITHOUT_PASS = ("import probret.engine.index.snapshot as s, probret.engine.tokenizer as t, "
                  "probret.engine.runtime as r; s.load = lambda *a: None; t._load_table = lambda *a: None; "
                  "r.cached_noise = r.draw_noise; o = r.OrtGraph.__init__; r.OrtGraph.__init__ = lambda g, *a, **k: "
-                 "o(g, *a, **({**k, 'spinning': None} if k.get('name') == 'text_encoder' else k)); ")
+                 "o(g, *a, **{**k, 'mem_pattern': None, **({'spinning': None} if k.get('name') == 'text_encoder' "
+                 "else {})}); ")
 
 
 def _cpu_flags() -> str:
@@ -445,7 +448,7 @@ def main(argv=None) -> None:
         "the same --no-update search through cli(): ordinary interpreter exit": [PY, "-c", _VIA.format("cli"), *search],
         "the same --no-update search through main(): the console script's exit": [PY, "-c", _VIA.format("main"),
                                                                                   *search],
-        "the same through main() as before the third pass (no snapshot, merge table, noise cache; text spins)": [
+        "the same through main() as before the third pass (no snapshot, merge table, noise cache; ORT as it was)": [
             PY, "-c", _WITHOUT_PASS + _VIA.format("main"), *search],
         "the same --no-update search of the float32 copy of the index (--index)": [
             PROBRET, *search, "--index", str(_f32_index(a.work, a.videos))],

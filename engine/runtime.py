@@ -64,7 +64,13 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   their next run took those very cores. Measured on the 2-core machine with one core busy with
   other work (docs/benchmarks.md, "CLI latency"; three runs, medians of 11-15, side by side): a
   ``probret search --no-update`` of 10,000 videos 0.004-0.075 s less wall, 0.015-0.085 s less
-  CPU; encoding 512 captions in a warm process 143 -> 80 ms, one query 0.20 -> 0.21 ms.
+  CPU; encoding 512 captions in a warm process 143 -> 80 ms, one query 0.20 -> 0.21 ms;
+* ORT's memory pattern (``enable_mem_pattern``) is off for the text and pair graphs on the CPU: it
+  plans the memory of a run from the first runs of each input shape, which a CLI search (a fresh
+  process, ~10 runs of the pair graph on two workers) pays without reusing. Measured on the same
+  machine: a ``probret search --no-update`` of 10,000 videos 0.012-0.054 s less wall (two A/B runs
+  of 13-15 side by side); in a warm process the exact scan of 10,000 videos 53-59 -> 38-41 ms and
+  encoding 512 captions 70-90 -> 67 ms (best of 5 and 3), so nothing is traded for it.
 
 Scoring float16 rows (an index's default storage): ``score`` converts them to float32 tile by
 tile, each tile by the pair worker that scores it, with ONNX Runtime's vectorised Cast into a
@@ -485,10 +491,11 @@ class OrtGraph:
     """One ONNX graph in an ONNX Runtime session. ``run(feeds) -> {output name: array}``."""
 
     def __init__(self, path: str | Path, providers: list, *, name: str = "", threads: int | None = None,
-                 spinning: bool | None = None, optimized: str | Path | None = None):
+                 spinning: bool | None = None, optimized: str | Path | None = None, mem_pattern: bool | None = None):
         """``optimized``: where ORT's optimised form of this graph is cached (``optimized_graph_path``);
-        loaded with graph optimisation off when it exists, written by this session otherwise."""
-        self.threads, self.spinning = threads, spinning
+        loaded with graph optimisation off when it exists, written by this session otherwise.
+        ``mem_pattern``: ORT's ``enable_mem_pattern`` (None: its default, on)."""
+        self.threads, self.spinning, self.mem_pattern = threads, spinning, mem_pattern
         self.optimized_from_cache = False
         optimized = Path(optimized) if optimized else None
         if optimized is not None and optimized.is_file():
@@ -513,6 +520,8 @@ class OrtGraph:
             opts.intra_op_num_threads = int(self.threads)
         if self.spinning is not None:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if self.mem_pattern is not None:
+            opts.enable_mem_pattern = bool(self.mem_pattern)
         if cached:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         tmp = data = None
@@ -766,7 +775,8 @@ class BundleRuntime:
         if name == "text_encoder" and spinning is None and cpu:
             spinning = False  # idle, it would spin on the cores the pair workers score on next (module docstring)
         return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=spinning,
-                        optimized=self._optimized_path(path))
+                        optimized=self._optimized_path(path),
+                        mem_pattern=False if cpu and name in ("text_encoder", "pair_score") else None)
 
     def _open_checked(self, name: str) -> "OrtGraph":
         """The graph's ONNX Runtime session; an int8 graph only when it passes the bundle's probe

@@ -67,6 +67,10 @@ def test_thread_options_reach_the_sessions(spem_bundle):
     assert {n: spinning(default.session(n)) for n in ("text_encoder", "frame_encoder")} == \
         {"text_encoder": "0", "frame_encoder": None}
     assert spinning(BundleRuntime(spem_bundle, device="cpu", spinning=True).session("text_encoder")) == "1"
+    # ORT's memory pattern: off for the graphs a search runs (module docstring), ORT's default elsewhere
+    assert {n: default.session(n).session.get_session_options().enable_mem_pattern
+            for n in ("text_encoder", "pair_score", "frame_encoder")} == \
+        {"text_encoder": False, "pair_score": False, "frame_encoder": True}
     with pytest.raises(ModelError, match="pair_workers"):
         BundleRuntime(spem_bundle, device="cpu", pair_workers=0)
 
