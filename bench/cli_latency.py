@@ -17,17 +17,23 @@ time (user + sys of the child) is printed beside it because it is steadier on a 
 
 Two more commands isolate the console script's fast exit (cli/main.py's ``main``): the same
 search run through ``cli()`` (Python's ordinary interpreter teardown) and through ``main()``.
+One more runs it through ``main()`` with the third pass switched back (``_WITHOUT_PASS``: the
+readers' table snapshot, the tokenizer's hashed merge table and the cached noise banks replaced
+by the work they save, the text session spinning, ORT's memory pattern on), the before of that
+pass's after in one run.
 
 Then the means, each measured on its own (best of ``--reps``, CPU seconds; "fresh" ones as
-medians of new interpreters): the tokenizer (its tables built with whole-string operations vs
+medians of new interpreters): opening the index with its table snapshot and from SQLite rows,
+the tokenizer with its hashed merge table and with dict tables, the noise banks read back and
+drawn (fresh), the tokenizer (its tables built with whole-string operations vs
 the former loop over every merge line, vs Hugging Face ``tokenizers`` from its cached
 tokenizer.json, and the ftfy + regex imports a plain query skips), the ORT sessions of the text
 and pair graphs (optimising at load, the cached optimised graph with its weights inside it, and
 with its weights in a data file beside it), hashing every bundle file against loading the
 bundle with its verification record, ``import`` of the CLI module, the ``ldconfig`` probe for
 libcuda and numpy 2's first ``np.unique`` (fresh), one exact scan with each block converted to
-float32 first against the rows converted tile by tile, and the search with the folder walk (no
-``--no-update``).
+float32 first against the rows converted tile by tile and against the float32 copy's rows (no
+conversion), and the search with the folder walk (no ``--no-update``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,16 @@ QUERY = "a red circle moves left"
 TARGET_RATIO = 1.5
 #: ``python -c`` running the ``probret`` command through one of cli/main.py's two entry points.
 _VIA = "import sys; from probret.cli.main import {0}; sys.argv[0] = 'probret'; {0}()"
+#: Run before _VIA: the search as it was before the third pass (the readers' table snapshot, the
+#: tokenizer's hashed merge table, the cached noise banks, each switched back to the work it
+#: replaced, the text session spinning again and ORT's memory pattern on), so that the pair
+#: measures them together in the same run. (The lazy imports of the index package cannot be
+#: switched back; they are ~1 ms.)
+_WITHOUT_PASS = ("import probret.engine.index.snapshot as s, probret.engine.tokenizer as t, "
+                 "probret.engine.runtime as r; s.load = lambda *a: None; t._load_table = lambda *a: None; "
+                 "r.cached_noise = r.draw_noise; o = r.OrtGraph.__init__; r.OrtGraph.__init__ = lambda g, *a, **k: "
+                 "o(g, *a, **{**k, 'mem_pattern': None, **({'spinning': None} if k.get('name') == 'text_encoder' "
+                 "else {})}); ")
 
 
 def _cpu_flags() -> str:
@@ -91,6 +107,19 @@ def _indexed(index: Path) -> int:
         con.close()
 
 
+def _snapshot(index: Path) -> None:
+    """The readers' table snapshot of ``index``, as its writer leaves it at close (written only
+    when the one there is missing or stale: engine/index/reader.py's save_snapshot)."""
+    from probret.engine.index.reader import save_snapshot
+    from probret.engine.index.schema import connect
+
+    con = connect(index / "index.db", writer=False)
+    try:
+        save_snapshot(index, con)
+    finally:
+        con.close()
+
+
 def build(work: Path, n_videos: int, env: dict) -> Path:
     """work/videos: ``n_videos`` hard links to 8 procedural mp4s, indexed (module docstring)."""
     from probret.engine.index import EncodedVideo, IndexReader, IndexSettings, IndexWriter, read_header
@@ -108,6 +137,8 @@ def build(work: Path, n_videos: int, env: dict) -> Path:
     built = [read_header(i) for i in (folder / ".probret-index", _f32_index(work, n_videos))]
     if (_indexed(folder / ".probret-index") == _indexed(_f32_index(work, n_videos)) == n_videos
             and all(h and h["model"] == header["model"] for h in built)):
+        for index in (folder / ".probret-index", _f32_index(work, n_videos)):
+            _snapshot(index)  # an index written before the table snapshot existed
         return folder
     stored = {k: v for k, v in header["settings"].items() if k in IndexSettings.__dataclass_fields__}
     settings = IndexSettings(**{**stored, "mean": tuple(stored["mean"]), "std": tuple(stored["std"])})
@@ -179,6 +210,14 @@ def _best_cpu(fn, reps: int) -> float:
     return best_time(fn, reps, clock=time.process_time)
 
 
+def _fresh_inner_cpu(setup: str, code: str, env: dict, reps: int) -> float:
+    """Median CPU seconds of ``code`` alone, each run in a new interpreter after ``setup``: the
+    first call's cost, its imports included, without the interpreter's own start-up noise."""
+    prog = f"import time; {setup}; t = time.process_time(); {code}; print(time.process_time() - t)"
+    return statistics.median(float(subprocess.run([PY, "-c", prog], env=env, check=True, capture_output=True,
+                                                  text=True).stdout.split()[-1]) for _ in range(reps))
+
+
 def _fresh_cpu(code: str, env: dict, reps: int) -> float:
     """Median child CPU seconds of ``python -c code`` (fresh interpreters: import costs included)."""
     return statistics.median(timed([PY, "-c", code], env)[1] for _ in range(reps))
@@ -193,6 +232,7 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     bundle = load_bundle(read_header(folder / ".probret-index")["model"]["bundle"])
     vocab = bundle.tokenizer_file
     os.environ["PROBRET_CACHE"] = env["PROBRET_CACHE"]
+    out.update(_cache_means(folder, vocab, env, reps))
     out["tokenizer_python_tables_cpu_s"] = _best_cpu(lambda: Tokenizer(vocab)._build_tables(), reps)
     out["tokenizer_python_tables_per_line_cpu_s"] = _best_cpu(lambda: _tables_per_line(Tokenizer, vocab), reps)
     Tokenizer(vocab, backend="tokenizers")  # converts once into the cache
@@ -216,14 +256,50 @@ def means(folder: Path, work: Path, env: dict, reps: int) -> dict:
     load_bundle(path)  # leaves the verification record (engine/bundle.py)
     out["bundle_load_with_record_cpu_s"] = _best_cpu(lambda: load_bundle(path), reps)
     out.update(_session_means(bundle, work, reps))
-    out.update(_scan_means(folder, bundle, reps))
+    out.update(_scan_means(folder, bundle, reps, _f32_index(work, int(folder.name.rsplit("-", 1)[1]))))
     return out
 
 
-def _scan_means(folder: Path, bundle, reps: int) -> dict:
+def _cache_means(folder: Path, vocab, env: dict, reps: int) -> dict:
+    """This pass's caches, each against the work it replaces (CPU seconds, best of ``reps``):
+    opening the index with its table snapshot and from SQLite rows; a tokenizer with the hashed
+    merge table and with the dict tables; and (medians of the first call in fresh interpreters)
+    the noise banks read back against drawn with numpy.random."""
+    from probret.engine import tokenizer as tokenizer_module
+    from probret.engine.bundle import load_bundle
+    from probret.engine.index import IndexReader, read_header, snapshot
+
+    out: dict = {}
+    index = folder / ".probret-index"
+    with IndexReader(index) as r:
+        assert r.from_snapshot, "no valid table snapshot"
+    out["open_index_snapshot_cpu_s"] = _best_cpu(lambda: IndexReader(index).close(), reps)
+    load, snapshot.load = snapshot.load, lambda *a: None
+    try:
+        out["open_index_sqlite_rows_cpu_s"] = _best_cpu(lambda: IndexReader(index).close(), reps)
+    finally:
+        snapshot.load = load
+    assert tokenizer_module.Tokenizer(vocab)._table is not None, "no hashed merge table"
+    out["tokenizer_hashed_table_cpu_s"] = _best_cpu(lambda: tokenizer_module.Tokenizer(vocab), reps)
+    table, tokenizer_module._load_table = tokenizer_module._load_table, lambda *a: None
+    try:
+        out["tokenizer_dict_tables_cpu_s"] = _best_cpu(lambda: tokenizer_module.Tokenizer(vocab), reps)
+    finally:
+        tokenizer_module._load_table = table
+    bundle = read_header(index)["model"]["bundle"]
+    specs = load_bundle(bundle).noise_specs
+    n = min(reps, 7)
+    for kind, fn in (("cached", "cached_noise"), ("drawn", "draw_noise")):
+        setup = f"import json; from probret.engine.runtime import {fn}; specs = json.loads({json.dumps(specs)!r})"
+        out[f"noise_banks_{kind}_fresh_cpu_s"] = _fresh_inner_cpu(setup, f"{fn}(specs, 0)", env, max(n, 9))
+    return out
+
+
+def _scan_means(folder: Path, bundle, reps: int, f32_index: Path) -> dict:
     """One exact scan of the float16 index (the pair graph over every video): each block converted
     to float32 first, as engine/search.py did, against the stored rows handed to
-    ``BundleRuntime.score``, which converts them tile by tile in its pair workers."""
+    ``BundleRuntime.score``, which converts them tile by tile in its pair workers; and the same
+    scan of the float32 copy (no conversion: what the pair graph's runs cost on their own)."""
     from probret.engine.index import IndexReader
     from probret.engine.runtime import BundleRuntime, _as_float32
     from probret.engine.search import SCAN_BLOCK_BYTES
@@ -238,8 +314,16 @@ def _scan_means(folder: Path, bundle, reps: int) -> dict:
                 rt.score(text, _as_float32(tensors, {}) if first else tensors)
 
         scan(False)
-        return {"scan_block_converted_first_cpu_s": _best_cpu(lambda: scan(True), reps),
-                "scan_converted_per_tile_cpu_s": _best_cpu(lambda: scan(False), reps)}
+        out = {"scan_block_converted_first_cpu_s": _best_cpu(lambda: scan(True), reps),
+               "scan_converted_per_tile_cpu_s": _best_cpu(lambda: scan(False), reps)}
+    with IndexReader(f32_index) as r:
+        def scan32() -> None:
+            for _, tensors in r.blocks(names, release=True, max_bytes=SCAN_BLOCK_BYTES):
+                rt.score(text, tensors)
+
+        scan32()
+        out["scan_float32_rows_cpu_s"] = _best_cpu(scan32, reps)
+    return out
 
 
 def _tables_per_line(tokenizer_cls, vocab) -> None:
@@ -364,6 +448,8 @@ def main(argv=None) -> None:
         "the same --no-update search through cli(): ordinary interpreter exit": [PY, "-c", _VIA.format("cli"), *search],
         "the same --no-update search through main(): the console script's exit": [PY, "-c", _VIA.format("main"),
                                                                                   *search],
+        "the same through main() as before the third pass (no snapshot, merge table, noise cache; ORT as it was)": [
+            PY, "-c", _WITHOUT_PASS + _VIA.format("main"), *search],
         "the same --no-update search of the float32 copy of the index (--index)": [
             PROBRET, *search, "--index", str(_f32_index(a.work, a.videos))],
     }

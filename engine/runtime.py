@@ -57,8 +57,20 @@ Threads (keyword-only options of ``BundleRuntime``; measured in docs/benchmarks_
   pair one graph with another's weights; the other writers' data files of the key are removed
   after the replace;
 * ``spinning``: ``session.intra_op.allow_spinning`` of every multi-threaded session (None: ORT's
-  default, spinning on). Turning it off measured slower for the pair graph on a quiet machine
-  (102.8 ms against 93.8 ms above); it frees a core sooner on a machine shared with other work.
+  default, spinning on, except for the text graph on the CPU). Turning it off measured slower for
+  the pair graph on a quiet machine (102.8 ms against 93.8 ms above); it frees a core sooner on a
+  machine shared with other work. The text graph's session is the exception by default: a search
+  runs it once and then scores on the pair workers at once, and its idle threads spinning for
+  their next run took those very cores. Measured on the 2-core machine with one core busy with
+  other work (docs/benchmarks.md, "CLI latency"; three runs, medians of 11-15, side by side): a
+  ``probret search --no-update`` of 10,000 videos 0.004-0.075 s less wall, 0.015-0.085 s less
+  CPU; encoding 512 captions in a warm process 143 -> 80 ms, one query 0.20 -> 0.21 ms;
+* ORT's memory pattern (``enable_mem_pattern``) is off for the text and pair graphs on the CPU: it
+  plans the memory of a run from the first runs of each input shape, which a CLI search (a fresh
+  process, ~10 runs of the pair graph on two workers) pays without reusing. Measured on the same
+  machine: a ``probret search --no-update`` of 10,000 videos 0.012-0.054 s less wall (two A/B runs
+  of 13-15 side by side); in a warm process the exact scan of 10,000 videos 53-59 -> 38-41 ms and
+  encoding 512 captions 70-90 -> 67 ms (best of 5 and 3), so nothing is traded for it.
 
 Scoring float16 rows (an index's default storage): ``score`` converts them to float32 tile by
 tile, each tile by the pair worker that scores it, with ONNX Runtime's vectorised Cast into a
@@ -73,7 +85,9 @@ every noise input from ONE ``numpy.random.Generator(numpy.random.PCG64(seed))``,
 order: ``uniform`` -> ``rng.random(shape, dtype=float32)``, ``gaussian`` ->
 ``rng.standard_normal(shape, dtype=float32)``, then multiplied by ``scale`` (when not 1). The
 arrays are banks shared by every query and every video, so scores never depend on how queries
-and videos are batched. The export's PyTorch reference uses exactly these numbers.
+and videos are batched. The export's PyTorch reference uses exactly these numbers. A runtime
+reads them back from CACHE/noise/ when an earlier process drew them (``cached_noise``: the same
+bits, without importing ``numpy.random``).
 """
 
 from __future__ import annotations
@@ -92,8 +106,8 @@ import numpy as np
 from probret.engine.bundle import Bundle, load_bundle
 from probret.engine.errors import ModelError
 
-__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "draw_noise", "ort_build",
-           "optimized_graph_path", "provider_chain", "tensorrt_status", "open_runtime"]
+__all__ = ["DEVICES", "BundleRuntime", "OrtGraph", "TrtGraph", "cuda_device_count", "cached_noise", "draw_noise",
+           "ort_build", "optimized_graph_path", "provider_chain", "tensorrt_status", "open_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +141,54 @@ def draw_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarr
         if scale != 1.0:
             x = x * np.float32(scale)
         out[spec["name"]] = x
+    return out
+
+
+def cached_noise(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarray]:
+    """:func:`draw_noise`, bit for bit, from CACHE/noise/<key>.npy when an earlier process drew
+    the same banks (the key hashes the specs, the seed and numpy's version, whose generator
+    drew them). Why: importing ``numpy.random`` and drawing cost a fresh CLI search ~5-9 ms,
+    reading the banks back well under one (docs/benchmarks.md, "CLI latency"). The file starts
+    with the CRC32 of the rest; one that fails it, or holds other shapes, is drawn and written
+    again; an unwritable cache only costs the draw."""
+    if not specs:
+        return {}
+    import hashlib
+    import io
+    import json
+    import zlib
+
+    try:
+        from probret.engine.cache import cache_dir
+
+        key = hashlib.sha256(json.dumps([list(specs), int(seed), np.__version__], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:32]
+        path = cache_dir() / "noise" / f"banks-{key}.npy"
+    except Exception:  # noqa: BLE001 - no usable cache (no home directory): draw every time
+        return draw_noise(specs, seed)
+    sizes = [(spec["name"], tuple(int(d) for d in spec["shape"])) for spec in specs]
+    total = sum(int(np.prod(shape, dtype=np.int64)) for _, shape in sizes)
+    try:
+        crc, _, body = path.read_bytes().partition(b"\n")
+        flat = np.load(io.BytesIO(body), allow_pickle=False) if crc == b"%08x" % zlib.crc32(body) else None
+    except (OSError, ValueError, EOFError):
+        flat = None
+    if flat is not None and flat.dtype == np.float32 and flat.shape == (total,):
+        out, at = {}, 0
+        for name, shape in sizes:
+            n = int(np.prod(shape, dtype=np.int64))
+            out[name], at = flat[at:at + n].reshape(shape), at + n
+        return out
+    out = draw_noise(specs, seed)
+    buf = io.BytesIO()
+    np.save(buf, np.concatenate([out[name].reshape(-1) for name, _ in sizes]), allow_pickle=False)
+    try:
+        from probret.engine.fsutil import atomic_write_bytes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, b"%08x\n" % zlib.crc32(buf.getvalue()) + buf.getvalue())
+    except OSError as exc:
+        log.info("cannot cache the noise banks at %s (%s)", path, exc)
     return out
 
 
@@ -429,10 +491,11 @@ class OrtGraph:
     """One ONNX graph in an ONNX Runtime session. ``run(feeds) -> {output name: array}``."""
 
     def __init__(self, path: str | Path, providers: list, *, name: str = "", threads: int | None = None,
-                 spinning: bool | None = None, optimized: str | Path | None = None):
+                 spinning: bool | None = None, optimized: str | Path | None = None, mem_pattern: bool | None = None):
         """``optimized``: where ORT's optimised form of this graph is cached (``optimized_graph_path``);
-        loaded with graph optimisation off when it exists, written by this session otherwise."""
-        self.threads, self.spinning = threads, spinning
+        loaded with graph optimisation off when it exists, written by this session otherwise.
+        ``mem_pattern``: ORT's ``enable_mem_pattern`` (None: its default, on)."""
+        self.threads, self.spinning, self.mem_pattern = threads, spinning, mem_pattern
         self.optimized_from_cache = False
         optimized = Path(optimized) if optimized else None
         if optimized is not None and optimized.is_file():
@@ -457,6 +520,8 @@ class OrtGraph:
             opts.intra_op_num_threads = int(self.threads)
         if self.spinning is not None:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if self.mem_pattern is not None:
+            opts.enable_mem_pattern = bool(self.mem_pattern)
         if cached:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         tmp = data = None
@@ -703,11 +768,15 @@ class BundleRuntime:
         return self._sessions[name]
 
     def _open_ort(self, name: str, path: Path) -> "OrtGraph":
-        threads = self.threads
-        if name == "pair_score" and self.pair_workers > 1 and self._ort_providers()[0] == "CPUExecutionProvider":
+        threads, spinning = self.threads, self.spinning
+        cpu = self._ort_providers()[0] == "CPUExecutionProvider"
+        if name == "pair_score" and self.pair_workers > 1 and cpu:
             threads = 1  # tiles run concurrently instead (module docstring)
-        return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=self.spinning,
-                        optimized=self._optimized_path(path))
+        if name == "text_encoder" and spinning is None and cpu:
+            spinning = False  # idle, it would spin on the cores the pair workers score on next (module docstring)
+        return OrtGraph(path, self._ort_providers(), name=name, threads=threads, spinning=spinning,
+                        optimized=self._optimized_path(path),
+                        mem_pattern=False if cpu and name in ("text_encoder", "pair_score") else None)
 
     def _open_checked(self, name: str) -> "OrtGraph":
         """The graph's ONNX Runtime session; an int8 graph only when it passes the bundle's probe
@@ -780,7 +849,7 @@ class BundleRuntime:
         """The noise banks fed to the pair graph (empty unless the bundle is noise-input)."""
         seed = self.seed if seed is None else int(seed)
         if seed not in self._noise_cache:
-            self._noise_cache[seed] = draw_noise(self.bundle.noise_specs, seed)
+            self._noise_cache[seed] = cached_noise(self.bundle.noise_specs, seed)
         return self._noise_cache[seed]
 
     def score(self, text: dict[str, np.ndarray], video: dict[str, np.ndarray], *, seed: int | None = None

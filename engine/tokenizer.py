@@ -30,10 +30,12 @@ when the package is not installed.
 Why the default is ``"python"`` (bench/cli_latency.py, docs/benchmarks.md "CLI latency"): a CLI
 search tokenizes one query in a fresh process, so what counts is the time to get a tokenizer,
 and there Hugging Face's ``Tokenizer.from_file`` (0.09-0.13 s CPU plus 0.01-0.03 s to import:
-parsing 49k vocabulary entries and 48k merges) loses to this module's tables (0.021 s: the
-48,894 merge lines CLIP uses, decompressed and checked once and cached, then split and mapped
-with whole-string operations; 0.039 s with the former loop over the lines). Encoding is ~10 % faster with Rust
-BPE, which only matters for batches of thousands of captions.
+parsing 49k vocabulary entries and 48k merges) loses to this module's tables: the 48,894 merge
+lines CLIP uses, decompressed and checked once and cached, and a hashed merge table
+(:class:`_MergeTable`: sorted 64-bit hashes of the merge lines, their ranks and the ids they make,
+one cached ``.npy`` array, ~1 ms to load) instead of two dicts of 49k strings (0.018-0.04 s to
+build in each process; they are still built when the cache is unusable, and for ``decode``).
+Encoding is ~10 % faster with Rust BPE, which only matters for batches of thousands of captions.
 
 Cold-start costs are also why ftfy and regex are imported only for text that needs them: a text
 of printable ASCII without ``&`` is left unchanged by ``ftfy.fix_text`` and by HTML unescaping,
@@ -147,15 +149,15 @@ def _pieces(text: str) -> list[str]:
     return _unicode_splitter().findall(_clean_full(text))
 
 
-def _merge_text(path: Path) -> str:
+def _merge_text(path: Path, raw: bytes | None = None, cached: Path | None | bool = False) -> str:
     """:func:`_merge_lines` joined by newlines and checked to be merge rules, read from
     CACHE/tokenizers/clip-merges-<sha256 of the vocabulary file>.txt when an earlier call left
     them there (CACHE as in engine/cache.py). Why: decompressing, splitting and checking the
     rules costs ~13 ms of a fresh process, reading them back ~1 ms. The cache file starts with
     the CRC32 of the rest; one that fails it is written again, and an unwritable cache only costs
     the decompression."""
-    raw = path.read_bytes()
-    cached = _merges_cache(raw)
+    raw = path.read_bytes() if raw is None else raw
+    cached = _merges_cache(raw) if cached is False else cached
     if cached is not None:
         try:
             crc, _, body = cached.read_bytes().partition(b"\n")
@@ -205,6 +207,107 @@ def _merge_lines(path: Path, raw: bytes | None = None) -> list[str]:
     return merges
 
 
+def _key_hash(key: bytes) -> int:
+    """The 64-bit hash a merge line is looked up by (:class:`_MergeTable`); stable across
+    processes, unlike ``hash(str)``."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+class _MergeTable:
+    """The BPE tables of the fast path as four numpy arrays instead of two dicts of 49k strings.
+
+    Why: building ``{"left right": rank}`` and ``{symbol: id}`` costs 18-40 ms of every fresh
+    process (the strings, their hashes, the dicts; bench/cli_latency.py); loading these arrays
+    from CACHE/tokenizers/ costs ~1 ms. ``hashes`` holds the sorted 64-bit hashes
+    (:func:`_key_hash`) of the merge lines and ``ranks`` their ranks; a lookup bisects the
+    hashes and then compares the merge line itself (``text[starts[r]:starts[r + 1] - 1]``), so a
+    query whose hash happens to equal a merge line's is never taken for it: the ids are exact,
+    not probably right. Two merge lines with one hash would make the table refuse to build (the
+    dict tables are used then). ``ids[r]`` is the id of the symbol merge ``r`` makes and
+    ``base[k]`` that of base symbol ``k`` (the byte symbols, then with ``</w>``), both taken
+    from the dict tables at build time, so every id equals the reference path's."""
+
+    FORMAT = 1
+
+    def __init__(self, text: str, packed: np.ndarray):
+        n = _N_MERGES
+        self.text = text
+        self.hashes = packed[0, :n].view(np.uint64)
+        self.ranks, self.starts, self.ids = packed[1, :n], packed[2], packed[3, :n]
+        self.base = packed[4, :512].tolist()
+
+    @classmethod
+    def pack(cls, text: str, encoder: dict, symbols: list) -> np.ndarray:
+        """The (6, n + 1) int64 array of a table (row 5: format and the CRC32 of rows 0-4)."""
+        lines = text.split("\n")
+        hashes = np.array([_key_hash(line.encode("utf-8")) for line in lines], dtype=np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        if np.any(np.diff(hashes[order]) == 0):
+            raise ValueError("two merge lines share a 64-bit hash")
+        lengths = np.array([len(line) + 1 for line in lines], dtype=np.int64)
+        out = np.zeros((6, _N_MERGES + 1), dtype=np.int64)
+        out[0, :-1] = hashes[order].view(np.int64)
+        out[1, :-1] = order
+        out[2] = np.concatenate([[0], np.cumsum(lengths)])
+        out[3, :-1] = [encoder[line.replace(" ", "")] for line in lines]
+        out[4, :512] = [encoder[sym] for sym in symbols[:512]]
+        out[5, :2] = cls.FORMAT, zlib.crc32(out[:5].tobytes())
+        return out
+
+    @classmethod
+    def check(cls, text: str, packed) -> bool:
+        """Whether ``packed`` is an intact table of ``text`` (dtype, shape, CRC, offsets)."""
+        return (isinstance(packed, np.ndarray) and packed.dtype == np.int64 and packed.shape == (6, _N_MERGES + 1)
+                and packed[5, 0] == cls.FORMAT and packed[5, 1] == zlib.crc32(packed[:5].tobytes())
+                and packed[2, -1] == len(text) + 1)
+
+    def lookup(self, keys: list[str]) -> list[int]:
+        """The merge rank of each "left right" key (``_N_MERGES`` where it is no merge rule)."""
+        want = np.array([_key_hash(k.encode("utf-8")) for k in keys], dtype=np.uint64)
+        pos = np.minimum(np.searchsorted(self.hashes, want), len(self.hashes) - 1)
+        out = []
+        for key, p, hit in zip(keys, pos.tolist(), (self.hashes[pos] == want).tolist()):
+            r = int(self.ranks[p]) if hit else -1
+            out.append(r if r >= 0 and self.text[self.starts[r]:self.starts[r + 1] - 1] == key else _N_MERGES)
+        return out
+
+
+def _load_table(path: Path, encoder_symbols) -> _MergeTable | None:
+    """The :class:`_MergeTable` of the vocabulary at ``path``, from
+    CACHE/tokenizers/clip-merge-table-<sha256>.npy, built and cached there when it is missing or
+    fails its checks (``encoder_symbols()`` gives the dict tables it is built from). None when
+    there is no usable cache (the caller uses the dict tables)."""
+    raw = path.read_bytes()
+    merges = _merges_cache(raw)
+    if merges is None:
+        return None
+    text = _merge_text(path, raw, merges)
+    cached = merges.with_name(merges.stem.replace("merges", "merge-table") + ".npy")
+    try:
+        packed = np.load(cached, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        packed = None
+    if _MergeTable.check(text, packed):
+        return _MergeTable(text, packed)
+    try:
+        packed = _MergeTable.pack(text, *encoder_symbols())
+    except ValueError as exc:  # a hash collision: the dict tables do it
+        log.info("no hashed merge table for %s (%s)", path, exc)
+        return None
+    try:
+        import io
+
+        from probret.engine.fsutil import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, packed, allow_pickle=False)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cached, buf.getvalue())
+    except OSError as exc:
+        log.info("cannot cache the merge table at %s (%s)", cached, exc)
+    return _MergeTable(text, packed)
+
+
 class Tokenizer:
     """``Tokenizer(vocab_path=None, context_length=77, backend="python")``;
     ``tok(texts) -> int64 (N, context_length)``.
@@ -225,6 +328,8 @@ class Tokenizer:
         self._byte_table = _byte_alphabet()
         # bytes -> vocabulary characters in one str.translate over the latin-1 view of the bytes
         self._byte_trans = {b: ch for b, ch in enumerate(self._byte_table)}
+        # base symbol -> its position among the 256 (code point order, as _build_tables lists them)
+        self._base_pos = {ch: k for k, ch in enumerate(sorted(self._byte_table))}
         self.vocab_size = 2 * 256 + _N_MERGES + 2
         self.sot_token_id, self.eot_token_id = self.vocab_size - 2, self.vocab_size - 1
         self.pad_token_id = 0
@@ -232,8 +337,11 @@ class Tokenizer:
         self._cache: dict[str, tuple[int, ...]] = {}
         self._tables: tuple[dict, list, dict] | None = None
         self._hf = None
+        self._table: _MergeTable | None = None
         if backend == "python":
-            self._build_tables()
+            self._table = _load_table(self.vocab_path, lambda: self._build_tables()[:2])
+            if self._table is None:
+                self._build_tables()
         else:
             self._hf = _rust_bpe(self)
 
@@ -277,6 +385,44 @@ class Tokenizer:
         hit = self._cache.get(piece)
         if hit is not None:
             return hit
+        ids = self._merge_hashed(piece) if self._table is not None else self._merge_dicts(piece)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[piece] = ids
+        return ids
+
+    def _merge_hashed(self, piece: str) -> tuple[int, ...]:
+        """:meth:`_merge_dicts` over the :class:`_MergeTable`: the same merges in the same order,
+        each merged symbol's id carried along instead of looked up at the end."""
+        table, base = self._table, self._table.base
+        parts = list(piece[:-1])
+        parts.append(piece[-1] + "</w>")
+        ids = [base[self._base_pos[c]] for c in piece[:-1]]
+        ids.append(base[256 + self._base_pos[piece[-1]]])
+        while len(parts) > 1:
+            ranks = table.lookup([f"{a} {b}" for a, b in zip(parts, parts[1:])])
+            best = min(ranks)
+            if best == _N_MERGES:
+                break
+            at = ranks.index(best)
+            left, right = parts[at], parts[at + 1]
+            joined, new_id = left + right, int(table.ids[best])
+            out, out_ids = [], []
+            i, n = 0, len(parts)
+            while i < n:
+                if i + 1 < n and parts[i] == left and parts[i + 1] == right:
+                    out.append(joined)
+                    out_ids.append(new_id)
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    out_ids.append(ids[i])
+                    i += 1
+            parts, ids = out, out_ids
+        return tuple(ids)
+
+    def _merge_dicts(self, piece: str) -> tuple[int, ...]:
+        """Ids of one mapped pre-token with the dict tables: the reference BPE."""
         encoder, _, ranks = self._build_tables()
         parts = list(piece[:-1])
         parts.append(piece[-1] + "</w>")
@@ -301,11 +447,7 @@ class Tokenizer:
                     out.append(parts[i])
                     i += 1
             parts = out
-        ids = tuple(encoder[p] for p in parts)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[piece] = ids
-        return ids
+        return tuple(encoder[p] for p in parts)
 
     def encode(self, text: str) -> list[int]:
         """Ids of one text without start/end tokens and without truncation."""

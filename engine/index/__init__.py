@@ -11,6 +11,8 @@ docs/reliability.md)::
     INDEX/shards/000001.<tensor>.bin   raw little-endian rows, one file per stored tensor per shard
     INDEX/shards/000001.<tensor>.crc   one CRC32 per row of it (layout.py)
     INDEX/ann/index.faiss, ann.json    optional ANN first stage (engine/ann.py), a cache tied to the build
+    INDEX/tables.snapshot              the readers' video and segment tables as numpy columns, a cache
+                                       the writer rewrites when it closes (snapshot.py)
 
 The package's parts, one job each:
 
@@ -22,6 +24,7 @@ The package's parts, one job each:
   :func:`plan_update`.
 * :mod:`.layout`: shard file names, row sizes, per-row checksums.
 * :mod:`.durability`: the points the crash harness kills the writer at.
+* :mod:`.snapshot`: the readers' columnar table snapshot, used only when it matches the database.
 
 Storage dtype, decided on measurement (issue 6): **float16 loses nothing measurable in the
 rankings** (the shipped demo SPEM on the procedural test split: R@1 0.32 and R@5 0.76 at both
@@ -51,12 +54,31 @@ loud through ``say`` and recorded as the header's ``rebuild_reason``.
 
 from probret.engine.index.reader import (BLOCK_BYTES, IndexReader, StoredSettings, VideoEntry, VideoTable,
                                          plan_update, read_header, stored_settings)
-from probret.engine.index.scan import VIDEO_EXTENSIONS, FolderListing, ScanResult, diff, list_folder, scan_folder
 from probret.engine.index.schema import (INDEX_DIRNAME, INDEX_FORMAT, INDEX_FORMAT_VERSION, MARKER_NAME,
                                          EncodedVideo, FileEntry, IndexSettings, Txn as _Txn)
-from probret.engine.index.writer import COMPACT_MIN_DEAD, SHARD_MAX_BYTES, IndexWriter
+
+#: Names of the folder scan and the writer, imported on first use: a ``--no-update`` search needs
+#: neither module (nor the scan's dataclasses).
+_LAZY = {**dict.fromkeys(("VIDEO_EXTENSIONS", "FolderListing", "ScanResult", "diff", "list_folder", "scan_folder"),
+                         "scan"),
+         **dict.fromkeys(("COMPACT_MIN_DEAD", "SHARD_MAX_BYTES", "IndexWriter"), "writer")}
 
 __all__ = ["INDEX_DIRNAME", "INDEX_FORMAT", "INDEX_FORMAT_VERSION", "MARKER_NAME", "VIDEO_EXTENSIONS",
            "IndexSettings", "EncodedVideo", "FileEntry", "ScanResult", "FolderListing", "IndexWriter", "IndexReader",
            "scan_folder", "list_folder", "diff", "plan_update", "read_header", "stored_settings", "StoredSettings",
            "VideoEntry", "VideoTable", "BLOCK_BYTES", "SHARD_MAX_BYTES", "COMPACT_MIN_DEAD"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probret.engine.index' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"probret.engine.index.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(__all__) | set(globals()))

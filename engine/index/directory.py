@@ -38,7 +38,7 @@ from probret.engine.index.schema import (ANN_DIR, ANN_FILES, DB_NAME, INDEX_FORM
 SHARD_FILE_RE = re.compile(r"^\d{6}\.[A-Za-z0-9_]+\.(bin|crc)$")
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
 _MARKER_TMP_RE = re.compile(r"^\.probret-index\.json\.tmp-\d+$")
-_TMP_RE = re.compile(r"^\.(index\.faiss|ann\.json|manifest\.json|probret-index\.json)\.tmp-\d+$")
+_TMP_RE = re.compile(r"^\.(index\.faiss|ann\.json|manifest\.json|probret-index\.json|tables\.snapshot)\.tmp-\d+$")
 
 
 def linked(path) -> IndexStoreError:

@@ -25,14 +25,14 @@ import zlib
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from probret.engine.errors import IndexStoreError
+from probret.engine.index import snapshot
 from probret.engine.index.directory import lstat_or_none, open_nofollow, read_marker, real_dir
 from probret.engine.index.layout import CRC_DTYPE, crc_file, row_bytes, shard_file
-from probret.engine.index.scan import ScanResult, diff, list_folder
 from probret.engine.index.schema import (DB_NAME, INDEX_FORMAT, SHARD_DIR, INDEX_FORMAT_VERSION, IndexSettings, check_version, connect, damaged,
                                          describe_change, has_table, path_key, path_of, read_meta, schema_problem,
                                          stored_files)
@@ -89,6 +89,21 @@ class VideoTable(SequenceABC):
         self._blob = b"".join(blob)
         self._ends = np.concatenate([[0], *ends]).astype(np.int64)
 
+    @classmethod
+    def from_columns(cls, cols: dict[str, np.ndarray]) -> "VideoTable":
+        """From the columns of a snapshot (snapshot.py: ``path_blob`` bytes, ``path_ends`` offsets)."""
+        self = cls.__new__(cls)
+        for k in cls._NUM:
+            setattr(self, k, cols[k])
+        self._blob = cols["path_blob"].tobytes()
+        self._ends = cols["path_ends"]
+        return self
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The inverse of :meth:`from_columns`."""
+        return {**{k: getattr(self, k) for k in self._NUM}, "path_blob": np.frombuffer(self._blob, np.uint8),
+                "path_ends": self._ends}
+
     def __len__(self) -> int:
         return len(self.id)
 
@@ -118,6 +133,10 @@ class VideoTable(SequenceABC):
 
     def nbytes(self) -> int:
         return sum(getattr(self, k).nbytes for k in self._NUM) + len(self._blob) + self._ends.nbytes
+
+
+if TYPE_CHECKING:
+    from probret.engine.index.scan import ScanResult
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +173,52 @@ def _check_is_index(root: Path, conn: sqlite3.Connection) -> dict:
         raise IndexStoreError(f"{root}: not a probret index")
     check_version(meta, root, writer=False)
     return meta
+
+
+def _read_segments(conn: sqlite3.Connection, chunk: int = 1 << 16) -> np.ndarray:
+    """(n, 6) float64 [video id, seg, start, stop, shard, row] in (path, seg) order, fetched in
+    chunks so that no list of a million Python tuples is ever held (ids and rows are < 2**53,
+    exact in float64)."""
+    n = conn.execute("SELECT count(*) FROM segments s JOIN videos v ON v.id = s.video_id").fetchone()[0]
+    out = np.empty((n, 6), dtype=np.float64)
+    cur = conn.execute("SELECT s.video_id, s.seg, s.start, s.stop, s.shard, s.row FROM segments s "
+                       "JOIN videos v ON v.id = s.video_id ORDER BY v.path, s.seg")
+    i = 0
+    while True:
+        rows = cur.fetchmany(chunk)
+        if not rows:
+            break
+        out[i:i + len(rows)] = rows
+        i += len(rows)
+    return out[:i]
+
+
+def read_tables(conn: sqlite3.Connection) -> tuple[VideoTable, np.ndarray]:
+    """The searchable videos (path order) and their segments (:func:`_read_segments`) from SQLite
+    rows, inside the caller's transaction: what a snapshot (snapshot.py) caches."""
+    videos = VideoTable(conn.execute("SELECT id, path, size, mtime_ns, duration, fps, width, height FROM videos "
+                                     "WHERE status = 'ok' ORDER BY path"))
+    return videos, _read_segments(conn)
+
+
+def table_state(conn: sqlite3.Connection, meta: dict) -> dict:
+    """The state a snapshot must match (snapshot.state_of), read inside the caller's transaction."""
+    return snapshot.state_of(meta, conn.execute("SELECT count(*) FROM videos").fetchone()[0],
+                             conn.execute("SELECT count(*) FROM segments").fetchone()[0])
+
+
+def save_snapshot(root: Path, conn: sqlite3.Connection, *, force: bool = False) -> bool:
+    """Write ``root``'s table snapshot from ``conn``'s committed state unless the one there is
+    already valid for it (``force``: rewrite anyway); True when written (snapshot.py)."""
+    conn.execute("BEGIN")
+    try:
+        state = table_state(conn, read_meta(conn, root))
+        if not force and snapshot.load(root, state) is not None:
+            return False
+        videos, segs = read_tables(conn)
+    finally:
+        conn.execute("COMMIT")
+    return snapshot.save(root, state, {**videos.columns(), "segments": segs})
 
 
 class IndexReader:
@@ -210,12 +275,11 @@ class IndexReader:
         conn.execute("BEGIN")
         try:
             self.meta = _check_is_index(self.root, conn)
-            self.videos = VideoTable(conn.execute(
-                "SELECT id, path, size, mtime_ns, duration, fps, width, height FROM videos WHERE status = 'ok' "
-                "ORDER BY path"))
+            cols = snapshot.load(self.root, table_state(conn, self.meta))
+            self.from_snapshot = cols is not None
+            self.videos, segs = (VideoTable.from_columns(cols), cols["segments"]) if cols else read_tables(conn)
             self.failed = [(path_of(p), e) for p, e in
                            conn.execute("SELECT path, error FROM videos WHERE status != 'ok' ORDER BY path")]
-            segs = self._read_segments(conn)
             self.shard_rows = dict(conn.execute("SELECT id, rows FROM shards").fetchall())
             self._stamps = {n: (size, ctime) for n, size, ctime in conn.execute(
                 "SELECT name, size, ctime_ns FROM stamps")} if has_table(conn, "stamps") else {}
@@ -268,24 +332,6 @@ class IndexReader:
         # segments are sorted by video: video i owns segments [video_offsets[i], video_offsets[i + 1])
         counts = np.bincount(self.seg_video, minlength=len(self.videos))
         self.video_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-
-    @staticmethod
-    def _read_segments(conn: sqlite3.Connection, chunk: int = 1 << 16) -> np.ndarray:
-        """(n, 6) float64 [video id, seg, start, stop, shard, row] in (path, seg) order, fetched in
-        chunks so that no list of a million Python tuples is ever held (ids and rows are < 2**53,
-        exact in float64)."""
-        n = conn.execute("SELECT count(*) FROM segments s JOIN videos v ON v.id = s.video_id").fetchone()[0]
-        out = np.empty((n, 6), dtype=np.float64)
-        cur = conn.execute("SELECT s.video_id, s.seg, s.start, s.stop, s.shard, s.row FROM segments s "
-                           "JOIN videos v ON v.id = s.video_id ORDER BY v.path, s.seg")
-        i = 0
-        while True:
-            rows = cur.fetchmany(chunk)
-            if not rows:
-                break
-            out[i:i + len(rows)] = rows
-            i += len(rows)
-        return out[:i]
 
     def _close_fds(self) -> None:
         self._maps.clear()
@@ -519,6 +565,8 @@ def plan_update(folder: str | Path, index: str | Path, settings: IndexSettings |
                 retry_failed: bool = False) -> ScanResult:
     """What an update of ``index`` from ``folder`` would do, read without the writer's lock: a
     search whose plan is ``up_to_date`` opens an :class:`IndexReader` and never a writer."""
+    from probret.engine.index.scan import diff, list_folder  # a --no-update search never walks the folder
+
     root = Path(index)
     listing = list_folder(folder, exclude=[root])
     header = read_header(root)

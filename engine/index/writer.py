@@ -104,11 +104,24 @@ class IndexWriter:
                 os.close(fd)
         self._fds.clear()
         if self._conn is not None:
+            self._save_snapshot()
             self._conn.close()
             self._conn = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _save_snapshot(self) -> None:
+        """Rewrite the readers' table snapshot (snapshot.py) from the committed state, under the
+        lock: always, so that ``probret index`` also replaces one an edit outside probret made
+        stale. It is a cache: failing to write it costs later searches time, never results."""
+        from probret.engine.index.reader import save_snapshot
+
+        try:
+            save_snapshot(self.root, self._conn, force=True)
+        except (OSError, sqlite3.Error, IndexStoreError) as exc:
+            log.warning("index %s: could not write its table snapshot (%s); searches read the database", self.root,
+                        getattr(exc, "strerror", None) or exc)
 
     def __enter__(self) -> "IndexWriter":
         return self
@@ -224,6 +237,7 @@ class IndexWriter:
         settings = dict(meta.get("settings") or {}, format_version=INDEX_FORMAT_VERSION)
         with Txn(conn, self.root):
             conn.execute("UPDATE videos SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text'")
+            self._bump()
             for k, v in {"format_version": INDEX_FORMAT_VERSION, "settings": settings,
                          "build_id": uuid.uuid4().hex, "index_id": self.index_id}.items():
                 conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
@@ -302,6 +316,7 @@ class IndexWriter:
         with Txn(conn, self.root):
             self._delete_paths([path_of(p) for (p,) in lost])
             conn.execute("UPDATE shards SET rows = ? WHERE id = ?", (avail, sid))
+            self._bump()  # the videos changed: a reader's table snapshot of before is stale
         for name, nbytes in row_bytes(self.layout).items():
             self._cut_tail(sid, name, avail, nbytes)
 

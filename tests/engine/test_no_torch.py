@@ -117,8 +117,9 @@ def test_default_search_runs_without_torch_and_an_empty_cache(tmp_path):
     assert sorted(h["path"] for h in out["queries"][0]["results"]) == sorted(f.name for f in folder.glob("*.mp4"))
     assert all(0.0 <= h["confidence"] <= 1.0 for h in out["queries"][0]["results"])  # the calibrator, torch-free
     # nothing exported: the cache holds at most ORT's optimised graphs (engine/runtime.py's graph_cache),
-    # the tokenizer's merge rules (engine/tokenizer.py's _merge_text) and the bundle's verification
-    # record (engine/bundle.py's _verify_files)
+    # the tokenizer's merge rules and merge table (engine/tokenizer.py's _merge_text, _load_table), the
+    # pair graph's noise banks (engine/runtime.py's cached_noise) and the bundle's verification record
+    # (engine/bundle.py's _verify_files)
     cache = tmp_path / "empty-cache"
-    assert set(p.name for p in cache.iterdir()) <= {"ort-optimized", "tokenizers", "bundle-verified"}
-    assert [p.name.startswith("clip-merges-") for p in (cache / "tokenizers").iterdir()] == [True]
+    assert set(p.name for p in cache.iterdir()) <= {"ort-optimized", "tokenizers", "bundle-verified", "noise"}
+    assert sorted(p.name.split("-")[1] for p in (cache / "tokenizers").iterdir()) == ["merge", "merges"]

@@ -56,6 +56,21 @@ def test_thread_options_reach_the_sessions(spem_bundle):
     assert opts.intra_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert BundleRuntime(spem_bundle, device="cpu", threads=2).pair_workers == 2
+    # by default the text graph does not spin (it runs right before the pair workers), the others do
+    def spinning(sess) -> str | None:
+        try:
+            return sess.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ORT's default (spinning)
+            return None
+
+    default = BundleRuntime(spem_bundle, device="cpu")
+    assert {n: spinning(default.session(n)) for n in ("text_encoder", "frame_encoder")} == \
+        {"text_encoder": "0", "frame_encoder": None}
+    assert spinning(BundleRuntime(spem_bundle, device="cpu", spinning=True).session("text_encoder")) == "1"
+    # ORT's memory pattern: off for the graphs a search runs (module docstring), ORT's default elsewhere
+    assert {n: default.session(n).session.get_session_options().enable_mem_pattern
+            for n in ("text_encoder", "pair_score", "frame_encoder")} == \
+        {"text_encoder": False, "pair_score": False, "frame_encoder": True}
     with pytest.raises(ModelError, match="pair_workers"):
         BundleRuntime(spem_bundle, device="cpu", pair_workers=0)
 
@@ -175,3 +190,48 @@ def test_float16_rows_score_as_their_float32_values(spem_bundle):
         got = rt.score(text, half)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
+
+
+def test_noise_banks_are_cached_bit_for_bit(spem_bundle, tmp_path, monkeypatch):
+    """runtime.cached_noise: the banks read back from CACHE/noise/ equal draw_noise's bit for bit;
+    a damaged, truncated or misshapen file is drawn and written again; another seed is another
+    file; an unwritable cache still gives the drawn banks; a fresh process with the cache
+    imports no numpy.random."""
+    import subprocess
+    import sys
+
+    from probret.engine.bundle import load_bundle
+    from probret.engine.runtime import cached_noise, draw_noise
+
+    bundle = load_bundle(spem_bundle)
+    specs, seed = bundle.noise_specs, int(bundle.sampling["seed"])
+    assert specs  # the demo SPEM is a noise-input bundle
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    want = draw_noise(specs, seed)
+
+    def same(got):
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+            assert got[k].tobytes() == want[k].tobytes(), k
+
+    same(cached_noise(specs, seed))
+    (path,) = (tmp_path / "cache" / "noise").glob("banks-*.npy")
+    good = path.read_bytes()
+    same(cached_noise(specs, seed))
+    flipped = good[:-5] + bytes([good[-5] ^ 0x40]) + good[-4:]
+    for bad in (b"", good[:9], good[:len(good) // 2], flipped, b"%08x\n" % 0 + good[9:]):
+        path.write_bytes(bad)
+        same(cached_noise(specs, seed))
+        assert path.read_bytes() == good
+    other = cached_noise(specs, seed + 1)
+    assert len(list((tmp_path / "cache" / "noise").glob("banks-*.npy"))) == 2
+    assert any(other[k].tobytes() != want[k].tobytes() for k in want)
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "blocked"))
+    same(cached_noise(specs, seed))
+    code = ("import sys, numpy; from probret.engine.runtime import cached_noise; from probret.engine.bundle import "
+            f"load_bundle; b = load_bundle({str(spem_bundle)!r}); cached_noise(b.noise_specs, {seed}); "
+            "assert 'numpy.random' not in sys.modules, 'imported numpy.random'")
+    env = {**__import__("os").environ, "PROBRET_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

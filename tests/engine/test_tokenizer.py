@@ -43,9 +43,21 @@ def rust_tok(tmp_path_factory) -> Tokenizer:
         mp.undo()
 
 
-@pytest.fixture(scope="module", params=["python", "tokenizers"])
+@pytest.fixture(scope="module")
+def dict_tok() -> Tokenizer:
+    """The pure-Python BPE over its dict tables (no hashed merge table: engine/tokenizer.py's
+    _MergeTable), the path taken when the cache is unusable."""
+    t = Tokenizer()
+    t._table = None
+    return t
+
+
+@pytest.fixture(scope="module", params=["python", "python-dicts", "tokenizers"])
 def any_tok(request, tok) -> Tokenizer:
-    return tok if request.param == "python" else request.getfixturevalue("rust_tok")
+    if request.param == "python":
+        assert tok._table is not None  # the hashed merge table
+        return tok
+    return request.getfixturevalue({"python-dicts": "dict_tok", "tokenizers": "rust_tok"}[request.param])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,3 +323,57 @@ def test_load_tokenizer_falls_back_without_the_package():
     assert load_tokenizer().backend == tokenizer_module.DEFAULT_BACKEND
     with pytest.raises(ValueError, match="unknown tokenizer backend"):
         Tokenizer(backend="sentencepiece")
+
+
+def test_hashed_merge_table_is_cached_checked_and_rebuilt(tmp_path, monkeypatch, dict_tok):
+    """engine/tokenizer.py's _MergeTable in CACHE/tokenizers/: built once, read back with the
+    same ids as the dict tables, rebuilt (same ids, no error) when damaged, truncated, of
+    another dtype or shape; an unwritable cache still gives the table for this process."""
+    texts = generate_strings(300, seed=7)
+    want = dict_tok(texts)
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    first = Tokenizer()
+    assert first._table is not None
+    np.testing.assert_array_equal(first(texts), want)
+    (cached,) = (tmp_path / "cache" / "tokenizers").glob("clip-merge-table-*.npy")
+    good, stamp = cached.read_bytes(), cached.stat().st_mtime_ns
+    np.testing.assert_array_equal(Tokenizer()(texts), want)
+    assert cached.stat().st_mtime_ns == stamp  # read back, not written again
+    packed = np.load(cached)
+    flipped = packed.copy()
+    flipped[0, 100] ^= 1  # one hash: its CRC no longer matches
+    damaged = {"flipped": flipped, "int32": packed.astype(np.int32), "short": packed[:, :-1],
+               "3 rows": packed[:3], "object": None}
+    for name, arr in damaged.items():
+        if arr is None:
+            np.save(cached, np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+        else:
+            np.save(cached, arr)
+        again = Tokenizer()
+        assert again._table is not None, name
+        np.testing.assert_array_equal(again(texts), want, err_msg=name)
+        assert cached.read_bytes() == good, name  # written again
+    for cut in (0, 10, 200, len(good) // 2, len(good) - 1):
+        cached.write_bytes(good[:cut])
+        np.testing.assert_array_equal(Tokenizer()(texts), want, err_msg=str(cut))
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "blocked"))
+    np.testing.assert_array_equal(Tokenizer()(texts), want)
+
+
+def test_hashed_merge_table_never_takes_a_hash_match_for_a_merge(tmp_path, monkeypatch, tok):
+    """A key whose 64-bit hash equals a merge line's is compared with that line: no false merge.
+    And merge lines that share a hash make the table refuse to build (the dict tables are used)."""
+    table = tok._table
+    real = tokenizer_module._key_hash
+    member = "t h"
+    assert table.lookup([member]) == [tok._ranks[member]]
+    monkeypatch.setattr(tokenizer_module, "_key_hash", lambda b: real(member.encode()) if b == b"zq xv" else real(b))
+    assert table.lookup(["zq xv", member]) == [tokenizer_module._N_MERGES, tok._ranks[member]]
+    monkeypatch.setattr(tokenizer_module, "_key_hash", lambda b: len(b))  # collisions everywhere
+    monkeypatch.setenv("PROBRET_CACHE", str(tmp_path / "cache"))
+    fallback = Tokenizer()
+    assert fallback._table is None
+    monkeypatch.undo()  # tok's own table looks keys up with the real hash
+    texts = generate_strings(100, seed=8)
+    np.testing.assert_array_equal(fallback(texts), tok(texts))
