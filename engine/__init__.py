@@ -9,6 +9,7 @@ They load on first use, so ``import probret.engine`` stays cheap for every submo
 """
 
 from probret.engine._version import __version__
+from probret.engine.lazy import lazy_attributes
 
 _EXPORTS = {
     "open_folder": "facade", "recorded_model": "facade", "VideoFolder": "facade", "NOTES_LOGGER": "facade", "DEFAULT_WINDOW": "facade",
@@ -28,16 +29,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'probret.engine' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"probret.engine.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes('probret.engine', _EXPORTS, globals(), __all__)

@@ -56,6 +56,7 @@ from probret.engine.index.reader import (BLOCK_BYTES, IndexReader, StoredSetting
                                          plan_update, read_header, stored_settings)
 from probret.engine.index.schema import (INDEX_DIRNAME, INDEX_FORMAT, INDEX_FORMAT_VERSION, MARKER_NAME,
                                          EncodedVideo, FileEntry, IndexSettings, Txn as _Txn)
+from probret.engine.lazy import lazy_attributes
 
 #: Names of the folder scan and the writer, imported on first use: a ``--no-update`` search needs
 #: neither module (nor the scan's dataclasses).
@@ -69,16 +70,4 @@ __all__ = ["INDEX_DIRNAME", "INDEX_FORMAT", "INDEX_FORMAT_VERSION", "MARKER_NAME
            "VideoEntry", "VideoTable", "BLOCK_BYTES", "SHARD_MAX_BYTES", "COMPACT_MIN_DEAD"]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'probret.engine.index' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"probret.engine.index.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(__all__) | set(globals()))
+__getattr__, __dir__ = lazy_attributes('probret.engine.index', _LAZY, globals(), __all__)
