@@ -36,7 +36,7 @@ from common import REPO, say
 PRETRAIN_CODE = ["bench/quality_pretrain.py", "bench/quality_stats.py", "engine/video.py",
                  "train/trainer.py", "train/model.py", "train/backbone.py", "train/loaders.py",
                  "train/datasets.py", "train/config.py", "train/vision_towers.py", "train/weights.py", "train/checkpoint.py",
-                 "train/interrupt.py", "train/methods/__init__.py", "train/methods/base.py",
+                 "train/interrupt.py", "train/negatives.py", "train/methods/__init__.py", "train/methods/base.py",
                  "train/methods/meanp.py"]
 PRETRAIN_GLOBS = ["train/world/*.py", "train/backbone_configs/*.json"]
 SECTIONS = ("world", "backbone", "pretrain", "gate")
@@ -71,7 +71,8 @@ def overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
         f"train.lr_head={schedule['lr_head']}", f"train.weight_decay={schedule['weight_decay']}",
         f"train.warmup_ratio={schedule['warmup_ratio']}", "train.log_every=50", "train.eval_batch_size=64",
         "train.device=cpu",
-    ] + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()]
+    ] + [f"train.{k}={json.dumps(schedule[k])}" for k in ("negative_swaps", "negative_weight") if k in schedule] \
+      + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()]
 
 
 def encoder_probes(model, world_dir: Path, probe: dict) -> dict:

@@ -80,6 +80,10 @@ class TrainConfig:
     eval_seed: int = 0  # seed of the inference noise banks at evaluation (same numbers as a bundle's --seed)
     max_eval_texts: int | None = None
     selection_metric: str = "t2v.R1"
+    # NegCLIP-style hard negatives (train/negatives.py): groups of interchangeable words; every
+    # training caption with one of them also gets a word-swapped negative caption. [] = off.
+    negative_swaps: list[list[str]] = field(default_factory=list)
+    negative_weight: float = 1.0
     log_every: int = 10
     device: str = "auto"
 
@@ -137,6 +141,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.warmup_ratio": (0.0, 1.0), "train.grad_clip": (0.0, None),
     "train.eval_every": (1, _INT_MAX), "train.eval_batch_size": (1, 1 << 20), "train.eval_chunk": (1, 1 << 20),
     "train.eval_seed": (0, _INT_MAX), "train.max_eval_texts": (1, _INT_MAX), "train.log_every": (1, _INT_MAX),
+    "train.negative_weight": (0.0, 100.0),
 }
 #: Metrics a checkpoint can be selected on (higher is better: the trainer keeps the maximum).
 SELECTION_METRICS = tuple(f"{d}.R{k}" for d in ("t2v", "v2t") for k in (1, 5, 10))
@@ -242,6 +247,11 @@ def check_train(train: "TrainConfig", *, source: str) -> None:
         raise DataError(f"{source}: train.device: expected auto, cpu, cuda, cuda:N or mps, got {train.device!r}")
     if not train.out:
         raise DataError(f"{source}: train.out: must not be empty")
+    from probret.train.negatives import check_swaps
+
+    why = check_swaps(train.negative_swaps)
+    if why:
+        raise DataError(f"{source}: train.negative_swaps: {why}")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

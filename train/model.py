@@ -15,6 +15,7 @@ from probret.train.backbone import Backbone, create_backbone
 from probret.train.config import ModelConfig
 from probret.train.methods import create_head
 from probret.train.methods.base import RetrievalHead, ScoreOutput, TextFeatures, noise_banks
+from probret.train.negatives import negative_text_loss
 
 
 class RetrievalModel(nn.Module):
@@ -49,10 +50,22 @@ class RetrievalModel(nn.Module):
         return self.backbone.logit_scale.clamp(max=4.6052).exp()
 
     # -- training -----------------------------------------------------------------------------------
-    def forward(self, token_ids: Tensor, pixels: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        text = self.encode_text(token_ids)
+    def forward(self, token_ids: Tensor, pixels: Tensor, *, generator: torch.Generator | None = None,
+                negative_ids: Tensor | None = None, negative_weight: float = 1.0) -> dict[str, Tensor]:
+        """Training losses of one batch. ``negative_ids``: token ids of word-swapped hard negative
+        captions (train/negatives.py), encoded in the same text-tower call as the captions; their
+        video-to-text term is added to the head's loss with ``negative_weight``."""
+        b = token_ids.shape[0]
+        both = token_ids if negative_ids is None else torch.cat([token_ids, negative_ids], 0)
+        text_all = self.encode_text(both)
+        text = text_all.select(slice(0, b))
         frames = self.encode_video(pixels)
-        return self.head.loss(text, frames, logit_scale=self.logit_scale(), generator=generator)
+        losses = self.head.loss(text, frames, logit_scale=self.logit_scale(), generator=generator)
+        if negative_ids is not None and negative_ids.shape[0]:
+            neg = negative_text_loss(self.head, text, text_all.select(slice(b, None)), frames,
+                                     logit_scale=self.logit_scale(), generator=generator)
+            losses = {**losses, "loss": losses["loss"] + negative_weight * neg, "loss_negative": neg.detach()}
+        return losses
 
     # -- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -49,6 +49,7 @@ from probret.train.loaders import EpochSampler, TrainPairs
 from probret.train.datasets import DatasetWarning, RetrievalSplit, load_split
 from probret.train.evaluate import evaluate
 from probret.train.model import RetrievalModel
+from probret.train.negatives import swap_negatives
 from probret.train.interrupt import StopSignals, ignore_stop_signals
 from probret.train.run_log import RunLog
 
@@ -350,9 +351,11 @@ def _micro_step(run: _Run, texts, pixels, bar, started: float) -> bool:
     pixels = pixels.to(run.device, non_blocking=True)
     generator = torch.Generator(device=run.device).manual_seed(
         (t.seed * 1_000_003 + run.step * 131 + run.rank) % 2**63)
+    negatives = _negative_tokens(run, list(texts))
     use_amp = t.amp and run.device.type == "cuda"
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        losses = run.train_model(tokens, pixels, generator=generator)
+        losses = run.train_model(tokens, pixels, generator=generator, negative_ids=negatives,
+                                 negative_weight=t.negative_weight)
     (losses["loss"] / t.grad_accum).backward()
     run.micro_in_epoch += 1
     if run.micro_in_epoch % t.grad_accum:
@@ -375,6 +378,18 @@ def _micro_step(run: _Run, texts, pixels, bar, started: float) -> bool:
         if run.world > 1:
             dist.barrier()
     return True
+
+
+def _negative_tokens(run: _Run, texts: list[str]):
+    """Token ids of this micro-batch's word-swapped negatives (train/negatives.py), or None when
+    ``train.negative_swaps`` is off or no caption has a word to swap. Seeded by seed, step,
+    micro-batch and rank, so a resumed run draws the same negatives."""
+    t = run.config.train
+    if not t.negative_swaps:
+        return None
+    rng = random.Random(f"negatives/{t.seed}/{run.step}/{run.micro_in_epoch}/{run.rank}")
+    negatives = swap_negatives(texts, t.negative_swaps, rng)
+    return run.model.backbone.tokenize(negatives).to(run.device) if negatives else None
 
 
 def _stop_reason(run: _Run, stop_after: int | None, signals: StopSignals) -> str | None:

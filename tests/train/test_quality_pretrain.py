@@ -59,3 +59,15 @@ def test_a_killed_pretraining_resumes_from_its_last_stage(tmp_path, monkeypatch)
     assert [kw["stop_after"] for kw in trained] == [4] and trained[0]["resume"] is True
     assert [r["steps"] for r in result["stages"]] == [2, 4] and result["steps"] == 4
     assert (Path(job["dir"]) / "backbone.safetensors").is_file()
+
+
+def test_the_committed_pretraining_asks_for_shape_through_swapped_negatives(tmp_path):
+    from probret.train.config import ExperimentConfig, apply_overrides
+    from probret.train.world.vocabulary import SHAPES
+
+    protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=False)
+    job = {"method": "meanp", "world": str(tmp_path), "dir": str(tmp_path / "run"), "seed": 0}
+    config = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, protocol["pretrain"]))
+    assert config.train.negative_swaps == [list(SHAPES)] and config.train.negative_weight == 1.0
+    tuned = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, protocol["finetune"]))
+    assert tuned.train.negative_swaps == []  # fine-tuning is every head's own loss, unchanged
