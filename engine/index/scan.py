@@ -104,7 +104,9 @@ def list_folder(folder: str | Path, *, exclude: Sequence[str | Path] = ()) -> Fo
         return Path(os.path.relpath(full, root)).as_posix()
 
     def onerror(exc: OSError):
-        log.warning("cannot list %r: %s; its videos stay in the index as they were", exc.filename, exc.strerror)
+        # debug only: the folder is reported once, by whoever reads ``unlisted`` (the CLI's
+        # indexing summary); a warning here came out once per walk, twice when the writer rescans
+        log.debug("cannot list %r: %s; its videos stay in the index as they were", exc.filename, exc.strerror)
         out.unlisted.append(rel(exc.filename))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):

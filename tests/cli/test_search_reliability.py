@@ -152,6 +152,7 @@ def test_fifos_sockets_and_unlisted_folders_are_warned_about(world):
     assert "warning: skipped 2 file(s) that are not regular files:" in err
     assert "  pipe.mp4: a FIFO" in err and "  sock.mp4: a socket" in err, err
     assert "folder(s); their videos stay in the index as they were:" in err and "\n  locked\n" in err + "\n", err
+    assert err.count("locked") == 1 and err.count("stay in the index as they were") == 1, err  # once, not per walk
     out = json.loads(as_json.stdout)
     assert {s["path"] for s in out["indexing"]["skipped"]} == {"pipe.mp4", "sock.mp4"}
     assert out["indexing"]["unlisted"] == ["locked"]
