@@ -33,7 +33,7 @@ import quality_stats as qs
 from common import REPO, say
 
 #: Everything that decides the shared backbone's weights (see the module docstring).
-PRETRAIN_CODE = ["bench/quality_pretrain.py", "bench/quality_stats.py", "engine/video.py",
+PRETRAIN_CODE = ["bench/quality_pretrain.py", "bench/quality_stats.py", "bench/vision_warmstart.py", "engine/video.py",
                  "train/trainer.py", "train/model.py", "train/backbone.py", "train/loaders.py",
                  "train/datasets.py", "train/config.py", "train/vision_towers.py", "train/weights.py", "train/checkpoint.py",
                  "train/interrupt.py", "train/negatives.py", "train/methods/__init__.py", "train/methods/base.py",
@@ -120,6 +120,44 @@ def validation_gap(model, world_dir: Path) -> dict:
             "floor_R1": {k: float(100 * floor[qs.kind_mask(kinds, k)].mean()) for k in ("all",) + qs.KINDS}}
 
 
+def swap_check(model, world_dir: Path, *, videos: int = 300) -> dict:
+    """On the validation split's first ``videos`` videos: how often a video scores its own caption
+    above the same caption with one shape word (or one colour word) swapped (train/negatives.py;
+    50% = the attribute plays no part), and the text tower's mean cosine between the two captions.
+    Reported beside the gate, not part of it."""
+    import random
+
+    import torch
+
+    from probret.train.datasets import RetrievalSplit, load_split
+    from probret.train.evaluate import encode_videos
+    from probret.train.negatives import swap_negatives
+    from probret.train.world.vocabulary import COLOR_NAMES, SHAPES
+
+    data = load_split("procedural", str(world_dir), "val")
+    keep = [i for i, v in enumerate(data.text_video_index) if v < videos]
+    sub = RetrievalSplit(data.name, data.split, data.videos[:videos], [data.texts[i] for i in keep],
+                         data.text_video_index[keep])
+    out = {}
+    with torch.no_grad():
+        frames, _ = encode_videos(model, sub, batch_size=64, num_workers=0, device=torch.device("cpu"), progress=False)
+        video = model.head.video_side(frames)
+        for name, group in (("shape", list(SHAPES)), ("color", list(COLOR_NAMES))):
+            rng = random.Random(0)
+            pairs = [(i, swap_negatives([t], [group], rng)) for i, t in enumerate(sub.texts)]
+            idx = [i for i, s in pairs if s]
+            true = model.encode_text(model.backbone.tokenize([sub.texts[i] for i in idx]))
+            swapped = model.encode_text(model.backbone.tokenize([s[0] for _, s in pairs if s]))
+            own = torch.as_tensor(sub.text_video_index[idx])
+            rows = torch.arange(len(idx))
+            a = model.head.pair_side(true, video).scores[rows, own]
+            b = model.head.pair_side(swapped, video).scores[rows, own]
+            out[name] = {"prefers_own": round(float((a > b).float().mean()), 3), "captions": len(idx),
+                         "text_cos": round(float(torch.nn.functional.cosine_similarity(
+                             true.sentence, swapped.sentence).mean()), 4)}
+    return out
+
+
 def _stages(pretrain: dict) -> list[int]:
     return sorted({int(s) for s in pretrain.get("stages", []) if 0 < int(s) < pretrain["steps"]} | {pretrain["steps"]})
 
@@ -137,6 +175,12 @@ def pretrain_job(protocol: dict, job: dict) -> dict:
     from probret.train.trainer import train
 
     d = Path(job["dir"])
+    if "vision_warmstart" in protocol["pretrain"]:
+        from vision_warmstart import warm_start_file
+
+        d.mkdir(parents=True, exist_ok=True)
+        job = {**job, "backbone_file": str(warm_start_file(protocol, Path(job["world"]),
+                                                           d / "vision-warmstart.safetensors", report=say))}
     config = apply_overrides(ExperimentConfig(), overrides(protocol, job, protocol["pretrain"]))
     log = d / STAGES_FILE
     rows = json.loads(log.read_text()) if log.is_file() else []
@@ -153,7 +197,7 @@ def pretrain_job(protocol: dict, job: dict) -> dict:
         started = time.process_time()
         row = {"steps": stage, "train_cpu_s": round(train_cpu, 1),
                "probes": encoder_probes(model, Path(job["world"]), protocol["gate"]["probe"]),
-               **validation_gap(model, Path(job["world"]))}
+               **validation_gap(model, Path(job["world"])), "swap": swap_check(model, Path(job["world"]))}
         row["probe_cpu_s"] = round(time.process_time() - started, 1)
         rows.append(row)
         (d / (STAGES_FILE + ".part")).write_text(json.dumps(rows, indent=1) + "\n")
@@ -161,6 +205,7 @@ def pretrain_job(protocol: dict, job: dict) -> dict:
         say(f"pre-training step {stage}: " + ", ".join(
             f"{a} {100 * v['accuracy']:.0f}/{100 * v['majority']:.0f}" for a, v in row["probes"].items())
             + f"; val meanP R@1 {row['meanp_R1']['all']:.1f} vs floor {row['floor_R1']['all']:.1f}"
+            + "; swap check " + ", ".join(f"{a} {100 * v['prefers_own']:.0f}%" for a, v in row["swap"].items())
             + f" ({train_cpu:.0f} CPU s)")
     model, _ = load_checkpoint(d / "train" / "last")
     state = {k: v.detach().contiguous() for k, v in model.backbone.clip.state_dict().items()}

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -71,3 +72,30 @@ def test_the_committed_pretraining_asks_for_shape_through_swapped_negatives(tmp_
     assert config.train.negative_swaps == [list(SHAPES)] and config.train.negative_weight == 1.0
     tuned = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, protocol["finetune"]))
     assert tuned.train.negative_swaps == []  # fine-tuning is every head's own loss, unchanged
+
+
+def test_the_vision_warm_start_trains_only_the_vision_tower_and_is_what_pretraining_starts_from(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    import vision_warmstart as vw
+    from probret.train.backbone import create_backbone
+
+    protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=True)
+    world = q2.ensure_world(protocol, tmp_path)
+    frames, labels = vw.single_object_frames(world, "train", True, ("shape", "color"))
+    assert frames.dtype == np.uint8 and len(frames) == len(labels["shape"]) == len(labels["color"]) > 0
+    out = vw.warm_start_file(protocol, world, tmp_path / "ws.safetensors")
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [r["step"] for r in record["rows"]] == [2] and set(record["majority"]) == {"shape", "color"}
+    torch.manual_seed(protocol["pretrain"]["seed"])
+    fresh = create_backbone(protocol["backbone"]["name"]).clip.state_dict()
+    warm = load_file(str(out))
+    assert warm.keys() == fresh.keys()
+    changed = {k for k in warm if not torch.equal(warm[k], fresh[k])}
+    assert changed and all(k.startswith("visual.") for k in changed)  # the text tower is the random init
+    stamp = out.stat().st_mtime_ns
+    assert vw.warm_start_file(protocol, world, out) == out and out.stat().st_mtime_ns == stamp  # reused
+    # the contrastive pre-training loads it as its pretrained file
+    job = {"method": "meanp", "world": str(world), "dir": str(tmp_path / "run"), "seed": 0, "backbone_file": str(out)}
+    assert f"model.pretrained={out}" in qp.overrides(protocol, job, protocol["pretrain"])
