@@ -117,6 +117,50 @@ def ensure_world(protocol: dict, root: Path) -> Path:
     return out
 
 
+# -- the shared backbone in the repository ---------------------------------------------------------
+
+#: Byte parts of the backbone below the repository's 8 MiB limit per tracked file (the demo bundle's
+#: MAX_FILE_BYTES), so the backbone is committed with its pre-training record and a later session
+#: fine-tunes from the very same bytes: fine-tuning runs are keyed by its sha256, and a backbone
+#: retrained on another CPU need not be bit-identical.
+PART_BYTES = 7 << 20
+BACKBONE = "backbone.safetensors"
+
+
+def split_backbone(d: Path) -> None:
+    """Write d/backbone.safetensors.partNN (and .sha256) unless they are there and match."""
+    whole = d / BACKBONE
+    sha_file = d / (BACKBONE + ".sha256")
+    if not whole.is_file():
+        return
+    sha = sha256_file(whole)
+    if sha_file.is_file() and sha_file.read_text().strip() == sha:
+        return
+    for old in d.glob(BACKBONE + ".part*"):
+        old.unlink()
+    data = whole.read_bytes()
+    for n, start in enumerate(range(0, len(data), PART_BYTES)):
+        (d / f"{BACKBONE}.part{n:02d}").write_bytes(data[start:start + PART_BYTES])
+    sha_file.write_text(sha + "\n")
+
+
+def join_backbone(d: Path) -> None:
+    """Rebuild a missing d/backbone.safetensors from its committed parts, checking its sha256."""
+    whole = d / BACKBONE
+    parts = sorted(d.glob(BACKBONE + ".part*"))
+    if whole.is_file() or not parts:
+        return
+    want = (d / (BACKBONE + ".sha256")).read_text().strip()
+    tmp = d / (BACKBONE + ".joining")
+    with open(tmp, "wb") as f:
+        for part in parts:
+            f.write(part.read_bytes())
+    if sha256_file(tmp) != want:
+        tmp.unlink()
+        raise SystemExit(f"{d}: the backbone's parts do not add up to sha256 {want}; check out the folder again")
+    os.replace(tmp, whole)
+
+
 # -- runs (each in its own process, one thread; the fine-tuning itself is quality_finetune.py) -----
 
 def run_keyed(job: dict) -> dict:
@@ -289,9 +333,11 @@ def main(argv=None) -> None:
     pkey = qp.pretrain_key(protocol)
     pre_job = {"kind": "pretrain", "method": protocol["pretrain"]["method"], "seed": protocol["pretrain"]["seed"],
                "key": pkey, "world": str(world), "dir": str(out / "runs" / f"pretrain-{pkey}"), "protocol": protocol}
+    join_backbone(Path(pre_job["dir"]))
     with ProcessPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         say("shared backbone: pre-training (or reusing a finished run of the same key)")
         pre = pool.submit(run_keyed, pre_job).result()
+        split_backbone(Path(pre_job["dir"]))
         methods, seeds = method_list(protocol), list(protocol["seeds"])
         jobs = [] if args.gate_only else _jobs(protocol, psha, csha, world, out, methods, seeds,
                                                Path(pre_job["dir"]) / "backbone.safetensors")

@@ -110,3 +110,19 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["pretrain"] == res["pretrain"]
+
+
+def test_the_backbone_travels_as_parts_under_the_file_limit_and_comes_back_bit_identical(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, size=2 * q2.PART_BYTES + 123, dtype=np.uint8).tobytes()
+    (tmp_path / q2.BACKBONE).write_bytes(data)
+    q2.split_backbone(tmp_path)
+    parts = sorted(tmp_path.glob(q2.BACKBONE + ".part*"))
+    assert len(parts) == 3 and all(p.stat().st_size <= q2.PART_BYTES for p in parts)
+    (tmp_path / q2.BACKBONE).unlink()  # a fresh clone: the whole file is not committed
+    q2.join_backbone(tmp_path)
+    assert (tmp_path / q2.BACKBONE).read_bytes() == data
+    (tmp_path / q2.BACKBONE).unlink()
+    parts[1].write_bytes(parts[1].read_bytes()[:-1])
+    with pytest.raises(SystemExit, match="do not add up"):
+        q2.join_backbone(tmp_path)
+    assert not (tmp_path / q2.BACKBONE).exists()
