@@ -238,6 +238,7 @@ def analyse(protocol: dict, runs: dict, seeds: list[int], methods: list[str], qu
         "seeds_done": {m: [s for s in seeds if (m, s) in runs] for m in methods},
         "complete_methods": sorted(complete),
         "gate": gate_report(protocol, pre, queries, complete),
+        "swap": (pre.get("stages") or [{}])[-1].get("swap"),
         "comparisons": [qs.comparison(c, complete, kinds, st) for c in protocol["comparisons"]],
         "primary_level": st["primary_level"],
         "cpu_seconds": {"pretrain": pre["cpu_seconds"] + pre["probe_cpu_seconds"],
@@ -264,6 +265,12 @@ def markdown(a: dict, meta: dict) -> str:
               "| attribute | probe | majority | classes |", "|---|---|---|---|"]
     for attr, p in g["probes"].items():
         lines.append(f"| {attr} | {100 * p['accuracy']:.1f} | {100 * p['majority']:.1f} | {p['classes']} |")
+    swap = a.get("swap") or {}
+    if swap:  # recorded beside the gate by the pre-training's last stage, not part of it
+        lines += ["", "Caption swap check (validation, not part of the gate): a video scores its own caption above "
+                  "the same caption with one word swapped: " + ", ".join(
+                      f"{attr} {100 * v['prefers_own']:.0f}% of {v['captions']} (text cosine {v['text_cos']:.3f})"
+                      for attr, v in swap.items()) + "; 50% = the attribute plays no part."]
     fl = g["floor_R1"]
     lines += ["", "Floor (background + colour words, no model) R@1: " + ", ".join(f"{k} {_fmt(v)}" for k, v in fl.items()),
               f"meanP - floor: {_fmt((g['meanp_minus_floor'] or {}).get('mean'))} "

@@ -59,6 +59,10 @@ def test_a_killed_pretraining_resumes_from_its_last_stage(tmp_path, monkeypatch)
     result = qp.pretrain_job(protocol, job)
     assert [kw["stop_after"] for kw in trained] == [4] and trained[0]["resume"] is True
     assert [r["steps"] for r in result["stages"]] == [2, 4] and result["steps"] == 4
+    for row in result["stages"]:  # the caption swap check is recorded beside the gate at every stage
+        assert set(row["swap"]) == {"shape", "color"}
+        assert all(0 <= v["prefers_own"] <= 1 and v["captions"] > 0 and -1 <= v["text_cos"] <= 1
+                   for v in row["swap"].values())
     assert (Path(job["dir"]) / "backbone.safetensors").is_file()
 
 
