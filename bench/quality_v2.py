@@ -347,7 +347,7 @@ def main(argv=None) -> None:
         split_backbone(Path(pre_job["dir"]))
         methods, seeds = method_list(protocol), list(protocol["seeds"])
         jobs = [] if args.gate_only else _jobs(protocol, psha, csha, world, out, methods, seeds,
-                                               Path(pre_job["dir"]) / "backbone.safetensors")
+                                               Path(pre_job["dir"]) / BACKBONE)
         todo = [j for j in jobs if not (Path(j["dir"]) / "result.json").is_file()]
         if args.max_runs is not None:
             skipped = {id(j) for j in todo[args.max_runs:]}
@@ -364,7 +364,7 @@ def main(argv=None) -> None:
     analysis["uncertainty"] = uncertainty_section(protocol, runs, seeds, methods, out)
     meta = {"protocol_sha": psha, "code_sha": csha, "machine": machine(), "seconds": round(time.time() - t0, 1),
             "quick": args.quick, "world": str(world),
-            "backbone_sha256": sha256_file(Path(pre_job["dir"]) / "backbone.safetensors")}
+            "backbone_sha256": sha256_file(Path(pre_job["dir"]) / BACKBONE)}
     results = {"meta": meta, "protocol": protocol, "analysis": analysis, "kinds": queries["kinds"].tolist(),
                "runs": {f"{m}-s{s}": _without_topk(r) for (m, s), r in runs.items()}, "pretrain": pre}
     (out / "results.json").write_text(json.dumps(results) + "\n")
