@@ -20,7 +20,9 @@ this module adds the web layer (Starlette, served by uvicorn) and a background i
 * **Files.** ``GET /media/PATH`` serves a video with HTTP range requests (seeking), ``GET
   /thumb/PATH?t=S`` a PNG of the frame at S seconds. PATH must be a video the index holds, and its
   real path (symlinks resolved) must lie inside FOLDER: a traversal (``..``, encoded or not), an
-  absolute path, or a symlink out of the folder is a 404.
+  absolute path, or a symlink out of the folder is a 404. The check is made on the opened file
+  (engine/fsutil.py ``open_inside``) and the response reads that descriptor, so a symlink swapped
+  in between the check and the read cannot redirect what is served.
 * **Who may ask.** The server checks the ``Host`` header against the names it is bound to (a DNS
   rebinding page cannot reach a localhost server). Binding to anything but loopback is the
   command's decision (``--public``); then an access token is required on every request (``?token=``
@@ -31,16 +33,18 @@ from __future__ import annotations
 
 import hmac
 import logging
+import mimetypes
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from probret.engine.errors import ProbretError, UsageError
+from probret.engine.fsutil import OpenedFile, open_inside
 
 __all__ = ["ServeConfig", "Server", "create_app", "LOOPBACK_HOSTS", "TOKEN_COOKIE"]
 
@@ -226,8 +230,12 @@ class Server:
                 "seconds": round(time.perf_counter() - t0, 4), "queries": [result.to_json()]}
 
     # -- files ---------------------------------------------------------------------------------
-    def video_file(self, rel: str) -> Path | None:
-        """The file of indexed video ``rel`` when it lies inside the folder, else None."""
+    def open_video(self, rel: str) -> OpenedFile | None:
+        """Indexed video ``rel``, opened, when the file opened lies inside the folder, else None.
+
+        The check is made on the open descriptor (engine/fsutil.py ``open_inside``), so a symlink
+        swapped in after the check cannot redirect what is served. The caller closes it.
+        """
         if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
             return None
         with self._search_lock:
@@ -235,21 +243,41 @@ class Server:
             known = vf is not None and vf.reader.video_index(rel) is not None
         if not known:
             return None
-        path = (self.folder / rel).resolve()
-        if not path.is_relative_to(self.root) or not path.is_file():
-            return None
-        return path
+        return open_inside(self.root, rel)
 
 
 class _NotReady(ProbretError):
     exit_code = 3
 
 
-@lru_cache(maxsize=512)
-def _thumbnail_png(path: str, mtime_ns: int, t: float) -> bytes:
-    from probret.engine.thumbnails import png_bytes, thumbnail
+class _ThumbnailCache:
+    """The last ``size`` thumbnails, keyed by the file's identity (device, inode, mtime) and time."""
 
-    return png_bytes(thumbnail(path, t))
+    def __init__(self, size: int = 512):
+        self.size, self._items, self._lock = size, {}, threading.Lock()
+
+    def png(self, video: OpenedFile, t: float) -> bytes:
+        from probret.engine.thumbnails import png_bytes, thumbnail
+
+        key = (video.stat.st_dev, video.stat.st_ino, video.stat.st_mtime_ns, t)
+        with self._lock:
+            if key in self._items:
+                self._items[key] = self._items.pop(key)  # most recent last
+                return self._items[key]
+        png = png_bytes(thumbnail(video.source, t))
+        with self._lock:
+            self._items[key] = png
+            while len(self._items) > self.size:
+                self._items.pop(next(iter(self._items)))
+        return png
+
+
+_THUMBNAILS = _ThumbnailCache()
+
+
+def _media_type(path: Path) -> str:
+    """By the real file's name: the name served (/proc/self/fd/N) has no extension."""
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,10 +417,13 @@ def _media(server: Server):
     from starlette.responses import FileResponse, JSONResponse
 
     async def media(request):
-        path = await server.run(server.video_file, request.path_params["path"])
-        if path is None:
+        video = await server.run(server.open_video, request.path_params["path"])
+        if video is None:
             return JSONResponse({"error": "no such video in this folder's index"}, status_code=404)
-        return FileResponse(path)  # answers Range requests (206) itself
+        # the response reads the checked descriptor by name; the descriptor closes with the response
+        response = FileResponse(video.source, stat_result=video.stat, media_type=_media_type(video.path))
+        weakref.finalize(response, video.close)
+        return response  # answers Range requests (206) itself
 
     return media
 
@@ -402,17 +433,19 @@ def _thumb(server: Server):
     from starlette.responses import JSONResponse, Response
 
     async def thumb(request):
-        path = await server.run(server.video_file, request.path_params["path"])
-        if path is None:
-            return JSONResponse({"error": "no such video in this folder's index"}, status_code=404)
         try:
             t = max(0.0, float(request.query_params.get("t", "0")))
         except ValueError:
             return JSONResponse({"error": "t: a time in seconds"}, status_code=400)
+        video = await server.run(server.open_video, request.path_params["path"])
+        if video is None:
+            return JSONResponse({"error": "no such video in this folder's index"}, status_code=404)
         try:
-            png = await run_in_threadpool(_thumbnail_png, str(path), path.stat().st_mtime_ns, round(t, 2))
+            png = await run_in_threadpool(_THUMBNAILS.png, video, round(t, 2))
         except Exception as exc:  # noqa: BLE001 - an undecodable frame is a missing picture, not a crash
             return JSONResponse({"error": f"no thumbnail: {exc}"}, status_code=404)
+        finally:
+            video.close()
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     return thumb

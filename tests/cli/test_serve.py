@@ -6,6 +6,7 @@ encoded ``..``, symlinks out of the folder), range requests, and concurrent quer
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -131,6 +132,27 @@ def test_range_requests_and_thumbnails(served):
     status, headers, body = server.request("/thumb/video0.mp4?t=2.5")
     assert status == 200 and headers["content-type"] == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n"
     assert server.request("/thumb/video0.mp4?t=abc")[0] == 400
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts the server's descriptors in /proc")
+def test_served_files_do_not_leak_descriptors(served):
+    """Each media or thumbnail response holds the checked file open (engine/fsutil.py open_inside)
+    and must close it, whether the client reads all of it, a range, or nothing but the headers."""
+    server, *_ = served
+    server.wait_status(lambda s: s["state"] == "ready")
+
+    def open_fds() -> int:
+        return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+    for _ in range(3):  # warm up: thread pools, the decoder, the thumbnail cache
+        server.request("/media/video0.mp4")
+        server.request("/thumb/video1.mp4?t=1")
+    before = open_fds()
+    for i in range(30):
+        server.request("/media/video0.mp4", headers={"Range": f"bytes={i}-{i + 99}"})
+        server.request("/media/video1.mp4", method="HEAD")
+        server.request(f"/thumb/video2.mp4?t={i / 10}")
+    assert open_fds() <= before + 2  # a little slack for a pool thread's own descriptors
 
 
 def test_concurrent_queries_equal_sequential_ones(served):
