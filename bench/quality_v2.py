@@ -161,6 +161,15 @@ def join_backbone(d: Path) -> None:
     os.replace(tmp, whole)
 
 
+
+def shared_backbone_file(protocol: dict, out: Path) -> Path:
+    """The protocol's finished shared backbone under ``out`` (joined from its parts if need be)."""
+    d = out / "runs" / f"pretrain-{qp.pretrain_key(protocol)}"
+    join_backbone(d)
+    if not (d / BACKBONE).is_file():
+        raise SystemExit(f"{d}: no finished shared backbone; run bench/quality_v2.py --gate-only first")
+    return d / BACKBONE
+
 # -- runs (each in its own process, one thread; the fine-tuning itself is quality_finetune.py) -----
 
 def run_keyed(job: dict) -> dict:
