@@ -38,9 +38,16 @@ def test_workers_ignore_sigint():
 
 
 def test_without_it_a_worker_dies_of_sigint_and_the_loader_fails():
-    """The failure ignore_stop_signals prevents (so the test above can fail)."""
-    with pytest.raises(RuntimeError, match="exited unexpectedly"):
-        _read_all_after_signalling_the_worker(None)
+    """The failure ignore_stop_signals prevents (so the test above can fail). The worker's death is
+    noticed by the loader's watchdog, which can miss it on a loaded machine when the worker dies
+    after queueing everything: so the failure must show in at least one of three tries."""
+    for _ in range(3):
+        try:
+            _read_all_after_signalling_the_worker(None)
+        except RuntimeError as exc:
+            assert "exited unexpectedly" in str(exc)
+            return
+    pytest.fail("a worker without ignore_stop_signals survived SIGINT three times")
 
 
 def test_first_signal_is_recorded_and_handlers_are_restored():
