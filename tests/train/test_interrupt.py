@@ -41,12 +41,18 @@ def test_without_it_a_worker_dies_of_sigint_and_the_loader_fails():
     """The failure ignore_stop_signals prevents (so the test above can fail). The worker's death is
     noticed by the loader's watchdog, which can miss it on a loaded machine when the worker dies
     after queueing everything: so the failure must show in at least one of three tries."""
-    for _ in range(3):
-        try:
-            _read_all_after_signalling_the_worker(None)
-        except RuntimeError as exc:
-            assert "exited unexpectedly" in str(exc)
-            return
+    # a forked worker inherits this process's SIGINT disposition: an earlier test (or the runner)
+    # that left it ignored would make the worker immune, so set Python's default for this test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for _ in range(3):
+            try:
+                _read_all_after_signalling_the_worker(None)
+            except RuntimeError as exc:
+                assert "exited unexpectedly" in str(exc)
+                return
+    finally:
+        signal.signal(signal.SIGINT, previous)
     pytest.fail("a worker without ignore_stop_signals survived SIGINT three times")
 
 
