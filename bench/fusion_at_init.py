@@ -2,7 +2,7 @@
 well single frames of that backbone match the text (validation split only; issue 11 diagnostic).
 
     python bench/fusion_at_init.py                                    # quality v2's shared backbone
-    python bench/fusion_at_init.py --backbone B.safetensors --world W --out results.json
+    python bench/fusion_at_init.py --backbone-file B.safetensors --world W --out results.json
 
 Why: in quality protocol v2 (setting 6) every fusion head (X-Pool, T-MASS, SPEM, which share
 X-Pool's attention block) ended its 150 fine-tuning steps ~5 points below the mean-pooled cosine
@@ -96,7 +96,7 @@ def measure(backbone: str, backbone_file: Path, world_dir: Path, num_frames: int
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--protocol", type=Path, default=Path(__file__).resolve().parent / "protocols" / "quality_v2.json")
+    p.add_argument("--protocol", type=Path, default=None, help="default: bench/protocols/quality_v2.json")
     p.add_argument("--backbone-file", type=Path, default=None, help="open_clip weights (default: the protocol's "
                    "finished shared backbone, rebuilt from its committed parts)")
     p.add_argument("--world", type=Path, default=None, help="the world (default: the protocol's, generated if missing)")
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import quality_v2 as q2
 
-    protocol = json.loads(a.protocol.read_text())
+    protocol = json.loads((a.protocol or q2.PROTOCOL).read_text())
     out_dir = q2.REPO / protocol["out"]
     world = a.world or q2.ensure_world(protocol, out_dir)
     backbone_file = a.backbone_file or q2.shared_backbone_file(protocol, out_dir)

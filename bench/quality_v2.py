@@ -161,14 +161,19 @@ def join_backbone(d: Path) -> None:
     os.replace(tmp, whole)
 
 
+def pretrain_dir(protocol: dict, out: Path) -> Path:
+    """The shared backbone's run folder under ``out``, named by its key."""
+    return out / "runs" / f"pretrain-{qp.pretrain_key(protocol)}"
+
 
 def shared_backbone_file(protocol: dict, out: Path) -> Path:
     """The protocol's finished shared backbone under ``out`` (joined from its parts if need be)."""
-    d = out / "runs" / f"pretrain-{qp.pretrain_key(protocol)}"
+    d = pretrain_dir(protocol, out)
     join_backbone(d)
     if not (d / BACKBONE).is_file():
         raise SystemExit(f"{d}: no finished shared backbone; run bench/quality_v2.py --gate-only first")
     return d / BACKBONE
+
 
 # -- runs (each in its own process, one thread; the fine-tuning itself is quality_finetune.py) -----
 
@@ -348,7 +353,7 @@ def main(argv=None) -> None:
     world = ensure_world(protocol, out)
     pkey = qp.pretrain_key(protocol)
     pre_job = {"kind": "pretrain", "method": protocol["pretrain"]["method"], "seed": protocol["pretrain"]["seed"],
-               "key": pkey, "world": str(world), "dir": str(out / "runs" / f"pretrain-{pkey}"), "protocol": protocol}
+               "key": pkey, "world": str(world), "dir": str(pretrain_dir(protocol, out)), "protocol": protocol}
     join_backbone(Path(pre_job["dir"]))
     with ProcessPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         say("shared backbone: pre-training (or reusing a finished run of the same key)")

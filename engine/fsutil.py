@@ -100,8 +100,8 @@ def _umask() -> int:
     return mask
 
 
-#: where an open descriptor can be reopened by name (Linux; /dev/fd on macOS and the BSDs)
-_FD_DIRS = ("/proc/self/fd", "/dev/fd")
+#: where an open descriptor can be reopened by name (Linux; /dev/fd on macOS and the BSDs; None on Windows)
+_FD_DIR = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
 
 
 @dataclass
@@ -120,10 +120,9 @@ class OpenedFile:
 
     @property
     def source(self) -> str:
-        for fd_dir in _FD_DIRS:
-            if os.path.isdir(fd_dir):
-                return f"{fd_dir}/{self.fd}"
-        return str(self.path)  # no descriptor directory (Windows): the checked path, the best there is
+        if _FD_DIR is None:
+            return str(self.path)  # no descriptor directory (Windows): the checked path, the best there is
+        return f"{_FD_DIR}/{self.fd}"
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -167,4 +166,3 @@ def open_inside(root: str | Path, rel: str) -> OpenedFile | None:
 def _same_inode(path: Path, st: os.stat_result) -> bool:
     other = os.stat(path, follow_symlinks=False)
     return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
-
