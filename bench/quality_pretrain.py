@@ -59,7 +59,10 @@ def pretrain_key(protocol: dict) -> str:
 
 
 def overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
-    """Trainer overrides for one run (pre-training or fine-tuning) of the protocol."""
+    """Trainer overrides for one run (pre-training or fine-tuning) of the protocol.
+
+    Head hyperparameters come from ``protocol["head"][method]`` (every run of that method) and then
+    from ``schedule["head"]`` (this schedule only: the pre-training's objective, setting 7)."""
     b = protocol["backbone"]
     pretrained = job.get("backbone_file")
     return [
@@ -72,7 +75,8 @@ def overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
         f"train.warmup_ratio={schedule['warmup_ratio']}", "train.log_every=50", "train.eval_batch_size=64",
         "train.device=cpu",
     ] + [f"train.{k}={json.dumps(schedule[k])}" for k in ("negative_swaps", "negative_weight") if k in schedule] \
-      + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()]
+      + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()] \
+      + [f"model.head.{k}={json.dumps(v)}" for k, v in schedule.get("head", {}).items()]
 
 
 def encoder_probes(model, world_dir: Path, probe: dict) -> dict:

@@ -76,6 +76,16 @@ def test_the_committed_pretraining_asks_for_shape_through_swapped_negatives(tmp_
     assert config.train.negative_swaps == [list(SHAPES)] and config.train.negative_weight == 1.0
     tuned = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, protocol["finetune"]))
     assert tuned.train.negative_swaps == []  # fine-tuning is every head's own loss, unchanged
+    # setting 7: the pre-training trains every frame alone (CLIP's objective); fine-tuning's meanP does not
+    assert config.model.method == "meanp" and config.model.head == {"objective": "frames"}
+    assert tuned.model.head == {}
+
+
+def test_the_pretraining_objective_is_part_of_the_backbone_key():
+    protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=True)
+    other = json.loads(json.dumps(protocol))
+    other["pretrain"]["head"] = {"objective": "video"}
+    assert qp.pretrain_key(other) != qp.pretrain_key(protocol)
 
 
 def test_the_vision_warm_start_trains_only_the_vision_tower_and_is_what_pretraining_starts_from(tmp_path):

@@ -15,7 +15,7 @@ def _text(n, d, g):
 def test_score_equals_manual_computation_with_unequal_counts():
     g = torch.Generator().manual_seed(0)
     head = create_head("meanp", embed_dim=8, num_frames=3)
-    assert isinstance(head, MeanPHead) and head.name == "meanp" and head.config_dict() == {}
+    assert isinstance(head, MeanPHead) and head.name == "meanp" and head.config_dict() == {"objective": "video"}
     text, frames = _text(3, 8, g), torch.randn(5, 3, 8, generator=g) * 7
     out = head.score(text, frames)
     assert out.scores.shape == (3, 5) and out.uncertainty is None
@@ -53,3 +53,25 @@ def test_loss_decreases_in_30_steps():
         loss().backward()
         opt.step()
     assert loss().item() < 0.5 * first
+
+
+def test_frames_objective_is_clip_on_each_frame_and_leaves_scoring_alone():
+    g = torch.Generator().manual_seed(3)
+    video, frames_head = MeanPHead(8, 3), create_head("meanp", embed_dim=8, num_frames=3, objective="frames")
+    text, frames = _text(4, 8, g), torch.randn(4, 3, 8, generator=g)
+    scale = torch.tensor(20.0)
+    torch.testing.assert_close(frames_head.score(text, frames).scores, video.score(text, frames).scores)
+    target, per_frame = torch.arange(4), []
+    for k in range(3):
+        logits = scale * F.normalize(text.sentence, dim=-1) @ F.normalize(frames[:, k], dim=-1).t()
+        per_frame.append(0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)))
+    got = frames_head.loss(text, frames, logit_scale=scale)["loss"]
+    torch.testing.assert_close(got, torch.stack(per_frame).mean())
+    assert not torch.isclose(got, video.loss(text, frames, logit_scale=scale)["loss"])
+
+
+def test_unknown_objective_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="objective 'clip'"):
+        create_head("meanp", embed_dim=8, num_frames=3, objective="clip")
