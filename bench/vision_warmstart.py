@@ -95,9 +95,9 @@ def train_attributes(backbone, world: Path, *, attributes, steps: int, lr: float
                 z = torch.cat([vision(prep(x_va[j:j + 256])) for j in range(0, len(x_va), 256)])
                 acc = {a: round(float((heads[a](z).argmax(1).numpy() == yv[a]).mean()), 3) for a in attributes}
             vision.train()
-            rows.append({"step": step, "loss": round(float(loss), 3), "val_accuracy": acc})
+            rows.append({"step": step, "loss": round(loss.item(), 3), "val_accuracy": acc})
             if report:
-                report(f"vision warm start step {step}: loss {float(loss):.3f}, val accuracy "
+                report(f"vision warm start step {step}: loss {loss.item():.3f}, val accuracy "
                        + ", ".join(f"{a} {acc[a]:.3f} (majority {majority[a]:.3f})" for a in attributes))
     return {"rows": rows, "majority": majority, "training_frames": int(len(x_tr)),
             "cpu_seconds": round(time.process_time() - started, 1)}
