@@ -5,6 +5,7 @@ three kinds scored against match sets, paired bootstrap intervals, an encoder ga
     python bench/quality_v2.py --gate-only                  # world + shared backbone + encoder gate
     python bench/quality_v2.py                              # the full protocol (resumable, hours)
     python bench/quality_v2.py --max-runs 4                 # do at most 4 more fine-tuning runs, then report
+    python bench/quality_v2.py --seeds 0,1 --max-runs 0     # report the finished runs of seeds 0 and 1 only (partial)
 
 Everything the protocol fixes is in bench/protocols/quality_v2.json, committed before any full
 run: the world (protocol-v2 knobs, docs/world.md), the gallery, the shared backbone and its
@@ -266,9 +267,18 @@ def _fmt(x, nd=1) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def _partial_line(meta: dict) -> list[str]:
+    seeds, everyone = meta.get("seeds"), meta.get("protocol_seeds")
+    if seeds is None or seeds == everyone:
+        return []
+    return [f"**Partial report: seeds {', '.join(map(str, seeds))} of the protocol's "
+            f"{', '.join(map(str, everyone))} (--seeds); not a result of the protocol.**", ""]
+
+
 def markdown(a: dict, meta: dict) -> str:
     lines = [f"Quality protocol v2 - protocol sha256 {meta['protocol_sha'][:16]}, code {meta['code_sha'][:16]}, "
              f"{meta['machine']['cpu']}.", "",
+             *_partial_line(meta),
              "t2v R@1 (%) against match sets, test gallery; mean ± std over seeds (ddof=1).", "",
              "| method | seeds | all | full | partial | short |", "|---|---|---|---|---|---|"]
     for m, row in a["table"].items():
@@ -336,6 +346,22 @@ def _jobs(protocol: dict, psha: str, csha: str, world: Path, out: Path, methods:
     return jobs
 
 
+def chosen_seeds(protocol: dict, text: str | None) -> list[int]:
+    """The protocol's seeds, or the subset ``text`` ("0,1") names; any other seed is refused, since
+    a run outside the protocol would carry the protocol's key without being part of it."""
+    seeds = list(protocol["seeds"])
+    if text is None:
+        return seeds
+    try:
+        chosen = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1") from None
+    unknown = [s for s in chosen if s not in seeds]
+    if unknown or not chosen:
+        raise SystemExit(f"--seeds {text!r}: the protocol's seeds are {', '.join(map(str, seeds))}")
+    return [s for s in seeds if s in chosen]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", type=Path, default=PROTOCOL)
@@ -344,6 +370,8 @@ def main(argv=None) -> None:
     p.add_argument("--gate-only", action="store_true", help="world, shared backbone and encoder gate only")
     p.add_argument("--max-runs", type=int, default=None, help="start at most this many new fine-tuning runs")
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--seeds", default=None, metavar="S,S",
+                   help="run and report only these of the protocol's seeds: a partial report, labelled so")
     args = p.parse_args(argv)
     t0 = time.time()
     protocol, psha = load_protocol(args.protocol, args.quick)
@@ -359,7 +387,7 @@ def main(argv=None) -> None:
         say("shared backbone: pre-training (or reusing a finished run of the same key)")
         pre = pool.submit(run_keyed, pre_job).result()
         split_backbone(Path(pre_job["dir"]))
-        methods, seeds = method_list(protocol), list(protocol["seeds"])
+        methods, seeds = method_list(protocol), chosen_seeds(protocol, args.seeds)
         jobs = [] if args.gate_only else _jobs(protocol, psha, csha, world, out, methods, seeds,
                                                Path(pre_job["dir"]) / BACKBONE)
         todo = [j for j in jobs if not (Path(j["dir"]) / "result.json").is_file()]
@@ -377,7 +405,7 @@ def main(argv=None) -> None:
     analysis = analyse(protocol, runs, seeds, methods, queries, pre)
     analysis["uncertainty"] = uncertainty_section(protocol, runs, seeds, methods, out)
     meta = {"protocol_sha": psha, "code_sha": csha, "machine": machine(), "seconds": round(time.time() - t0, 1),
-            "quick": args.quick, "world": str(world),
+            "quick": args.quick, "world": str(world), "seeds": seeds, "protocol_seeds": list(protocol["seeds"]),
             "backbone_sha256": sha256_file(Path(pre_job["dir"]) / BACKBONE)}
     results = {"meta": meta, "protocol": protocol, "analysis": analysis, "kinds": queries["kinds"].tolist(),
                "runs": {f"{m}-s{s}": _without_topk(r) for (m, s), r in runs.items()}, "pretrain": pre}

@@ -110,6 +110,20 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["pretrain"] == res["pretrain"]
+    # a report on a subset of the seeds reuses their runs and says it is partial
+    q2.main(["--quick", "--out", str(tmp_path), "--seeds", "0", "--max-runs", "0"])
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
+    part = json.loads((tmp_path / "results.json").read_text())
+    assert set(part["runs"]) == {f"{m}-s0" for m in methods} and part["meta"]["seeds"] == [0]
+    assert "Partial report: seeds 0 of the protocol's" in (tmp_path / "summary.md").read_text()
+
+
+def test_seeds_outside_the_protocol_are_refused():
+    protocol = {"seeds": [0, 1, 2]}
+    assert q2.chosen_seeds(protocol, None) == [0, 1, 2] and q2.chosen_seeds(protocol, "2,0") == [0, 2]
+    for bad in ("3", "0,x", ""):
+        with pytest.raises(SystemExit, match="--seeds"):
+            q2.chosen_seeds(protocol, bad)
 
 
 def test_the_backbone_travels_as_parts_under_the_file_limit_and_comes_back_bit_identical(tmp_path):
