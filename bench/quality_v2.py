@@ -356,8 +356,7 @@ def chosen_seeds(protocol: dict, text: str | None) -> list[int]:
         chosen = [int(x) for x in text.split(",")]
     except ValueError:
         raise SystemExit(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1") from None
-    unknown = [s for s in chosen if s not in seeds]
-    if unknown or not chosen:
+    if any(s not in seeds for s in chosen):
         raise SystemExit(f"--seeds {text!r}: the protocol's seeds are {', '.join(map(str, seeds))}")
     return [s for s in seeds if s in chosen]
 
