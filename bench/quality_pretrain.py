@@ -65,6 +65,7 @@ def overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
     from ``schedule["head"]`` (this schedule only: the pre-training's objective, setting 7)."""
     b = protocol["backbone"]
     pretrained = job.get("backbone_file")
+    head = {**protocol.get("head", {}).get(job["method"], {}), **schedule.get("head", {})}
     return [
         f"model.backbone={b['name']}", f"model.pretrained={pretrained or 'null'}", f"model.method={job['method']}",
         f"model.num_frames={b['num_frames']}", "data.dataset=procedural", f"data.root={job['world']}",
@@ -75,8 +76,7 @@ def overrides(protocol: dict, job: dict, schedule: dict) -> list[str]:
         f"train.warmup_ratio={schedule['warmup_ratio']}", "train.log_every=50", "train.eval_batch_size=64",
         "train.device=cpu",
     ] + [f"train.{k}={json.dumps(schedule[k])}" for k in ("negative_swaps", "negative_weight") if k in schedule] \
-      + [f"model.head.{k}={json.dumps(v)}" for k, v in protocol.get("head", {}).get(job["method"], {}).items()] \
-      + [f"model.head.{k}={json.dumps(v)}" for k, v in schedule.get("head", {}).items()]
+      + [f"model.head.{k}={json.dumps(v)}" for k, v in head.items()]
 
 
 def encoder_probes(model, world_dir: Path, probe: dict) -> dict:

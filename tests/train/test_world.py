@@ -446,3 +446,49 @@ def test_benchmark_knobs_are_recorded_and_checked(tmp_path):
     assert world["settings"]["difficulty"]["background_contrast"] == 1.6
     with pytest.raises(DataError, match="two-event"):
         W.generate_world(tmp_path / "x", seed=1, benchmark=W.BenchmarkKnobs(eval_mix=(0.1, 0.8, 0.1)), **SMALL)
+
+
+def test_actor_visibility_own_event_shows_each_actor_only_around_its_event():
+    from probret.train.world.motion import object_track
+    from probret.train.world.rendering import render_video
+
+    d = W.BenchmarkKnobs().difficulty(W.parse_difficulty("0.25"))
+    counts = W.split_counts(200, (0.5, 0.2, 0.3))
+
+    def specs(**kw):
+        return W.build_specs(videos=200, seed=3, width=64, height=64, frames=16, difficulty=d, counts=counts,
+                             benchmark=W.BenchmarkKnobs(**kw))
+
+    clip, confined = specs(), specs(actor_visibility="own_event")
+    # nothing but visibility changes: same scenes, captions and match sets
+    assert [(c.text, c.matches) for v in clip for c in v.captions] == \
+        [(c.text, c.matches) for v in confined for c in v.captions]
+    two_actor = [v for v in confined if len(v.events) == 2 and v.events[0].actor != v.events[1].actor]
+    assert len(two_actor) > 40
+    for v in confined:
+        spans = [o.visible for o in v.objects]
+        if v in two_actor:
+            first, second = v.events
+            assert spans[first.actor] == (0, first.end_frame) and spans[second.actor] == (second.start_frame, 16)
+            assert first.end_frame == second.start_frame  # every frame shows exactly one of them
+            assert all(s is None for o, s in zip(v.objects, spans) if o.role == "distractor")
+        else:
+            assert spans == [None] * len(spans)
+    assert all(o.visible is None for v in clip for o in v.objects)
+
+    # the pixels: hiding an actor changes only frames and places where that actor was
+    v = next(v for v in two_actor if not {e.motion for e in v.events} & {"appear", "disappear", "blink"})
+    plain = next(u for u in clip if u.video_id == v.video_id)
+    a, b = (render_video(s, width=64, height=64, frames=16, difficulty=d, seed=3).astype(int) for s in (plain, v))
+    first, second = v.events
+    for f in range(16):
+        hidden = first.actor if f >= first.end_frame else second.actor
+        x, y, r = object_track(v.objects[hidden], [e for e in v.events if e.actor == hidden], 16, 64, 64,
+                               d.object_scale)[f, :3]
+        changed = np.argwhere(np.abs(a[f] - b[f]).max(-1) > 0)
+        assert len(changed), f"frame {f}: the hidden actor is still drawn"
+        assert np.all(np.hypot(changed[:, 1] - x, changed[:, 0] - y) <= 1.3 * r + 2), f"frame {f}"
+    record = v.record()
+    assert record["objects"][first.actor]["visible"] == [0, first.end_frame]
+    with pytest.raises(DataError, match="actor_visibility"):
+        W.BenchmarkKnobs(actor_visibility="sometimes").check()

@@ -13,7 +13,7 @@ import numpy as np
 from probret.engine.errors import DataError
 
 from .annotations import OUTPUT_FILES, SPLITS, write_annotations
-from .benchmark import BenchmarkKnobs, deal_eval_kinds
+from .benchmark import BenchmarkKnobs, confine_actors, deal_eval_kinds
 from .captions import draw_captions, eval_caption, match_and_choose, number_sentences
 from .difficulty import Difficulty, parse_difficulty
 from .encoding import GOP_SIZE, X264_OPTIONS, encode_mp4
@@ -218,6 +218,8 @@ def build_specs(*, videos: int, seed: int, width: int, height: int, frames: int,
     d = difficulty
     rng = np.random.default_rng([seed, 0])
     specs = sample_scenes(rng, counts, d, frames, width, height)
+    if benchmark is not None and benchmark.actor_visibility == "own_event":
+        confine_actors(specs, frames)
     grammar = Grammar(rng, d.paraphrase)
     lo_c, hi_c = captions_per_video
     dealt: dict[str, str] = {}

@@ -19,7 +19,9 @@ class ObjectSpec:
     angle: float
     rgb: tuple[int, int, int]
     #: frames [first, last) the object is on screen; None = the whole clip. Long videos use it
-    #: so that only the actors of nearby events are in view (a frame stays uncluttered).
+    #: so that only the actors of nearby events are in view (a frame stays uncluttered), and the
+    #: benchmark knob ``actor_visibility="own_event"`` so that each actor of a two-actor clip is
+    #: on screen only around its own event. world.json records it as the object's ``visible``.
     visible: tuple[int, int] | None = None
 
 
@@ -71,6 +73,7 @@ class VideoSpec:
                     "x": round(o.x, 4),
                     "y": round(o.y, 4),
                     "rgb": list(o.rgb),
+                    **({} if o.visible is None else {"visible": list(o.visible)}),
                 }
                 for o in self.objects
             ],
