@@ -7,7 +7,8 @@ saves a resumable state there, so a pre-training killed by the end of a session 
 last stage instead of starting over (it costs about an hour of one core). At each stage:
 
 - the encoder gate's linear probes of the frame features (background, colour, shape, motion,
-  fitted on train videos, scored on test videos, against the majority class). Attribute labels
+  fitted on train videos, scored on test videos, against the majority class; motion over the
+  first event's own frames, quality_stats.probe_inputs). Attribute labels
   only: no retrieval number of the test split is read here;
 - meanP t2v R@1 of the backbone on the **validation** split against the model-free
   "background + colour words" floor on the same validation queries.
@@ -94,7 +95,9 @@ def encoder_probes(model, world_dir: Path, probe: dict) -> dict:
         frames, _ = encode_videos(model, data, batch_size=64, num_workers=0, device=torch.device("cpu"),
                                   progress=False)
         records = [world["videos"][vid] for vid in data.video_ids]
-        feats[split] = (qs.probe_inputs(frames.numpy()), qs.probe_labels(records))
+        frames = frames.numpy()
+        shown = qs.shown_video_frames(frames.shape[1], int(world["settings"]["frames"]), float(world["settings"]["fps"]))
+        feats[split] = (qs.probe_inputs(frames, records, shown), qs.probe_labels(records))
     out = {}
     for attr in ("background", "color", "shape", "motion"):
         (x_tr, y_tr), (x_te, y_te) = ((f[0][attr], f[1][attr]) for f in (feats["train"], feats["test"]))

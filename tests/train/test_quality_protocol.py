@@ -52,6 +52,54 @@ def test_linear_probe_beats_majority_on_separable_data():
     assert res["accuracy"] > 0.9 and res["majority"] < 0.5
 
 
+def test_samples_show_the_frames_at_their_segment_midpoints():
+    assert qs.shown_video_frames(8, 16, 8.0).tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert qs.shown_video_frames(4, 16, 8.0).tolist() == [2, 6, 10, 14]
+
+
+def _actor_world(rng, videos: int, actor_visibility: str):
+    """Frame features of two-event clips: the first actor moves (label = its direction, +1 or
+    -1 along one feature axis) during its event, frames 0-7; then it holds still ('clip') or
+    leaves the screen while a second actor with a random direction takes over ('own_event')."""
+    shown = qs.shown_video_frames(8, 16, 8.0)
+    frames, records, labels = np.zeros((videos, 8, 4)), [], []
+    for v in range(videos):
+        sign, start = rng.choice([-1.0, 1.0]), rng.normal(0, 1)
+        pos = start + sign * np.minimum(shown, 8) / 8
+        frames[v, :, 0] = pos if actor_visibility == "clip" else np.where(shown < 8, pos, 0.0)
+        if actor_visibility == "own_event":
+            frames[v, :, 1] = np.where(shown >= 8, rng.normal(0, 1) + rng.choice([-1, 1]) * shown / 8, 0.0)
+        frames[v] += rng.normal(0, 0.05, frames[v].shape)
+        records.append({"events": [{"start_frame": 0, "end_frame": 8}, {"start_frame": 8, "end_frame": 16}]})
+        labels.append(int(sign > 0))
+    return frames, records, np.asarray(labels), shown
+
+
+def test_event_span_probe_reads_only_the_first_events_frames():
+    rng = np.random.default_rng(0)
+    frames, records, _, shown = _actor_world(rng, 3, "own_event")
+    out = qs.event_span_halves(frames, records, shown)
+    assert out.shape == (3, 12)
+    np.testing.assert_allclose(out, qs.clip_halves(frames[:, :4]))
+    changed = frames.copy()
+    changed[:, 4:] += 10.0                         # after the first event: must not matter
+    np.testing.assert_allclose(qs.event_span_halves(changed, records, shown), out)
+    one_sample = [{"events": [{"start_frame": 0, "end_frame": 2}]}] * 3
+    np.testing.assert_allclose(qs.event_span_halves(frames, one_sample, shown), qs.clip_halves(frames))
+
+
+def test_event_span_probe_sees_motion_where_clip_halves_lose_it():
+    rng = np.random.default_rng(1)
+    scores = {}
+    for visibility in ("clip", "own_event"):
+        x, records, y, shown = _actor_world(rng, 400, visibility)
+        for name, feats in (("halves", qs.clip_halves(x)), ("span", qs.event_span_halves(x, records, shown))):
+            scores[visibility, name] = qs.linear_probe(feats[:300], y[:300], feats[300:], y[300:])["accuracy"]
+    assert scores["clip", "halves"] > 0.9 and scores["clip", "span"] > 0.9
+    assert scores["own_event", "span"] > 0.9
+    assert scores["own_event", "halves"] < scores["own_event", "span"] - 0.2
+
+
 def test_committed_protocol_is_pre_registered():
     protocol, sha = q2.load_protocol(q2.PROTOCOL, quick=False)
     assert len(sha) == 64
