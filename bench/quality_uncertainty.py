@@ -153,8 +153,10 @@ def auroc_difference(a: np.ndarray, wrong_a: np.ndarray, b: np.ndarray, wrong_b:
     boot = np.array([diff(rng.integers(0, s, s), rng.integers(0, q, q)) for _ in range(reps)])
     boot = boot[np.isfinite(boot)]
     lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2]) if boot.size else (math.nan, math.nan)
-    return {"mean": float(np.nanmean(per_seed)), "lo": float(lo), "hi": float(hi), "level": level,
-            "seed_std": float(np.nanstd(per_seed, ddof=1)) if s > 1 else None, "seeds": int(s), "queries": int(q)}
+    finite = per_seed[np.isfinite(per_seed)]  # a seed whose queries are all right (or all wrong) has no AUROC
+    return {"mean": float(finite.mean()) if finite.size else math.nan, "lo": float(lo), "hi": float(hi),
+            "level": level, "seed_std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+            "seeds": int(s), "queries": int(q)}
 
 
 def _mean_std(values: list[float]) -> dict:

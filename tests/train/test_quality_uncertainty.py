@@ -91,6 +91,17 @@ def test_auroc_difference_of_perfect_against_constant_is_one_half():
     assert d["lo"] < 0 < d["hi"]  # no information either side: the interval covers 0
 
 
+def test_auroc_difference_without_a_wrong_query_is_nan_and_quiet():
+    import warnings
+
+    never_wrong = np.zeros((2, 20), dtype=bool)
+    signal = np.random.default_rng(4).normal(size=never_wrong.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = qu.auroc_difference(signal, never_wrong, signal, never_wrong, reps=20, level=0.95, seed=0)
+    assert np.isnan(d["mean"]) and np.isnan(d["lo"]) and d["seed_std"] is None
+
+
 def test_method_summary_targets_met_and_not_met():
     rng = np.random.default_rng(3)
     rows = [_analyse(rng)[2] for _ in range(3)]
