@@ -6,6 +6,7 @@ three kinds scored against match sets, paired bootstrap intervals, an encoder ga
     python bench/quality_v2.py                              # the full protocol (resumable, hours)
     python bench/quality_v2.py --max-runs 4                 # do at most 4 more fine-tuning runs, then report
     python bench/quality_v2.py --seeds 0,1 --max-runs 0     # report the finished runs of seeds 0 and 1 only (partial)
+    python bench/quality_v2.py --finetune-from B.safetensors --parallel 1   # runs ahead of the pre-training, no report
 
 Everything the protocol fixes is in bench/protocols/quality_v2.json, committed before any full
 run: the world (protocol-v2 knobs, docs/world.md), the gallery, the shared backbone and its
@@ -361,6 +362,28 @@ def chosen_seeds(protocol: dict, text: str | None) -> list[int]:
     return [s for s in seeds if s in chosen]
 
 
+def finetune_ahead(args, protocol: dict, psha: str, csha: str, world: Path, out: Path) -> None:
+    """Fine-tuning runs from ``args.finetune_from`` before the protocol's own pre-training has
+    finished: for a setting whose pre-training is expected to reproduce an earlier backbone bit
+    for bit (nothing that decides its weights changed), so the runs need not wait for it.
+
+    Safe by the keys alone: every run is keyed by the backbone file's sha256 (``_jobs``), so a
+    later report, which fine-tunes from the protocol's own backbone, reuses these runs only if
+    that backbone is bit-identical to this file, and never reads them otherwise. Nothing is
+    reported and no test number is printed, so nothing of the test split is seen before the
+    encoder gate is known."""
+    backbone = args.finetune_from.resolve()
+    if not backbone.is_file():
+        raise SystemExit(f"--finetune-from {args.finetune_from}: no such file")
+    jobs = _jobs(protocol, psha, csha, world, out, method_list(protocol), chosen_seeds(protocol, args.seeds), backbone)
+    todo = [j for j in jobs if not (Path(j["dir"]) / "result.json").is_file()]
+    todo = todo if args.max_runs is None else todo[:args.max_runs]
+    say(f"{len(jobs)} fine-tuning runs from {backbone} (sha256 {sha256_file(backbone)[:16]}); starting {len(todo)}")
+    with ProcessPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        for job, _ in zip(todo, pool.map(run_keyed, todo)):
+            say(f"{job['method']:6s} seed {job['seed']}: finished ({job['dir']})")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", type=Path, default=PROTOCOL)
@@ -371,6 +394,9 @@ def main(argv=None) -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--seeds", default=None, metavar="S,S",
                    help="run and report only these of the protocol's seeds: a partial report, labelled so")
+    p.add_argument("--finetune-from", type=Path, default=None, metavar="BACKBONE",
+                   help="fine-tune from this backbone file while the protocol's own pre-training runs "
+                        "elsewhere; no report, no test number printed (see finetune_ahead)")
     args = p.parse_args(argv)
     t0 = time.time()
     protocol, psha = load_protocol(args.protocol, args.quick)
@@ -378,6 +404,8 @@ def main(argv=None) -> None:
     out = args.out or (REPO / protocol["out"] / ("quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_world(protocol, out)
+    if args.finetune_from is not None:
+        return finetune_ahead(args, protocol, psha, csha, world, out)
     pkey = qp.pretrain_key(protocol)
     pre_job = {"kind": "pretrain", "method": protocol["pretrain"]["method"], "seed": protocol["pretrain"]["seed"],
                "key": pkey, "world": str(world), "dir": str(pretrain_dir(protocol, out)), "protocol": protocol}

@@ -122,7 +122,7 @@ def test_finetuning_runs_are_keyed_by_the_finetuning_code_not_the_report():
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
+def test_quick_run_end_to_end_and_keyed_reuse(tmp_path, capsys):
     q2.main(["--quick", "--out", str(tmp_path), "--parallel", "2"])
     res = json.loads((tmp_path / "results.json").read_text())
     a = res["analysis"]
@@ -164,6 +164,32 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path):
     part = json.loads((tmp_path / "results.json").read_text())
     assert set(part["runs"]) == {f"{m}-s0" for m in methods} and part["meta"]["seeds"] == [0]
     assert "Partial report: seeds 0 of the protocol's" in (tmp_path / "summary.md").read_text()
+    _finetune_ahead_uses_the_same_keys(tmp_path, runs, capsys)
+
+
+def _finetune_ahead_uses_the_same_keys(out: Path, runs: list[str], capsys):
+    """--finetune-from a bit-identical copy of the backbone finds every run finished; a backbone
+    that differs by one weight starts new runs beside them; neither prints a test number."""
+    from safetensors.torch import load_file, save_file
+
+    backbone = next((out / "runs").glob("pretrain-*/backbone.safetensors"))
+    copy = out / "copy.safetensors"
+    copy.write_bytes(backbone.read_bytes())
+    capsys.readouterr()
+    q2.main(["--quick", "--out", str(out), "--finetune-from", str(copy)])
+    assert sorted(p.name for p in (out / "runs").iterdir()) == runs
+    weights = load_file(str(backbone))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(out / "other.safetensors"))
+    q2.main(["--quick", "--out", str(out), "--finetune-from", str(out / "other.safetensors"), "--seeds", "0",
+             "--max-runs", "1", "--parallel", "1"])
+    new = sorted(set(p.name for p in (out / "runs").iterdir()) - set(runs))
+    assert len(new) == 1 and (out / "runs" / new[0] / "result.json").is_file()
+    printed = capsys.readouterr()
+    assert "R@1" not in printed.out + printed.err and "starting 1" in printed.out + printed.err
+    with pytest.raises(SystemExit, match="--finetune-from"):
+        q2.main(["--quick", "--out", str(out), "--finetune-from", str(out / "missing.safetensors")])
 
 
 def test_seeds_outside_the_protocol_are_refused():
