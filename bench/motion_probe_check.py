@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_stats as qs  # noqa: E402
-from common import cpu_flags, machine, say  # noqa: E402
+from common import cpu_flags, machine, say, write_results  # noqa: E402
 
 
 def video_kind(record: dict) -> str:
@@ -113,9 +113,7 @@ def main(argv=None) -> int:
            "world": str(a.world), "split": "fit on train, scored on val",
            **measure(protocol["backbone"]["name"], a.backbone_file, a.world, protocol["backbone"]["num_frames"],
                      protocol["gate"]["probe"])}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
-    say(f"wrote {a.out}")
+    write_results(res, a.out)
     return 0
 
 
