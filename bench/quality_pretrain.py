@@ -129,9 +129,9 @@ def validation_gap(model, world_dir: Path) -> dict:
 
 def swap_check(model, world_dir: Path, *, videos: int = 300) -> dict:
     """On the validation split's first ``videos`` videos: how often a video scores its own caption
-    above the same caption with one shape word (or one colour word) swapped (train/negatives.py;
-    50% = the attribute plays no part), and the text tower's mean cosine between the two captions.
-    Reported beside the gate, not part of it."""
+    above the same caption with one shape word (or colour word, direction, or canonical motion verb)
+    swapped (train/negatives.py; 50% = the attribute plays no part), and the text tower's mean
+    cosine between the two captions. Reported beside the gate, not part of it."""
     import random
 
     import torch
@@ -139,7 +139,8 @@ def swap_check(model, world_dir: Path, *, videos: int = 300) -> dict:
     from probret.train.datasets import RetrievalSplit, load_split
     from probret.train.evaluate import encode_videos
     from probret.train.negatives import swap_negatives
-    from probret.train.world.vocabulary import COLOR_NAMES, SHAPES
+    from probret.train.world.grammar import canonical_verb
+    from probret.train.world.vocabulary import COLOR_NAMES, MOTIONS, SHAPES, TRANSLATIONS
 
     data = load_split("procedural", str(world_dir), "val")
     keep = [i for i, v in enumerate(data.text_video_index) if v < videos]
@@ -149,7 +150,9 @@ def swap_check(model, world_dir: Path, *, videos: int = 300) -> dict:
     with torch.no_grad():
         frames, _ = encode_videos(model, sub, batch_size=64, num_workers=0, device=torch.device("cpu"), progress=False)
         video = model.head.video_side(frames)
-        for name, group in (("shape", list(SHAPES)), ("color", list(COLOR_NAMES))):
+        verbs = [canonical_verb(m) for m in MOTIONS if m not in TRANSLATIONS]
+        for name, group in (("shape", list(SHAPES)), ("color", list(COLOR_NAMES)),
+                            ("direction", list(TRANSLATIONS)), ("motion_verb", verbs)):
             rng = random.Random(0)
             pairs = [(i, swap_negatives([t], [group], rng)) for i, t in enumerate(sub.texts)]
             idx = [i for i, s in pairs if s]

@@ -10,11 +10,15 @@ that attribute the only way to score the video's own caption above it.
 
 How (``train.negative_swaps``, ``train.negative_weight``):
 
-- ``negative_swaps`` lists groups of interchangeable words (e.g. the world's five shape nouns).
-  Every training caption containing a word of a group gets ONE negative: one such occurrence,
-  chosen uniformly, replaced by another word of its group, chosen uniformly. Captions without a
-  group word get none. Words match whole, case-insensitively; the replacement keeps the
-  occurrence's position, so the rest of the sentence is unchanged.
+- ``negative_swaps`` lists groups of interchangeable words (e.g. the world's five shape nouns,
+  or its four directions). Every training caption gets ONE negative per group it contains a word
+  of: one such occurrence, chosen uniformly, replaced by another word of its group, chosen
+  uniformly. Captions without a group word get none. Words match whole, case-insensitively; the
+  replacement keeps the occurrence's position, so the rest of the sentence is unchanged. One
+  negative per group (not one per caption, drawn over all groups' words) keeps each attribute's
+  share of negatives independent of which other groups are listed: adding a motion group
+  (quality protocol v2, setting 10) does not halve the shape negatives that settings 5-9 relied on.
+  With a single group the two rules are the same.
 - The negatives join the batch's captions as extra candidates of the video-to-text direction
   only (NegCLIP's image-to-text term): for video i the candidates are the B captions of the batch
   and the batch's negatives, the target is caption i; scores come from the head's inference
@@ -60,18 +64,22 @@ def check_swaps(groups) -> str | None:
 
 
 def swap_negatives(texts: list[str], groups: list[list[str]], rng: random.Random) -> list[str]:
-    """One word-swapped negative per caption of ``texts`` that contains a word of ``groups``
-    (in the order of ``texts``; captions without one contribute nothing)."""
-    group_of = {w.lower(): [x.lower() for x in g] for g in groups for w in g}
+    """One word-swapped negative per caption of ``texts`` and per group of ``groups`` the caption
+    contains a word of (caption by caption in the order of ``texts``, then in the order of
+    ``groups``; captions without a group word contribute nothing)."""
+    lowered = [[w.lower() for w in g] for g in groups]
+    group_index = {w: k for k, g in enumerate(lowered) for w in g}
     negatives = []
     for text in texts:
-        spots = [m for m in _WORD.finditer(text) if m.group().lower() in group_of]
-        if not spots:
-            continue
-        m = spots[rng.randrange(len(spots))]
-        word = m.group().lower()
-        others = [w for w in group_of[word] if w != word]
-        negatives.append(text[: m.start()] + others[rng.randrange(len(others))] + text[m.end():])
+        spots: dict[int, list[re.Match]] = {}
+        for m in _WORD.finditer(text):
+            k = group_index.get(m.group().lower())
+            if k is not None:
+                spots.setdefault(k, []).append(m)
+        for k in sorted(spots):
+            m = spots[k][rng.randrange(len(spots[k]))]
+            others = [w for w in lowered[k] if w != m.group().lower()]
+            negatives.append(text[: m.start()] + others[rng.randrange(len(others))] + text[m.end():])
     return negatives
 
 

@@ -35,6 +35,23 @@ def test_swaps_are_whole_words_and_reproducible():
     assert seen == {"square", "triangle", "star", "cross"}
 
 
+def test_each_group_a_caption_names_gets_its_own_negative():
+    groups = SHAPES + [["left", "right", "up", "down"], ["grows", "shrinks", "rotates"]]
+    texts = ["a red circle moves left, then a square grows", "a blue shape rotates", "nothing here"]
+    negatives = swap_negatives(texts, groups, random.Random(0))
+    # caption 0 names a shape, a direction and a verb (3 negatives); caption 1 a verb only
+    assert len(negatives) == 4
+    changed = []
+    for source, neg in zip([texts[0]] * 3 + [texts[1]], negatives):
+        diff = [(x, y) for x, y in zip(source.split(), neg.split()) if x != y]
+        assert len(diff) == 1
+        changed.append(diff[0][0].strip(","))
+    group_of = {w: k for k, g in enumerate(groups) for w in g}
+    assert [group_of[w] for w in changed] == [0, 1, 2, 2]  # caption order, then group order
+    # a single group keeps the one-negative-per-caption rule of settings 5-9
+    assert len(swap_negatives(texts, SHAPES, random.Random(0))) == 1
+
+
 @pytest.mark.parametrize("groups, why", [
     ("circle", "must be a list"), ([["circle"]], "at least two words"), ([["circle", "a b"]], "one word"),
     ([["circle", "square"], ["square", "star"]], "only once"), ([["circle", "circle"]], "only once"),

@@ -60,20 +60,24 @@ def test_a_killed_pretraining_resumes_from_its_last_stage(tmp_path, monkeypatch)
     assert [kw["stop_after"] for kw in trained] == [4] and trained[0]["resume"] is True
     assert [r["steps"] for r in result["stages"]] == [2, 4] and result["steps"] == 4
     for row in result["stages"]:  # the caption swap check is recorded beside the gate at every stage
-        assert set(row["swap"]) == {"shape", "color"}
+        assert set(row["swap"]) == {"shape", "color", "direction", "motion_verb"}
         assert all(0 <= v["prefers_own"] <= 1 and v["captions"] > 0 and -1 <= v["text_cos"] <= 1
                    for v in row["swap"].values())
     assert (Path(job["dir"]) / "backbone.safetensors").is_file()
 
 
-def test_the_committed_pretraining_asks_for_shape_through_swapped_negatives(tmp_path):
+def test_the_committed_pretraining_asks_for_shape_and_motion_through_swapped_negatives(tmp_path):
     from probret.train.config import ExperimentConfig, apply_overrides
-    from probret.train.world.vocabulary import SHAPES
+    from probret.train.world.grammar import canonical_verb
+    from probret.train.world.vocabulary import MOTIONS, SHAPES, TRANSLATIONS
 
     protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=False)
     job = {"method": "meanp", "world": str(tmp_path), "dir": str(tmp_path / "run"), "seed": 0}
     config = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, protocol["pretrain"]))
-    assert config.train.negative_swaps == [list(SHAPES)] and config.train.negative_weight == 1.0
+    # setting 10: the directions and the canonical motion verbs as the world's captions spell them
+    verbs = [canonical_verb(m) for m in MOTIONS if m not in TRANSLATIONS]
+    assert config.train.negative_swaps == [list(SHAPES), list(TRANSLATIONS), verbs]
+    assert config.train.negative_weight == 1.0
     tuned = apply_overrides(ExperimentConfig(), qp.overrides(protocol, job, protocol["finetune"]))
     assert tuned.train.negative_swaps == []  # fine-tuning is every head's own loss, unchanged
     # setting 7: the pre-training trains every frame alone (CLIP's objective); fine-tuning's meanP does not

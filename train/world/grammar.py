@@ -24,6 +24,14 @@ _VERBS: dict[str, list[tuple[str, str]]] = {
     "move": [("moves", "moving"), ("is moving", "moving around")],
     "resize": [("changes size", "changing size"), ("changes its size", "changing its size")],
 }
+
+
+def canonical_verb(motion: str) -> str:
+    """The one-word simple present a canonical caption uses for ``motion`` ("grows"); the word of
+    a translation's phrase that names it ("left" of "moves left")."""
+    return _VERBS[motion][0][0].split()[-1]
+
+
 _BG_PREPOSITIONS = ["on", "over", "in front of"]
 _THEN = ["{a}, then {b}", "{a} and then {b}", "first {a}, then {b}", "{a}, after that {b}"]
 _MENTION = [", with a {o} nearby", " next to a {o}", ", and a {o} is also there"]
