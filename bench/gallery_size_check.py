@@ -12,7 +12,9 @@ by chance. This script separates the two without reading the test split:
 
 * it generates a second world from the protocol's world settings with another seed and almost
   every video in its validation split (``--videos``, default 2,000: 1,800 validation videos), so
-  galleries of 100 to 1,800 videos come from one distribution the protocol never used;
+  galleries of 100 to 1,800 videos come from one distribution the protocol's own world never
+  drew (quality_v2.ensure_world; from setting 10 on, the same world holds the protocol's
+  calibration gallery, which is fitted on, never tested on);
 * it scores each method on the whole split once, either freshly built (at init) or fine-tuned
   with the protocol's own fine-tuning schedule from the shared backbone (``--finetune``), and
 * for each gallery size it draws ``--draws`` random galleries (videos with their own query,
@@ -27,7 +29,6 @@ committed, like the protocol's world).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -43,25 +44,8 @@ from common import cpu_flags, machine, say, write_results  # noqa: E402
 V2 = Path(__file__).resolve().parent / "results" / "quality" / "v2"
 DEFAULT_OUT = V2 / "diagnostics" / "gallery_size_at_init.json"
 SIZES = (100, 300, 1000)
-
-
-def diagnostic_world(protocol: dict, root: Path, *, videos: int, seed: int) -> Path:
-    """The protocol's world settings with another seed and splits (5% / 90% / 5%), keyed by them."""
-    from probret.train.world import WORLD_VERSION, BenchmarkKnobs, generate_world
-
-    w = {**protocol["world"], "videos": videos, "seed": seed, "splits": [0.05, 0.9, 0.05]}
-    if seed == protocol["world"]["seed"]:
-        raise SystemExit(f"--world-seed {seed}: that is the protocol's own world; pick another seed")
-    key = hashlib.sha256(json.dumps({**w, "world_version": WORLD_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
-    out = root / f"diag-world-{key}"
-    if (out / "world.json").is_file():
-        return out
-    say(f"generating the diagnostic world: {videos} videos in {out}")
-    generate_world(out, videos=videos, seed=seed, resolution=tuple(w["resolution"]), frames=w["frames"],
-                   fps=w["fps"], difficulty=w["difficulty"], splits=tuple(w["splits"]), overwrite=True,
-                   benchmark=BenchmarkKnobs(**{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in w["benchmark"].items()}))
-    return out
+#: almost every video in the validation split, so one world gives galleries of up to 1,800 videos
+DIAGNOSTIC_SPLITS = (0.05, 0.9, 0.05)
 
 
 def _models(protocol: dict, backbone_file: Path, methods: list[str], finetune: bool, seed: int, world: Path):
@@ -190,7 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune", action="store_true", help="fine-tune each method with the protocol's schedule "
                    "(about 8 CPU-min each) instead of scoring its head at init")
     p.add_argument("--seed", type=int, default=0, help="head init / fine-tuning seed (default: 0)")
-    p.add_argument("--videos", type=int, default=2000, help="diagnostic world size (default: %(default)s)")
+    p.add_argument("--videos", type=int, default=2000, help="diagnostic world size (default: %(default)s, the "
+                   "protocol's calibration world)")
     p.add_argument("--world-seed", type=int, default=2027, help="diagnostic world seed (default: %(default)s)")
     p.add_argument("--draws", type=int, default=20, help="random galleries per size (default: %(default)s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -200,7 +185,8 @@ def main(argv=None) -> int:
     protocol = json.loads((a.protocol or q2.PROTOCOL).read_text())
     out_dir = q2.REPO / protocol["out"]
     train_world = q2.ensure_world(protocol, out_dir)
-    diag = diagnostic_world(protocol, out_dir, videos=a.videos, seed=a.world_seed)
+    diag = q2.ensure_world(protocol, out_dir, prefix="diag-world", videos=a.videos, seed=a.world_seed,
+                           splits=list(DIAGNOSTIC_SPLITS))
     backbone_file = a.backbone_file or q2.shared_backbone_file(protocol, out_dir)
     methods = [m for m in a.methods.split(",") if m]
     sims, split, kinds = score_all(protocol, backbone_file, methods, a.finetune, a.seed, train_world, diag)

@@ -14,7 +14,11 @@ runs away. Everything the report computes is therefore stored here, in result.js
     uncertainty_top1  the head's uncertainty of its top-1 pair (None for heads without one)
     match_set_size    how many videos truly match the query
 
-``queries.val`` also keeps its top-k ranked hits (``topk_scores``, ``topk_uncertainty``,
+``queries.calibration`` (protocol section ``calibration``, setting 10 on): the same fields for the
+calibration gallery, the first ``gallery`` videos of a second world's split, scored after val and
+test; what the uncertainty analysis fits its calibrators on.
+
+``queries.val`` (and ``queries.calibration``) also keep their top-k ranked hits (``topk_scores``, ``topk_uncertainty``,
 ``topk_relevant``; k = ``TOP_K``, engine.calibration.DEFAULT_TOP_K): what ``probret-export --calibrate``
 fits its calibrator on, so the report can fit the product's calibrator the same way. The test
 split keeps only top-1 signals: every calibrator is fitted on validation and applied to test's
@@ -73,8 +77,25 @@ def query_records(sims: np.ndarray, relevant: list[list[int]], uncertainty: np.n
     return out
 
 
+def first_videos(data, n: int):
+    """The gallery of ``data``'s first ``n`` videos: their texts, and match sets cut to them, as
+    if the split held those videos alone (the calibration gallery; the split's order is the
+    generator's, a random draw of its videos)."""
+    from probret.train.datasets import RetrievalSplit
+
+    if n > len(data.videos):
+        raise SystemExit(f"{data.name}/{data.split}: a gallery of {n} videos asked of a split of {len(data.videos)}")
+    keep = np.flatnonzero(data.text_video_index < n)
+    relevant = None if data.relevant is None else [[j for j in data.relevant[i] if j < n] for i in keep]
+    paths = {v.path for v in data.videos[:n]}
+    return RetrievalSplit(name=data.name, split=data.split, videos=data.videos[:n], texts=[data.texts[i] for i in keep],
+                          text_video_index=data.text_video_index[keep], missing=[m for m in data.missing if m in paths],
+                          relevant=relevant)
+
+
 def finetune_job(protocol: dict, job: dict) -> dict:
-    """Fine-tune one method from the shared backbone for one seed; evaluate once on val and test."""
+    """Fine-tune one method from the shared backbone for one seed; evaluate once on val and test
+    (and on the calibration gallery when the protocol has one)."""
     import torch
 
     from probret.train.datasets import load_split
@@ -83,12 +104,20 @@ def finetune_job(protocol: dict, job: dict) -> dict:
     model, result, cpu = _train(protocol, job, protocol["finetune"])
     started = time.process_time()
     queries, metrics = {}, {}
-    for split, top_k in (("val", TOP_K), ("test", None)):
-        data = load_split("procedural", job["world"], split)
+    splits = [("val", TOP_K, lambda: load_split("procedural", job["world"], "val")),
+              ("test", None, lambda: load_split("procedural", job["world"], "test"))]
+    cal = job.get("calibration")
+    if cal is not None:
+        splits.append(("calibration", TOP_K, lambda: first_videos(
+            load_split("procedural", cal["world"], cal["split"]), cal["gallery"])))
+    for split, top_k, load in splits:
+        data = load()
         with torch.no_grad():
             ev = evaluate(model, data, block=256, seed=0)
         queries[split] = query_records(ev.sims, data.relevant, ev.uncertainty, top_k)
         metrics[split] = ev.metrics
     return {"method": job["method"], "seed": job["seed"], "cpu_seconds": round(cpu, 1),
             "eval_cpu_seconds": round(time.process_time() - started, 1), "steps": result.steps,
-            "val": metrics["val"], "test": metrics["test"], "queries": queries}
+            "val": metrics["val"], "test": metrics["test"], **({"calibration": metrics["calibration"]}
+                                                                if "calibration" in metrics else {}),
+            "queries": queries}

@@ -3,19 +3,23 @@ uncertainty, or a confidence calibrated from it, predict that its top-1 hit is w
 the raw top-1 score and the top1 - top2 margin do?
 
 Used by bench/quality_v2.py's report; it reads only the per-query records that
-bench/quality_finetune.py stores in every run's result.json (``queries.val``, ``queries.test``), so
+bench/quality_finetune.py stores in every run's result.json (``queries.val``, ``queries.test``,
+``queries.calibration``), so
 it can be recomputed, and changed, without retraining. What it computes is pre-registered in the
 protocol's ``uncertainty`` section (bench/protocols/quality_v2.json); in short, per run:
 
-- every calibrator is FITTED ON THE RUN'S VALIDATION QUERIES ONLY (``fit_calibrators`` takes
-  nothing else) and applied unchanged to the test queries' top-1 hits: Platt on the score, Platt
-  on the margin, the full confidence (Platt on score + margin + the head's uncertainty where it
-  has one) and the product's calibrator (engine.calibration.fit_on_scores on the top-10 hits of
-  each validation query, exactly what ``probret-export --calibrate`` ships);
+- every calibrator is FITTED ON ONE NON-TEST RECORD ONLY (``fit_calibrators`` takes nothing
+  else; ``fit_record`` picks it): from setting 10 on the run's calibration gallery, 1,000 videos
+  of a second world with the protocol's settings, as large as the test gallery, because scores
+  and R@1 depend on the gallery's size; before (settings 6-9) its 300 validation queries. It is
+  applied unchanged to the test queries' top-1 hits: Platt on the score, Platt on the margin, the
+  full confidence (Platt on score + margin + the head's uncertainty where it has one) and the
+  product's calibrator (engine.calibration.fit_on_scores on the top-10 hits of each fitting
+  query, exactly what ``probret-export --calibrate`` ships);
 - on test: AUROC for "top-1 is wrong", AURC, abstention gain and Spearman with match-set size of
   every signal (engine.uncertainty.uncertainty_report; signals oriented so that higher = less
   sure), and the ECE of every calibrated one over ``ece_bins`` equal-width bins;
-- the best uncertainty signal (head uncertainty or confidence), chosen on validation, against the
+- the best uncertainty signal (head uncertainty or confidence), chosen on the fitting record, against the
   margin baselines: the method's own margin and meanP's margin (meanP's own top-1, same seed).
 
 Across seeds: each metric is the mean over seeds (and its sample std, ddof=1). The interval of an
@@ -68,15 +72,16 @@ def calibrator_signals(has_uncertainty: bool) -> dict[str, list[str]]:
             "confidence": ["score", "margin"] + (["uncertainty"] if has_uncertainty else [])}
 
 
-def fit_calibrators(val: dict) -> dict[str, Calibrator]:
-    """Every calibrator of the analysis, fitted on the validation record ``val`` alone."""
+def fit_calibrators(val: dict, split: str = "val") -> dict[str, Calibrator]:
+    """Every calibrator of the analysis, fitted on the record ``val`` alone (the calibration gallery
+    from setting 10 on, the validation split before; ``split`` names it in each domain)."""
     feats, labels = top1_signals(val), correct(val)
-    domain = {"dataset": "procedural", "split": "val", "queries": len(labels)}
+    domain = {"dataset": "procedural", "split": split, "queries": len(labels)}
     cals = {name: Calibrator.fit("platt", feats, labels, names, domain=domain)
             for name, names in calibrator_signals("uncertainty" in feats).items()}
     scores = np.asarray(val["topk_scores"], np.float64)
     if scores.shape[1] != DEFAULT_TOP_K:
-        raise ValueError(f"validation keeps {scores.shape[1]} hits per query, the product fits on {DEFAULT_TOP_K}")
+        raise ValueError(f"{split} keeps {scores.shape[1]} hits per query, the product fits on {DEFAULT_TOP_K}")
     # the top-k hits are already ranked, so fit_on_scores' own ranking keeps their order (stable)
     relevant = [np.flatnonzero(r).tolist() for r in val["topk_relevant"]]
     unc = None if val.get("topk_uncertainty") is None else np.asarray(val["topk_uncertainty"], np.float64)
@@ -99,7 +104,7 @@ def cross_fitted_auroc(val: dict, names: list[str]) -> float:
 
 
 def best_signal(val: dict) -> tuple[str, dict]:
-    """The protocol's ``best_signal`` rule, on validation only: (name, {candidate: val AUROC})."""
+    """The protocol's ``best_signal`` rule, on the fitting record only: (name, {candidate: its AUROC})."""
     feats = top1_signals(val)
     scores = {"confidence": cross_fitted_auroc(val, calibrator_signals("uncertainty" in feats)["confidence"])}
     if "uncertainty" in feats:
@@ -111,11 +116,18 @@ def best_signal(val: dict) -> tuple[str, dict]:
     return ("confidence" if finite.get("confidence") == top else "uncertainty"), scores
 
 
-def run_analysis(val: dict, test: dict, *, meanp_test: dict | None, bins: int, fraction: float) -> dict:
-    """One run: calibrators fitted on ``val``, every metric on ``test``. Returns the report row and,
-    under ``arrays``, the oriented test signals, the wrong flags and the confidences (for the
-    bootstrap and the plots; not stored)."""
-    cals = fit_calibrators(val)
+def fit_record(queries: dict) -> tuple[str, dict]:
+    """What a run's calibrators are fitted on: its calibration gallery (protocol section
+    ``calibration``, setting 10 on), else its validation split (settings 6-9)."""
+    return ("calibration", queries["calibration"]) if "calibration" in queries else ("val", queries["val"])
+
+
+def run_analysis(val: dict, test: dict, *, meanp_test: dict | None, bins: int, fraction: float,
+                 fit_split: str = "val") -> dict:
+    """One run: calibrators fitted on ``val`` (the record named ``fit_split``), every metric on
+    ``test``. Returns the report row and, under ``arrays``, the oriented test signals, the wrong
+    flags and the confidences (for the bootstrap and the plots; not stored)."""
+    cals = fit_calibrators(val, fit_split)
     feats, ok = top1_signals(test), correct(test)
     conf = {name: cal.confidence(feats) for name, cal in cals.items()}
     oriented = {"score": -feats["score"], "margin": -feats["margin"], "confidence": -conf["confidence"],
@@ -130,7 +142,7 @@ def run_analysis(val: dict, test: dict, *, meanp_test: dict | None, bins: int, f
         report["meanp_margin"] = uncertainty_report({"m": base}, base_ok, size, fraction)["m"]
         oriented["meanp_margin"], wrong["meanp_margin"] = base, ~base_ok
     best, val_auroc = best_signal(val)
-    return {"signals": report, "ece": {n: ece(conf[n], ok, bins) for n in CALIBRATED}, "best": best,
+    return {"signals": report, "ece": {n: ece(conf[n], ok, bins) for n in CALIBRATED}, "best": best, "fitted_on": fit_split,
             "val_auroc": val_auroc, "calibrators": {n: c.to_dict() for n, c in cals.items()},
             "arrays": {"oriented": oriented, "wrong": wrong, "confidence": conf, "correct": ok}}
 
@@ -165,7 +177,7 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def _best_arrays(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Each seed's best signal (chosen on its validation split) and its wrong flags, stacked."""
+    """Each seed's best signal (chosen on its fitting record) and its wrong flags, stacked."""
     return (np.stack([r["arrays"]["oriented"][r["best"]] for r in rows]),
             np.stack([r["arrays"]["wrong"][r["best"]] for r in rows]))
 
@@ -215,12 +227,14 @@ def analyse(runs: dict, seeds: list[int], methods: list[str], protocol: dict) ->
         rows[m] = []
         for s in (s for s in seeds if (m, s) in runs):
             meanp = runs[("meanp", s)]["queries"]["test"] if ("meanp", s) in runs else None
-            row = run_analysis(runs[(m, s)]["queries"]["val"], runs[(m, s)]["queries"]["test"], meanp_test=meanp,
-                               bins=spec["ece_bins"], fraction=spec["abstain_fraction"])
+            fit_split, fit = fit_record(runs[(m, s)]["queries"])
+            row = run_analysis(fit, runs[(m, s)]["queries"]["test"], meanp_test=meanp, bins=spec["ece_bins"],
+                               fraction=spec["abstain_fraction"], fit_split=fit_split)
             rows[m].append(row)
             calibrators[f"{m}-s{s}"] = row["calibrators"]
     summaries = {m: method_summary(r, spec, protocol["statistics"]) for m, r in rows.items() if r}
-    return _finite({"spec": spec, "methods": summaries, "calibrators": calibrators}), rows
+    fitted_on = sorted({row["fitted_on"] for r in rows.values() for row in r})
+    return _finite({"spec": spec, "methods": summaries, "calibrators": calibrators, "fitted_on": fitted_on}), rows
 
 
 def _finite(x):
@@ -250,6 +264,11 @@ def _grid(n: int):
     return plt, fig, axes.flat
 
 
+def _fitted_on(rows: dict[str, list[dict]]) -> str:
+    names = {"val": "validation", "calibration": "the calibration gallery"}
+    return " / ".join(names[f] for f in sorted({row["fitted_on"] for r in rows.values() for row in r}))
+
+
 def plot_risk_coverage(rows: dict[str, list[dict]], path: Path) -> Path:
     """One panel per method: risk (error rate of the kept queries) against coverage for every
     signal, the mean of the seeds' curves, with the oracle ordering dashed."""
@@ -264,7 +283,7 @@ def plot_risk_coverage(rows: dict[str, list[dict]], path: Path) -> Path:
         ax.plot(oracle[0][0], np.mean([c[1] for c in oracle], 0), "k--", lw=0.8, label="oracle")
         ax.set(title=f"{m} ({len(rows[m])} seeds)", xlabel="coverage", ylabel="risk (top-1 wrong)", xlim=(0, 1))
         ax.legend(fontsize=7)
-    fig.suptitle("Risk-coverage on test (calibrators fitted on validation)")
+    fig.suptitle("Risk-coverage on test (calibrators fitted on " + _fitted_on(rows) + ")")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -286,7 +305,7 @@ def plot_reliability(rows: dict[str, list[dict]], path: Path, bins: int) -> Path
         ax.set(title=f"{m} ({len(rows[m])} seeds)", xlabel="confidence", ylabel="accuracy (top-1 right)",
                xlim=(0, 1), ylim=(0, 1))
         ax.legend(fontsize=7)
-    fig.suptitle(f"Reliability on test, {bins} equal-width bins (calibrators fitted on validation)")
+    fig.suptitle(f"Reliability on test, {bins} equal-width bins (calibrators fitted on {_fitted_on(rows)})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -310,8 +329,10 @@ def _signal_table(methods: dict, metric: str, title: str, nd: int) -> list[str]:
 
 def markdown(report: dict) -> str:
     spec, methods = report["spec"], report["methods"]
-    lines = ["", f"Uncertainty (issue 11 section 3): test split, every calibrator fitted on the validation split "
-             f"only; mean over seeds. Signals: {', '.join(SIGNALS)} (the protocol's uncertainty section)."]
+    fitted = {"val": "the validation split", "calibration": "the calibration gallery (protocol section calibration)"}
+    on = " / ".join(fitted.get(f, f) for f in report.get("fitted_on") or ["val"])
+    lines = ["", f"Uncertainty (issue 11 section 3): test split, every calibrator fitted on {on} only, never on test; "
+             f"mean over seeds. Signals: {', '.join(SIGNALS)} (the protocol's uncertainty section)."]
     lines += _signal_table(methods, "auroc", "AUROC for \"top-1 is not in the match set\" (0.5 = no information):", 3)
     lines += _signal_table(methods, "aurc", "AURC (risk-coverage area, lower is better; plot: risk_coverage.png):", 3)
     lines += _signal_table(methods, "abstain_gain", f"Abstention: R@1 on the {100 * (1 - spec['abstain_fraction']):.0f}% "
@@ -323,7 +344,7 @@ def markdown(report: dict) -> str:
     for m, s in methods.items():
         lines.append(f"| {m} | " + " | ".join(f"{_f(s['ece'][n])} ± {_f(s['ece'][n]['std'])}" if s["ece"][n]["std"]
                                               is not None else _f(s["ece"][n]) for n in CALIBRATED) + " |")
-    lines += ["", "Best uncertainty signal (chosen on validation per seed) minus a margin baseline, AUROC, "
+    lines += ["", "Best uncertainty signal (chosen per seed on the data the calibrators are fitted on) minus a margin baseline, AUROC, "
               "with a two-level bootstrap interval:", "",
               "| method | best chosen | difference | mean | CI | seed std |", "|---|---|---|---|---|---|"]
     for m, s in methods.items():

@@ -103,12 +103,17 @@ def method_list(protocol: dict) -> list[str]:
 
 # -- world ---------------------------------------------------------------------------------------
 
-def ensure_world(protocol: dict, root: Path) -> Path:
+def ensure_world(protocol: dict, root: Path, *, prefix: str = "world", **changes) -> Path:
+    """The protocol's world under ``root`` (generated if missing), or with ``changes`` to its
+    settings (``seed``, ``videos``, ``splits``) a second world from the same generator, in its own
+    folder ``<prefix>-<key>``: the key hashes every setting, so a world is never reused for another."""
     from probret.train.world import WORLD_VERSION, BenchmarkKnobs, generate_world
 
-    w = protocol["world"]
+    w = {**protocol["world"], **changes}
+    if changes and w["seed"] == protocol["world"]["seed"]:
+        raise SystemExit(f"a second world with seed {w['seed']} would repeat the protocol's own world; pick another seed")
     key = hashlib.sha256(json.dumps({**w, "world_version": WORLD_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
-    out = root / f"world-{key}"
+    out = root / f"{prefix}-{key}"
     if (out / "world.json").is_file():
         return out
     say(f"generating world: {w['videos']} videos in {out}")
@@ -117,6 +122,12 @@ def ensure_world(protocol: dict, root: Path) -> Path:
                    benchmark=BenchmarkKnobs(**{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in w["benchmark"].items()}))
     return out
+
+
+def calibration_world(protocol: dict, root: Path) -> Path | None:
+    """The world of the protocol's calibration gallery (section ``calibration``; None without one)."""
+    cal = protocol.get("calibration")
+    return None if cal is None else ensure_world(protocol, root, prefix="diag-world", **cal["world"])
 
 
 # -- the shared backbone in the repository ---------------------------------------------------------
@@ -337,13 +348,16 @@ def _jobs(protocol: dict, psha: str, csha: str, world: Path, out: Path, methods:
     # keyed by the backbone's bytes, not its run's name: a backbone regenerated in a later session
     # (its run folder is not committed) reuses the finished fine-tuning runs only if bit-identical
     backbone_sha = sha256_file(backbone)
+    cal_world = calibration_world(protocol, out)
+    calibration = None if cal_world is None else {"world": str(cal_world), "split": protocol["calibration"]["split"],
+                                                  "gallery": int(protocol["calibration"]["gallery"])}
     jobs = []
     for seed in seeds:
         for m in methods:
             key = run_key(psha, csha, {"kind": "finetune", "method": m, "seed": seed, "backbone": backbone_sha})
             jobs.append({"kind": "finetune", "method": m, "seed": seed, "key": key, "world": str(world),
                          "dir": str(out / "runs" / f"{m}-s{seed}-{key}"), "backbone_file": str(backbone),
-                         "protocol": protocol})
+                         "protocol": protocol, "calibration": calibration})
     return jobs
 
 

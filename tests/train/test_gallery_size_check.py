@@ -40,10 +40,3 @@ def test_r1_falls_with_gallery_size_when_scores_are_noisy_and_is_exact_on_the_wh
     assert out["400"]["meanp"]["all"] == pytest.approx(round(whole, 1))
     assert out["400"]["xpool - meanp"]["all"] == pytest.approx(round(100 - whole, 1), abs=0.11)
     assert out["400"]["xpool - meanp, std over draws"]["all"] == 0.0  # one gallery: the whole split
-
-
-def test_the_diagnostic_world_refuses_the_protocols_own_seed(tmp_path):
-    protocol = {"world": {"videos": 10, "seed": 2026, "splits": [0.6, 0.2, 0.2], "resolution": [32, 32],
-                          "frames": 8, "fps": 8, "difficulty": "easy", "benchmark": {}}}
-    with pytest.raises(SystemExit, match="the protocol's own world"):
-        gs.diagnostic_world(protocol, tmp_path, videos=10, seed=2026)

@@ -130,25 +130,32 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path, capsys):
     assert sorted(a["complete_methods"]) == sorted(methods)
     n = len(res["kinds"])
     assert all(len(r["queries"]["test"]["hit1"]) == n for r in res["runs"].values())
-    # the uncertainty half: val and test per-query signals in every run, tables and plots
+    # the uncertainty half: val, test and calibration per-query signals in every run, tables and plots
+    gallery = q2.load_protocol(q2.PROTOCOL, quick=True)[0]["calibration"]["gallery"]
     for r in res["runs"].values():
-        for split in ("val", "test"):
+        assert len(r["queries"]["calibration"]["hit1"]) == gallery
+        for split in ("val", "test", "calibration"):
             q = r["queries"][split]
             assert {len(q[k]) for k in ("hit1", "rank", "top1", "margin", "match_set_size")} == {len(q["hit1"])}
             assert (q["uncertainty_top1"] is None) == (r["method"] in ("meanp", "xpool"))
-    one = json.loads(next((tmp_path / "runs").glob("spem-s0-*/result.json")).read_text())["queries"]["val"]
-    assert len(one["topk_scores"][0]) == 10 and len(one["topk_relevant"]) == len(one["hit1"])
+    for split in ("val", "calibration"):
+        one = json.loads(next((tmp_path / "runs").glob("spem-s0-*/result.json")).read_text())["queries"][split]
+        assert len(one["topk_scores"][0]) == 10 and len(one["topk_relevant"]) == len(one["hit1"])
     unc = a["uncertainty"]
     assert sorted(unc["methods"]) == sorted(methods)
     for m, s in unc["methods"].items():
         assert s["seeds"] == 2 and set(s["ece"]) == {"platt_score", "platt_margin", "confidence", "product"}
         assert ("uncertainty" in s["signals"]) == (m not in ("meanp", "xpool")) and "meanp_margin" in s["signals"]
         assert set(s["targets"]) == {"auroc_over_margin", "confidence_ece_max", "abstention_gain_min"}
-        assert all(c["product"]["domain"]["split"] == "val" for k, c in unc["calibrators"].items() if k.startswith(m))
+        # fitted on the calibration gallery (setting 10 on), recorded with its size
+        assert all(c["product"]["domain"]["split"] == "calibration" and c["product"]["domain"]["gallery_size"] == gallery
+                   for k, c in unc["calibrators"].items() if k.startswith(m))
+    assert unc["fitted_on"] == ["calibration"]
     for png in ("risk_coverage.png", "reliability.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "summary.md").read_text()
     assert "Confidence ECE on test (15 equal-width bins" in summary and "Targets (issue 11)" in summary
+    assert "every calibrator fitted on the calibration gallery" in summary
     assert set(a["gate"]["probes"]) == {"background", "color", "shape", "motion"}
     assert {c["id"] for c in a["comparisons"]} >= {"world_has_phenomenon", "spem_overall"}
     assert "Encoder gate" in summary
@@ -214,3 +221,25 @@ def test_the_backbone_travels_as_parts_under_the_file_limit_and_comes_back_bit_i
     with pytest.raises(SystemExit, match="do not add up"):
         q2.join_backbone(tmp_path)
     assert not (tmp_path / q2.BACKBONE).exists()
+
+
+def test_the_calibration_gallery_is_the_first_videos_with_match_sets_cut_to_them():
+    import quality_finetune as qf
+
+    from probret.train.datasets import RetrievalSplit, VideoRecord
+
+    videos = [VideoRecord(video_id=f"v{i}", path=f"/w/v{i}.mp4", captions=[f"t{i}"]) for i in range(5)]
+    data = RetrievalSplit(name="procedural", split="val", videos=videos, texts=[f"t{i}" for i in range(5)],
+                          text_video_index=np.arange(5), missing=["/w/v1.mp4", "/w/v4.mp4"],
+                          relevant=[[0, 4], [1, 2], [2], [3, 0], [4]])
+    sub = qf.first_videos(data, 3)
+    assert [v.video_id for v in sub.videos] == ["v0", "v1", "v2"] and sub.texts == ["t0", "t1", "t2"]
+    assert sub.relevant == [[0], [1, 2], [2]] and sub.missing == ["/w/v1.mp4"]
+    with pytest.raises(SystemExit, match="a gallery of 6 videos"):
+        qf.first_videos(data, 6)
+
+
+def test_a_second_world_may_not_repeat_the_protocols_seed(tmp_path):
+    protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=True)
+    with pytest.raises(SystemExit, match="would repeat the protocol's own world"):
+        q2.ensure_world(protocol, tmp_path, prefix="diag-world", seed=protocol["world"]["seed"], videos=10)

@@ -81,6 +81,12 @@ def test_calibrators_are_fitted_on_validation_only(monkeypatch):
     assert row["arrays"]["confidence"]["confidence"].shape == (len(test["hit1"]),)
 
 
+def test_the_calibration_gallery_is_fitted_on_when_a_run_has_one():
+    val, cal = {"hit1": [1.0]}, {"hit1": [0.0, 1.0]}
+    assert qu.fit_record({"val": val, "test": {}, "calibration": cal}) == ("calibration", cal)
+    assert qu.fit_record({"val": val, "test": {}}) == ("val", val)  # settings 6-9: no calibration gallery
+
+
 def test_auroc_difference_of_perfect_against_constant_is_one_half():
     wrong = np.tile(np.arange(40) % 2 == 1, (3, 1))
     perfect, constant = wrong.astype(float), np.zeros_like(wrong, dtype=float)
