@@ -19,7 +19,9 @@ by chance. This script separates the two without reading the test split:
   with the protocol's own fine-tuning schedule from the shared backbone (``--finetune``), and
 * for each gallery size it draws ``--draws`` random galleries (videos with their own query,
   match sets restricted to the gallery, as the protocol computes them over a whole split) and
-  reports every method's R@1 per query kind and the paired X-Pool - meanP difference.
+  reports every method's R@1 per query kind and the paired X-Pool - meanP difference;
+* at gallery 1,000 it sorts each method's top-1 of the partial queries: a match, a look-alike
+  (an actor with the query's shape and colour) that differs in motion or size, or other.
 
 It reads no test query of the protocol's world, so it may guide a new setting. The diagnostic
 world lives under bench/results/quality/v2/diag-world-<key>/ (regenerated from its key, not
@@ -132,6 +134,50 @@ def by_gallery_size(sims: dict, split, kinds: np.ndarray, sizes, draws: int, see
     return out
 
 
+def _look_alike(video: dict, event: dict) -> str | None:
+    """How ``video`` differs from a partial query's ``event`` when one of its acting objects has the
+    event's shape and colour: "motion", "size", "size and motion", "nothing"; None if none does."""
+    for e in video["events"]:
+        o = video["objects"][e["actor"]]
+        if o["shape"] == event["shape"] and o["color"] == event.get("color", o["color"]):
+            size = event.get("size") in (None, o["size"])
+            motion = e["motion"] == event.get("motion")
+            return {(True, True): "nothing", (True, False): "motion", (False, True): "size"}.get((size, motion),
+                                                                                                 "size and motion")
+    return None
+
+
+def partial_failures(sims: dict, split, kinds: np.ndarray, world: dict, size: int, draws: int, seed: int) -> dict:
+    """For partial queries in galleries of ``size``: how often each method's top-1 is a match, a
+    look-alike (an actor of the query's shape and colour) differing in motion / size, or other;
+    and how many look-alikes outside the match set a gallery holds per query."""
+    rng = np.random.default_rng(seed)
+    vids = split.video_ids
+    counts = {m: {} for m in sims}
+    crowd = []
+    for _ in range(draws):
+        keep = np.sort(rng.choice(len(vids), size=min(size, len(vids)), replace=False))
+        rows, relevant = sub_gallery(split, keep)
+        for qi, (r, rel) in enumerate(zip(rows, relevant)):
+            if kinds[r] != "partial":
+                continue
+            query = world["videos"][vids[split.text_video_index[r]]]
+            event = world["captions"][str(query["eval_sen_id"])]["semantics"]["events"][0]
+            inside = set(rel)
+            crowd.append(sum(1 for j, c in enumerate(keep) if j not in inside
+                             and _look_alike(world["videos"][vids[c]], event) is not None))
+            for m, s in sims.items():
+                top = int(s[r, keep].argmax())
+                differs = None if top in inside else _look_alike(world["videos"][vids[keep[top]]], event)
+                what = ("match" if top in inside else "other" if differs is None
+                        else f"look-alike, differs in {differs}")
+                counts[m][what] = counts[m].get(what, 0) + 1
+    n = max(1, len(crowd))
+    return {"gallery": size, "draws": draws, "partial_queries": len(crowd),
+            "look_alikes_per_query": round(float(np.mean(crowd)), 1) if crowd else None,
+            "top1": {m: {k: round(v / n, 3) for k, v in sorted(c.items())} for m, c in counts.items()}}
+
+
 def finished_runs_gap(results_file: Path, world_dir: Path, pairs=(("xpool", "meanp"), ("spem", "meanp"),
                                                                ("tmass", "meanp"))) -> dict:
     """The protocol's finished runs, read back from its report (results.json): paired R@1
@@ -182,6 +228,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import quality_v2 as q2
 
+    from probret.train.world import load_world
+
     protocol = json.loads((a.protocol or q2.PROTOCOL).read_text())
     out_dir = q2.REPO / protocol["out"]
     train_world = q2.ensure_world(protocol, out_dir)
@@ -195,6 +243,7 @@ def main(argv=None) -> int:
            "queries_by_kind": {k: int((kinds == k).sum()) for k in qs.KINDS},
            "models": "fine-tuned (protocol schedule)" if a.finetune else "heads at init", "seed": a.seed,
            "draws": a.draws, "r1_by_gallery_size": by_gallery_size(sims, split, kinds, SIZES, a.draws, 0),
+           "partial_top1_at_1000": partial_failures(sims, split, kinds, load_world(diag), 1000, 5, 1),
            "finished_runs_val_vs_test": finished_runs_gap(out_dir / "results.json", train_world)}
     write_results(res, a.out)
     say(f"wrote {a.out}")

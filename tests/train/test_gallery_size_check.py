@@ -40,3 +40,25 @@ def test_r1_falls_with_gallery_size_when_scores_are_noisy_and_is_exact_on_the_wh
     assert out["400"]["meanp"]["all"] == pytest.approx(round(whole, 1))
     assert out["400"]["xpool - meanp"]["all"] == pytest.approx(round(100 - whole, 1), abs=0.11)
     assert out["400"]["xpool - meanp, std over draws"]["all"] == 0.0  # one gallery: the whole split
+
+
+def test_partial_failures_sort_a_wrong_top1_by_how_it_differs_from_the_query():
+    def video(shape, color, size, motion):
+        return {"objects": [{"shape": shape, "color": color, "size": size}], "events": [{"actor": 0, "motion": motion}]}
+
+    world = {"videos": {"q": {**video("circle", "red", "small", "left"), "eval_sen_id": 0},
+                        "a": video("circle", "red", "small", "up"), "b": video("star", "red", "small", "left"),
+                        "c": video("circle", "red", "large", "left")},
+             "captions": {"0": {"semantics": {"events": [{"shape": "circle", "color": "red", "size": "small",
+                                                          "motion": "left"}]}}}}
+    split = SimpleNamespace(video_ids=["q", "a", "b", "c"], videos=[0, 1, 2, 3], text_video_index=np.arange(4),
+                            relevant=[[0], [1], [2], [3]])
+    kinds = np.asarray(["partial", "full", "full", "full"])
+    sims = {name: np.eye(4) for name in ("right", "motion", "other", "size")}
+    for name, col in (("motion", 1), ("other", 2), ("size", 3)):
+        sims[name][0] = 0.0
+        sims[name][0, col] = 1.0
+    out = gs.partial_failures(sims, split, kinds, world, 4, draws=1, seed=0)
+    assert out["partial_queries"] == 1 and out["look_alikes_per_query"] == 2  # a and c look like the query
+    assert out["top1"] == {"right": {"match": 1.0}, "motion": {"look-alike, differs in motion": 1.0},
+                           "other": {"other": 1.0}, "size": {"look-alike, differs in size": 1.0}}
