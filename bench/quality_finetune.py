@@ -18,11 +18,12 @@ runs away. Everything the report computes is therefore stored here, in result.js
 calibration gallery, the first ``gallery`` videos of a second world's split, scored after val and
 test; what the uncertainty analysis fits its calibrators on.
 
-``queries.val`` (and ``queries.calibration``) also keep their top-k ranked hits (``topk_scores``, ``topk_uncertainty``,
-``topk_relevant``; k = ``TOP_K``, engine.calibration.DEFAULT_TOP_K): what ``probret-export --calibrate``
-fits its calibrator on, so the report can fit the product's calibrator the same way. The test
-split keeps only top-1 signals: every calibrator is fitted on validation and applied to test's
-top-1 hit, which needs the top two scores and nothing more.
+``queries.val`` (and ``queries.calibration``) also keep their top-k ranked hits (``topk_scores``,
+``topk_uncertainty``, ``topk_relevant``; k = ``TOP_K``, engine.calibration.DEFAULT_TOP_K): what
+``probret-export --calibrate`` fits its calibrator on, so the report can fit the product's
+calibrator the same way. The test split keeps only top-1 signals: every calibrator is fitted on
+the calibration gallery (settings 6-9: validation) and applied to test's top-1 hit, which needs
+the top two scores and nothing more.
 """
 
 from __future__ import annotations

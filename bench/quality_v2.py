@@ -22,7 +22,9 @@ once on the validation and the test split, keeping per-query results (bench/qual
 (4) report R@1 per method and query kind (mean and sample std over seeds, ddof=1), the gate, and
 every pre-registered comparison as a paired per-query difference with a two-level (seeds x
 queries) bootstrap interval; (5) the pre-registered uncertainty analysis (the protocol's
-``uncertainty`` section, bench/quality_uncertainty.py): calibrators fitted on validation, AUROC /
+``uncertainty`` section, bench/quality_uncertainty.py): calibrators fitted on the calibration
+gallery (section ``calibration``: 1,000 videos of a second world; before setting 10 the
+validation split), AUROC /
 AURC / ECE / abstention on test against the score and margin baselines, with their plots.
 
 Resumable and keyed: a run is stored under runs/<what>-<key>/ with key = sha256 of (protocol
