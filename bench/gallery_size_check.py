@@ -44,7 +44,7 @@ import quality_stats as qs  # noqa: E402
 from common import cpu_flags, machine, say, write_results  # noqa: E402
 
 V2 = Path(__file__).resolve().parent / "results" / "quality" / "v2"
-DEFAULT_OUT = V2 / "diagnostics" / "gallery_size_at_init.json"
+DEFAULT_OUT = V2 / "diagnostics" / "gallery_size_at_init.json"  # pass --out per setting
 SIZES = (100, 300, 1000)
 #: almost every video in the validation split, so one world gives galleries of up to 1,800 videos
 DIAGNOSTIC_SPLITS = (0.05, 0.9, 0.05)
