@@ -1,6 +1,7 @@
 """Head ablations on one frozen, shared backbone: validation split only.
 
     python bench/head_ablation.py features --checkpoint RUN/best --world WORLD --out FEATS.npz
+    python bench/head_ablation.py features --backbone-file B.safetensors --world WORLD --out FEATS.npz
     python bench/head_ablation.py run --features FEATS.npz --rows spem spem:boundary=margin ... [--seeds 0 1]
 
 Why frozen features: a full training run costs 5-7 CPU-minutes on this machine, an ablation grid
@@ -39,7 +40,14 @@ def encode(args) -> None:
     from probret.train.datasets import _world_matches, load_split
     from probret.train.evaluate import encode_texts, encode_videos
 
-    model, _ = load_checkpoint(args.checkpoint)
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint)
+    else:  # open_clip weights, e.g. quality protocol v2's shared backbone (meanP's head: no parameters)
+        from probret.train.config import ModelConfig
+        from probret.train.model import RetrievalModel
+
+        model = RetrievalModel.from_config(ModelConfig(backbone=args.backbone, pretrained=str(args.backbone_file),
+                                                       method="meanp", num_frames=args.num_frames))
     model.eval()
     out = {}
     for split in ("train", "val"):
@@ -230,7 +238,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(required=True)
     f = sub.add_parser("features")
-    f.add_argument("--checkpoint", required=True)
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a probret-train checkpoint (RUN/last)")
+    src.add_argument("--backbone-file", help="open_clip weights of --backbone (e.g. a protocol's backbone.safetensors)")
+    f.add_argument("--backbone", default="test-cnn-small", help="with --backbone-file (default: %(default)s)")
+    f.add_argument("--num-frames", type=int, default=8, help="with --backbone-file (default: %(default)s)")
     f.add_argument("--world", required=True)
     f.add_argument("--out", required=True)
     f.set_defaults(func=encode)
