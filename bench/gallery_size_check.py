@@ -2,7 +2,8 @@
 from a *diagnostic* world, never from the protocol's test split (issue 11 diagnostic).
 
     python bench/gallery_size_check.py                       # heads at init, quality v2's backbone
-    python bench/gallery_size_check.py --finetune meanp,xpool --seed 0 --out results.json
+    python bench/gallery_size_check.py --finetune --methods meanp,xpool,spem --seed 0 --out results.json
+    python bench/gallery_size_check.py --finished-report bench/results/quality/v2/setting9/results.json
 
 Why: in quality protocol v2 setting 9 the world check (X-Pool - meanP R@1 on partial queries)
 read +17.8 points on the 300 validation queries (mean of the five seeds' fine-tuned runs) but
@@ -187,8 +188,10 @@ def finished_runs_gap(results_file: Path, world_dir: Path, pairs=(("xpool", "mea
     from probret.train.world import load_world
 
     if not results_file.is_file():
-        return {}
+        raise SystemExit(f"--finished-report {results_file}: no such report (bench/quality_v2.py writes results.json)")
     runs = json.loads(results_file.read_text())["runs"]
+    pairs = [(a, b) for a, b in pairs if any(r["method"] == a for r in runs.values())
+             and any(r["method"] == b for r in runs.values())]
     world = load_world(world_dir)
     out = {}
     for split_name in ("val", "test"):
@@ -224,6 +227,8 @@ def main(argv=None) -> int:
                    "protocol's calibration world)")
     p.add_argument("--world-seed", type=int, default=2027, help="diagnostic world seed (default: %(default)s)")
     p.add_argument("--draws", type=int, default=20, help="random galleries per size (default: %(default)s)")
+    p.add_argument("--finished-report", type=Path, default=None, help="a finished protocol report (results.json) "
+                   "whose validation and test paired differences to add (descriptive; they decide nothing)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     import quality_v2 as q2
@@ -244,7 +249,8 @@ def main(argv=None) -> int:
            "models": "fine-tuned (protocol schedule)" if a.finetune else "heads at init", "seed": a.seed,
            "draws": a.draws, "r1_by_gallery_size": by_gallery_size(sims, split, kinds, SIZES, a.draws, 0),
            "partial_top1_at_1000": partial_failures(sims, split, kinds, load_world(diag), 1000, 5, 1),
-           "finished_runs_val_vs_test": finished_runs_gap(out_dir / "results.json", train_world)}
+           **({"finished_runs_val_vs_test": finished_runs_gap(a.finished_report, train_world)}
+              if a.finished_report else {})}
     write_results(res, a.out)
     say(f"wrote {a.out}")
     return 0
