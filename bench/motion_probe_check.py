@@ -49,7 +49,9 @@ def video_kind(record: dict) -> str:
     return "two_events_one_actor" if len({e["actor"] for e in events}) == 1 else "two_events_two_actors"
 
 
-def encode(backbone: str, backbone_file: Path, world_dir: Path, num_frames: int, split_name: str):
+def encode(backbone: str, backbone_file: Path, world_dir: Path, num_frames: int, splits: tuple[str, ...]):
+    """Frame features and world records of each split in ``splits`` (one model, one world read),
+    and the world: ([(frames, records), ...], world)."""
     import torch
 
     from probret.train.config import ModelConfig
@@ -60,12 +62,15 @@ def encode(backbone: str, backbone_file: Path, world_dir: Path, num_frames: int,
 
     model = RetrievalModel.from_config(ModelConfig(backbone=backbone, pretrained=str(backbone_file),
                                                    method="meanp", num_frames=num_frames)).eval()
-    data = load_split("procedural", str(world_dir), split_name)
-    with torch.no_grad():
-        frames, _ = encode_videos(model, data, batch_size=64, num_workers=0, device=torch.device("cpu"),
-                                  progress=False)
     world = load_world(world_dir)
-    return frames.float().numpy(), [world["videos"][v] for v in data.video_ids], world
+    out = []
+    for split_name in splits:
+        data = load_split("procedural", str(world_dir), split_name)
+        with torch.no_grad():
+            frames, _ = encode_videos(model, data, batch_size=64, num_workers=0, device=torch.device("cpu"),
+                                      progress=False)
+        out.append((frames.float().numpy(), [world["videos"][v] for v in data.video_ids]))
+    return out, world
 
 
 def probe_accuracy(x_tr, y_tr, x_va, y_va, probe: dict, kinds: np.ndarray) -> dict:
@@ -83,8 +88,7 @@ def measure(backbone: str, backbone_file: Path, world_dir: Path, num_frames: int
     import torch
 
     torch.set_num_threads(1)
-    (f_tr, r_tr, world), (f_va, r_va, _) = (encode(backbone, backbone_file, world_dir, num_frames, s)
-                                            for s in ("train", "val"))
+    ((f_tr, r_tr), (f_va, r_va)), world = encode(backbone, backbone_file, world_dir, num_frames, ("train", "val"))
     settings = world["settings"]
     shown = qs.shown_video_frames(num_frames, int(settings["frames"]), float(settings["fps"]))
     y_tr, y_va = qs.probe_labels(r_tr)["motion"], qs.probe_labels(r_va)["motion"]
