@@ -92,12 +92,13 @@ def score_all(protocol: dict, backbone_file: Path, methods: list[str], finetune:
 
     split = load_split("procedural", str(diag_world), "val")
     kinds = qs.query_kinds(load_world(diag_world), split)
-    sims, cpu = {}, torch.device("cpu")
+    sims, cpu, encoded = {}, torch.device("cpu"), None
     for m, model in _models(protocol, backbone_file, methods, finetune, seed, train_world):
         with torch.no_grad():
-            frames, _ = encode_videos(model, split, batch_size=64, num_workers=0, device=cpu, progress=False)
-            text = encode_texts(model, split.texts, batch_size=64, device=cpu)
-            sims[m] = model.score_blocks(text, frames, block=256, seed=0).scores.numpy()
+            if finetune or encoded is None:  # heads at init share one backbone: encode it once
+                encoded = (encode_texts(model, split.texts, batch_size=64, device=cpu),
+                           encode_videos(model, split, batch_size=64, num_workers=0, device=cpu, progress=False)[0])
+            sims[m] = model.score_blocks(*encoded, block=256, seed=0).scores.numpy()
         say(f"{m}: scored {sims[m].shape[0]} queries x {sims[m].shape[1]} videos")
     return sims, split, kinds
 
