@@ -264,9 +264,12 @@ def _grid(n: int):
     return plt, fig, axes.flat
 
 
+#: what ``fit_record`` returns, in words (report text and plot titles)
+FIT_RECORD_NAMES = {"val": "the validation split", "calibration": "the calibration gallery"}
+
+
 def _fitted_on(rows: dict[str, list[dict]]) -> str:
-    names = {"val": "validation", "calibration": "the calibration gallery"}
-    return " / ".join(names[f] for f in sorted({row["fitted_on"] for r in rows.values() for row in r}))
+    return " / ".join(FIT_RECORD_NAMES[f] for f in sorted({row["fitted_on"] for r in rows.values() for row in r}))
 
 
 def plot_risk_coverage(rows: dict[str, list[dict]], path: Path) -> Path:
@@ -329,8 +332,7 @@ def _signal_table(methods: dict, metric: str, title: str, nd: int) -> list[str]:
 
 def markdown(report: dict) -> str:
     spec, methods = report["spec"], report["methods"]
-    fitted = {"val": "the validation split", "calibration": "the calibration gallery (protocol section calibration)"}
-    on = " / ".join(fitted.get(f, f) for f in report.get("fitted_on") or ["val"])
+    on = " / ".join(FIT_RECORD_NAMES.get(f, f) for f in report.get("fitted_on") or ["val"])
     lines = ["", f"Uncertainty (issue 11 section 3): test split, every calibrator fitted on {on} only, never on test; "
              f"mean over seeds. Signals: {', '.join(SIGNALS)} (the protocol's uncertainty section)."]
     lines += _signal_table(methods, "auroc", "AUROC for \"top-1 is not in the match set\" (0.5 = no information):", 3)
