@@ -86,8 +86,15 @@ def fit_calibrators(val: dict, split: str = "val") -> dict[str, Calibrator]:
     relevant = [np.flatnonzero(r).tolist() for r in val["topk_relevant"]]
     unc = None if val.get("topk_uncertainty") is None else np.asarray(val["topk_uncertainty"], np.float64)
     cals["product"], _ = fit_on_scores(scores, relevant, unc, top_k=scores.shape[1],
-                                       domain={**domain, "gallery_size": len(labels)})
+                                       domain={**domain, "gallery_size": gallery_videos(val)})
     return cals
+
+
+def gallery_videos(record: dict) -> int:
+    """How many videos each query of ``record`` was ranked against (the calibrator's domain). Runs
+    before setting 11 did not store it: each split was one gallery with one query per video, so
+    the query count is the video count there."""
+    return int(record.get("gallery_videos", len(record["hit1"])))
 
 
 def cross_fitted_auroc(val: dict, names: list[str]) -> float:

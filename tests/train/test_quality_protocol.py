@@ -131,9 +131,14 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path, capsys):
     n = len(res["kinds"])
     assert all(len(r["queries"]["test"]["hit1"]) == n for r in res["runs"].values())
     # the uncertainty half: val, test and calibration per-query signals in every run, tables and plots
-    gallery = q2.load_protocol(q2.PROTOCOL, quick=True)[0]["calibration"]["gallery"]
+    quick = q2.load_protocol(q2.PROTOCOL, quick=True)[0]
+    gallery = quick["calibration"]["gallery"]
+    ranked_against = q2.gallery_size(quick) or gallery  # videos per gallery the calibrators are fitted at
     for r in res["runs"].values():
         assert len(r["queries"]["calibration"]["hit1"]) == gallery
+        assert r["queries"]["calibration"]["gallery_videos"] == ranked_against
+        # with galleries, test's whole-split records are kept beside them (the secondary table)
+        assert ("test_whole_split" in r["queries"]) == (q2.gallery_size(quick) is not None)
         for split in ("val", "test", "calibration"):
             q = r["queries"][split]
             assert {len(q[k]) for k in ("hit1", "rank", "top1", "margin", "match_set_size")} == {len(q["hit1"])}
@@ -148,7 +153,7 @@ def test_quick_run_end_to_end_and_keyed_reuse(tmp_path, capsys):
         assert ("uncertainty" in s["signals"]) == (m not in ("meanp", "xpool")) and "meanp_margin" in s["signals"]
         assert set(s["targets"]) == {"auroc_over_margin", "confidence_ece_max", "abstention_gain_min"}
         # fitted on the calibration gallery (setting 10 on), recorded with its size
-        assert all(c["product"]["domain"]["split"] == "calibration" and c["product"]["domain"]["gallery_size"] == gallery
+        assert all(c["product"]["domain"]["split"] == "calibration" and c["product"]["domain"]["gallery_size"] == ranked_against
                    for k, c in unc["calibrators"].items() if k.startswith(m))
     assert unc["fitted_on"] == ["calibration"]
     for png in ("risk_coverage.png", "reliability.png"):
@@ -243,3 +248,34 @@ def test_a_second_world_may_not_repeat_the_protocols_seed(tmp_path):
     protocol, _ = q2.load_protocol(q2.PROTOCOL, quick=True)
     with pytest.raises(SystemExit, match="would repeat the protocol's own world"):
         q2.ensure_world(protocol, tmp_path, prefix="diag-world", seed=protocol["world"]["seed"], videos=10)
+
+
+def test_galleries_rank_each_query_against_its_own_videos_block_only():
+    import quality_finetune as qf
+
+    sims = np.arange(20, dtype=np.float64).reshape(5, 4)  # 5 queries x 4 videos, galleries of 2
+    unc = -sims
+    index = np.array([0, 1, 2, 3, 0])
+    relevant = [[0, 3], [1], [2, 0], [3], [0, 1]]
+    sub, local, sub_unc = qf.confine_to_galleries(sims, relevant, index, 2, unc)
+    assert sub.tolist() == [[0, 1], [4, 5], [10, 11], [14, 15], [16, 17]]
+    assert local == [[0], [1], [0], [1], [0, 1]]  # match sets cut to the block, indices local to it
+    assert sub_unc.tolist() == (-sub).tolist()
+    rec = qf.query_records(sub, local, sub_unc)
+    # the query of video 2 is ranked among videos 2 and 3 only: video 3 scores higher, video 0 is out
+    assert rec["hit1"] == [0.0, 1.0, 0.0, 1.0, 1.0] and rec["gallery_videos"] == 2
+    with pytest.raises(SystemExit, match="do not tile a split of 4 videos"):
+        qf.confine_to_galleries(sims, relevant, index, 3)
+
+
+def test_the_floor_is_scored_in_the_protocols_galleries():
+    records = [{"background": "sky", "objects": [{"color": c}]} for c in ("red", "blue", "red", "blue")]
+    queries = {"texts": ["a red thing", "a blue thing", "a red thing", "a blue thing"], "records": records,
+               "relevant": [[0, 2], [1, 3], [2, 0], [3, 1]], "text_video_index": np.arange(4),
+               "vocabulary": {"colors": ["red", "blue"], "backgrounds": ["sky"]}}
+    # one gallery of 4: two videos share the top score and both match
+    assert q2.floor_hit1({}, queries).tolist() == [1.0, 1.0, 1.0, 1.0]
+    queries["relevant"] = [[0], [1], [2], [3]]  # now only one of the two does
+    assert q2.floor_hit1({}, queries).tolist() == [0.5, 0.5, 0.5, 0.5]
+    # galleries of 2: each red query sees one red video, its own
+    assert q2.floor_hit1({"galleries": {"size": 2}}, queries).tolist() == [1.0, 1.0, 1.0, 1.0]
