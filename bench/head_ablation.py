@@ -2,7 +2,8 @@
 
     python bench/head_ablation.py features --checkpoint RUN/best --world WORLD --out FEATS.npz
     python bench/head_ablation.py features --backbone-file B.safetensors --world WORLD --out FEATS.npz
-    python bench/head_ablation.py run --features FEATS.npz --rows spem spem:boundary=margin ... [--seeds 0 1]
+    python bench/head_ablation.py run --features FEATS.npz --rows spem spem:boundary=margin ... [--seeds 0 1] \
+        [--gallery-size 100]
 
 Why frozen features: a full training run costs 5-7 CPU-minutes on this machine, an ablation grid
 needs dozens of rows, and the heads are what the rows change. ``features`` encodes the world's
@@ -164,7 +165,11 @@ def _train(method, kw, feats, *, seed, steps, batch, lr):
     return head
 
 
-def validate(head, feats, *, seed) -> dict:
+def validate(head, feats, *, seed, gallery_size: int | None = None) -> dict:
+    """One row's validation scores. ``gallery_size`` G scores each query against its own video's
+    block of G consecutive validation videos only, its match set cut to that block: the protocol's
+    ``galleries`` section (bench/quality_finetune.py ``confine_to_galleries``, setting 11). The
+    video-to-text R@1 needs the whole split's columns, so the row leaves it out then."""
     import torch
 
     from probret.engine.calibration import fit_on_scores
@@ -180,23 +185,29 @@ def validate(head, feats, *, seed) -> dict:
     with torch.no_grad():
         out = head.score(text, frames, generator=torch.Generator().manual_seed(seed))
     sims = out.scores.numpy().astype(np.float64)
-    metrics = retrieval_metrics(sims, feats["val_index"], relevant=rel)
+    unc = None if out.uncertainty is None else out.uncertainty.numpy().astype(np.float64)
+    index = feats["val_index"]
+    if gallery_size:
+        from quality_finetune import confine_to_galleries
+
+        sims, rel, unc = confine_to_galleries(sims, rel, index, gallery_size, unc)
+        index = np.asarray(index) % gallery_size
+    metrics = retrieval_metrics(sims, index, relevant=rel)
     correct = top1_correct(sims, relevant=rel)
     kinds = feats.get("val_kind")
     top = np.sort(sims, 1)[:, ::-1]
     row = {"R1": metrics["t2v_semantic"]["R1"], "R1_own": metrics["t2v"]["R1"], "v2t_R1": metrics["v2t"]["R1"],
            "auroc_score": auroc(-top[:, 0], ~correct), "auroc_margin": auroc(-(top[:, 0] - top[:, 1]), ~correct)}
+    if gallery_size:
+        del row["v2t_R1"]
     if kinds is not None:
         for k, name in enumerate(KINDS):
             if (kinds == k).any():
                 row[f"R1_{name}"] = float(100.0 * correct[kinds == k].mean())
-    if out.uncertainty is not None:
-        unc = out.uncertainty.numpy().astype(np.float64)
+    if unc is not None:
         q_unc = unc[np.arange(len(sims)), sims.argmax(1)]
         row["auroc_uncertainty"] = auroc(q_unc, ~correct)
         row["pearson_unc_vs_cos"] = float(np.corrcoef(unc.reshape(-1), sims.reshape(-1))[0, 1])
-    else:
-        unc = None
     # calibrated confidences, each cross-fitted over the validation queries (even / odd halves)
     _, report = fit_on_scores(sims, rel, unc)
     for name, m in report.items():
@@ -217,7 +228,7 @@ def run(args) -> None:
             method, kw = parse_row(row)
             t = time.time()
             head = train_head(method, dict(kw), feats, seed=seed, steps=args.steps, batch=args.batch, lr=args.lr)
-            r = validate(head, feats, seed=seed)
+            r = validate(head, feats, seed=seed, gallery_size=args.gallery_size)
             r["seconds"] = round(time.time() - t, 1)
             per_seed.append(r)
         keys = [k for k in per_seed[0] if k != "seconds"]
@@ -253,6 +264,9 @@ def main(argv=None) -> None:
     r.add_argument("--steps", type=int, default=400)
     r.add_argument("--batch", type=int, default=32)
     r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--gallery-size", type=int, default=None,
+                   help="score in galleries of this many consecutive validation videos (the protocol's "
+                        "galleries section; default: one gallery of the whole split)")
     r.add_argument("--out", default=None)
     r.set_defaults(func=run)
     args = p.parse_args(argv)
