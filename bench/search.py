@@ -349,100 +349,125 @@ def pair_loop_reference(head: dict, rt, pool: dict[str, np.ndarray], qs: list[st
 
 
 def query_bench(args, workdir: Path, peak: float) -> dict:
-    from probret.engine.index import IndexReader
     from probret.engine.runtime import BundleRuntime
-    from probret.engine.search import Searcher
 
     register_bench_backbone(workdir)
     all_q = queries(max(args.batches))
     out = {"heads": {}}
-    threads = len(os.sched_getaffinity(0))
     for method in args.heads:
         say(f"[{method}] checkpoint + bundle (d={D}, T'={T}, M={M})")
         head = head_bundle(workdir, method)
-        rt = BundleRuntime(head["bundle"], device="cpu")  # default: one 1-thread pair run per core at once
-        rt1 = BundleRuntime(head["bundle"], device="cpu", threads=1)  # the 1-thread comparison
-        # one pair run at a time on an all-cores session (the runtime's behaviour before pair_workers)
-        rt_seq = BundleRuntime(head["bundle"], device="cpu", pair_workers=1)
-        names = list(rt.bundle.video_outputs)
+        runtimes = {
+            "default": BundleRuntime(head["bundle"], device="cpu"),  # one 1-thread pair run per core at once
+            "one_thread": BundleRuntime(head["bundle"], device="cpu", threads=1),  # the 1-thread comparison
+            # one pair run at a time on an all-cores session (the runtime's behaviour before pair_workers)
+            "sequential": BundleRuntime(head["bundle"], device="cpu", pair_workers=1),
+        }
+        rt = runtimes["default"]
         t = time.perf_counter()
         pool = video_pool(rt, min(args.pool, max(args.sizes)))
         pool_s = time.perf_counter() - t
         layout_bytes = {n: int(a[0].nbytes) for n, a in pool.items()}
         say(f"[{method}] per-pair loop references on {args.pair_sample} pairs")
         ref = pair_loop_reference(head, rt, pool, all_q, args.pair_sample)
-        flops = pair_flops(method)
+        names = list(rt.bundle.video_outputs)
         h = {"bundle": str(head["bundle"].path), "export_seconds": head["export_seconds"], "pool_videos": len(pool["ann"]),
              "pool_seconds": pool_s, "bytes_per_video": sum(layout_bytes.values()),
              "bytes_per_video_read_by_search": sum(layout_bytes[n] for n in names), "layout_bytes": layout_bytes,
-             "pair_flops": flops, "reference": ref, "sizes": {}}
+             "pair_flops": pair_flops(method), "reference": ref, "sizes": {}}
         out["heads"][method] = h
         measured: dict[int, dict[int, float]] = {}  # batch -> {size: seconds}
         for n in sorted(args.sizes):
-            path = workdir / f"index-{method}-{n}"
-            if args.reuse and index_ok(path, head["bundle"], n):
-                build_s = None
-                say(f"[{method}] {n} videos: reusing {path}")
-            else:
-                say(f"[{method}] {n} videos: writing the index ({n * h['bytes_per_video'] / 1e9:.2f} GB)")
-                build_s = build_index(path, rt, pool, n)
-            floor = read_floor(path, names, threads, cold=not args.no_cold)
-            say(f"[{method}] {n} videos: read floor warm {floor['warm_s']:.3f} s"
-                + (f", cold {floor['cold_s']:.3f} s" if "cold_s" in floor else ""))
-            s = {"index_build_s": build_s, "read": floor,
-                 "compute_floor_1q_s": flops * n / (peak * 1e9), "batches": {}}
-            h["sizes"][n] = s
-            with IndexReader(path) as reader:
-                searcher = Searcher(rt, reader, say=say)
-                searcher.search(all_q[:1], top_k=10, ann=False)  # sessions, mappings, pages
-                for b in sorted(args.batches):
-                    qs = all_q[:b]
-                    smaller = [m for m in measured.get(b, {}) if m < n]
-                    rate = None  # seconds per pair, from the closest measured cell of this batch size
-                    if smaller:
-                        rate = measured[b][max(smaller)] / (max(smaller) * b)
-                    predicted = rate * n * b if rate else None
-                    if predicted is not None and predicted > args.budget:
-                        base = max(smaller)
-                        sec = measured[b][base] * n / base
-                        cell = {"seconds": sec, "extrapolated_from": base, "predicted_s": predicted}
-                        say(f"[{method}] {n} videos x {b} queries: ~{sec:.1f} s, extrapolated from {base} videos "
-                            f"(over the {args.budget:.0f} s budget)")
-                    else:
-                        cell = time_search(searcher, qs)
-                        sec = cell["seconds"]
-                        measured.setdefault(b, {})[n] = sec
-                        say(f"[{method}] {n} videos x {b} queries: {sec:.3f} s ({cell['reps']} rep(s))")
-                    loop_torch = ref["torch_head_score_s"] * n * b
-                    loop_ort = ref["ort_pair_graph_1x1_s"] * n * b
-                    cell.update({
-                        "queries_per_s": b / sec, "ms_per_query": sec / b * 1e3, "us_per_pair": sec / (n * b) * 1e6,
-                        "gflop_s": flops * n * b / sec / 1e9,
-                        "vs_read_warm": sec / floor["warm_s"],
-                        "per_query_vs_read_warm": sec / b / floor["warm_s"],
-                        "vs_read_cold": sec / floor["cold_s"] if "cold_s" in floor else None,
-                        "vs_compute_floor": sec / (flops * n * b / (peak * 1e9)),
-                        "loop_torch_s_extrapolated": loop_torch, "speedup_vs_torch_loop": loop_torch / sec,
-                        "loop_ort_s_extrapolated": loop_ort, "speedup_vs_ort_1x1_loop": loop_ort / sec})
-                    s["batches"][b] = cell
-                if 1 in args.batches:
-                    one_thread = Searcher(rt1, reader, say=say)
-                    one_thread.search(all_q[:1], top_k=10, ann=False)  # its sessions open untimed
-                    one = time_search(one_thread, all_q[:1])
-                    s["batch1_ort_1_thread_s"] = one["seconds"]
-                    s["batches"][1]["ort_1_thread_s"] = one["seconds"]
-                    say(f"[{method}] {n} videos x 1 query with one ONNX Runtime thread: {one['seconds']:.3f} s")
-                    seq = Searcher(rt_seq, reader, say=say)
-                    seq.search(all_q[:1], top_k=10, ann=False)
-                    one = time_search(seq, all_q[:1])
-                    s["batches"][1]["ort_sequential_all_threads_s"] = one["seconds"]
-                    say(f"[{method}] {n} videos x 1 query, one pair run at a time on a {threads}-thread session: "
-                        f"{one['seconds']:.3f} s")
-            if not args.keep:
-                evict(shard_files(path))
-                shutil.rmtree(path, ignore_errors=True)
+            h["sizes"][n] = size_bench(args, workdir / f"index-{method}-{n}", method, n, head=head, h=h, pool=pool,
+                                       runtimes=runtimes, all_q=all_q, peak=peak, measured=measured)
         del pool
     return out
+
+
+def size_bench(args, path: Path, method: str, n: int, *, head, h, pool, runtimes, all_q, peak, measured) -> dict:
+    """One head's cells at one index size: its read floor, then every batch size."""
+    from probret.engine.index import IndexReader
+    from probret.engine.search import Searcher
+
+    rt = runtimes["default"]
+    names = list(rt.bundle.video_outputs)
+    threads = len(os.sched_getaffinity(0))
+    if args.reuse and index_ok(path, head["bundle"], n):
+        build_s = None
+        say(f"[{method}] {n} videos: reusing {path}")
+    else:
+        say(f"[{method}] {n} videos: writing the index ({n * h['bytes_per_video'] / 1e9:.2f} GB)")
+        build_s = build_index(path, rt, pool, n)
+    floor = read_floor(path, names, threads, cold=not args.no_cold)
+    say(f"[{method}] {n} videos: read floor warm {floor['warm_s']:.3f} s"
+        + (f", cold {floor['cold_s']:.3f} s" if "cold_s" in floor else ""))
+    s = {"index_build_s": build_s, "read": floor,
+         "compute_floor_1q_s": h["pair_flops"] * n / (peak * 1e9), "batches": {}}
+    with IndexReader(path) as reader:
+        searcher = Searcher(rt, reader, say=say)
+        searcher.search(all_q[:1], top_k=10, ann=False)  # sessions, mappings, pages
+        for b in sorted(args.batches):
+            cell = batch_cell(args, searcher, method, n, b, all_q=all_q, measured=measured)
+            s["batches"][b] = cell
+            cell.update(cell_ratios(cell["seconds"], n, b, flops=h["pair_flops"], floor=floor, ref=h["reference"],
+                                    peak=peak))
+        if 1 in args.batches:
+            one_query_variants(s, reader, method, n, runtimes=runtimes, all_q=all_q, threads=threads)
+    if not args.keep:
+        evict(shard_files(path))
+        shutil.rmtree(path, ignore_errors=True)
+    return s
+
+
+def batch_cell(args, searcher, method: str, n: int, b: int, *, all_q, measured) -> dict:
+    """Time ``b`` queries against ``n`` videos, or extrapolate from the closest smaller measured
+    size of the same batch when the prediction is over ``--budget``."""
+    smaller = [m for m in measured.get(b, {}) if m < n]
+    rate = measured[b][max(smaller)] / (max(smaller) * b) if smaller else None  # seconds per pair
+    predicted = rate * n * b if rate else None
+    if predicted is not None and predicted > args.budget:
+        base = max(smaller)
+        sec = measured[b][base] * n / base
+        say(f"[{method}] {n} videos x {b} queries: ~{sec:.1f} s, extrapolated from {base} videos "
+            f"(over the {args.budget:.0f} s budget)")
+        return {"seconds": sec, "extrapolated_from": base, "predicted_s": predicted}
+    cell = time_search(searcher, all_q[:b])
+    measured.setdefault(b, {})[n] = cell["seconds"]
+    say(f"[{method}] {n} videos x {b} queries: {cell['seconds']:.3f} s ({cell['reps']} rep(s))")
+    return cell
+
+
+def cell_ratios(sec: float, n: int, b: int, *, flops: int, floor: dict, ref: dict, peak: float) -> dict:
+    """A cell's rates and its ratios to the read floor, the compute floor and the per-pair loops."""
+    loop_torch = ref["torch_head_score_s"] * n * b
+    loop_ort = ref["ort_pair_graph_1x1_s"] * n * b
+    return {
+        "queries_per_s": b / sec, "ms_per_query": sec / b * 1e3, "us_per_pair": sec / (n * b) * 1e6,
+        "gflop_s": flops * n * b / sec / 1e9,
+        "vs_read_warm": sec / floor["warm_s"],
+        "per_query_vs_read_warm": sec / b / floor["warm_s"],
+        "vs_read_cold": sec / floor["cold_s"] if "cold_s" in floor else None,
+        "vs_compute_floor": sec / (flops * n * b / (peak * 1e9)),
+        "loop_torch_s_extrapolated": loop_torch, "speedup_vs_torch_loop": loop_torch / sec,
+        "loop_ort_s_extrapolated": loop_ort, "speedup_vs_ort_1x1_loop": loop_ort / sec}
+
+
+def one_query_variants(s: dict, reader, method: str, n: int, *, runtimes, all_q, threads: int) -> None:
+    """One query again, with one ONNX Runtime thread and with one pair run at a time."""
+    from probret.engine.search import Searcher
+
+    one_thread = Searcher(runtimes["one_thread"], reader, say=say)
+    one_thread.search(all_q[:1], top_k=10, ann=False)  # its sessions open untimed
+    one = time_search(one_thread, all_q[:1])
+    s["batch1_ort_1_thread_s"] = one["seconds"]
+    s["batches"][1]["ort_1_thread_s"] = one["seconds"]
+    say(f"[{method}] {n} videos x 1 query with one ONNX Runtime thread: {one['seconds']:.3f} s")
+    seq = Searcher(runtimes["sequential"], reader, say=say)
+    seq.search(all_q[:1], top_k=10, ann=False)
+    one = time_search(seq, all_q[:1])
+    s["batches"][1]["ort_sequential_all_threads_s"] = one["seconds"]
+    say(f"[{method}] {n} videos x 1 query, one pair run at a time on a {threads}-thread session: "
+        f"{one['seconds']:.3f} s")
 
 
 # --------------------------------------------------------------------------------------------
