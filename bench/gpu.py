@@ -332,115 +332,28 @@ def section_scoring(args, dev) -> dict:
 
     from search import D, T
 
-    from probret.export.graphs import sentence_features
-
     n = args.videos
     n_ref = min(n, 65536 if not args.quick else n)
-    pairs_per_chunk = args.pairs_per_chunk
-    out = {"videos": n, "d": D, "frames": T, "pairs_per_chunk": pairs_per_chunk}
+    out = {"videos": n, "d": D, "frames": T, "pairs_per_chunk": args.pairs_per_chunk}
     g = torch.Generator(device=dev).manual_seed(2)
     queries = torch.randn(max(args.batches), D, device=dev, generator=g)
-
-    # meanP: one (N_v, D) fp16 matrix; the floor is reading it once.
-    v = torch.nn.functional.normalize(torch.randn(n, D, device=dev, generator=g), dim=-1).to(torch.float16)
-    mp = out["meanp"] = {"bytes_per_video": D * 2}
-    rd = bench_ms(lambda: v.sum(dtype=torch.float32), dev, reps=20)
-    mp["read_floor_ms"] = rd["median_ms"]
-    for b in args.batches:
-        q = torch.nn.functional.normalize(queries[:b], dim=-1).to(torch.float16)
-        r = bench_ms(lambda: torch.topk(q @ v.t(), 10, dim=1), dev, reps=20)
-        mp[f"batch{b}"] = {"ms_per_batch": r["median_ms"], "queries_per_s": b / (r["median_ms"] * 1e-3),
-                           "x_read_floor": r["median_ms"] / rd["median_ms"]}
-    del v
-    say(f"meanp: {mp}")
-
+    out["meanp"] = score_meanp(args, dev, queries, g)
     for method in args.heads:
         res = out[method] = {}
+        store = ref = None
         try:
             form, noise = build_form(method, dev)
-            # distinct random videos: frame features -> the form's video side (fp32) -> fp16 storage
-            store, ref = {}, {}
-            chunk = 32768 if dev.type == "cuda" else 1024
-            with torch.inference_mode():
-                t = time.perf_counter()
-                for a in range(0, n, chunk):
-                    b = min(n, a + chunk)
-                    frames = torch.randn(b - a, T, D, device=dev, generator=g)
-                    side = form.video_side(frames)
-                    for k in form.video_names:
-                        if a == 0:
-                            store[k] = torch.empty((n, *side[k].shape[1:]), device=dev, dtype=torch.float16)
-                            ref[k] = torch.empty((n_ref, *side[k].shape[1:]), device=dev, dtype=torch.float32)
-                        store[k][a:b] = side[k]
-                        if a < n_ref:
-                            ref[k][a:min(b, n_ref)] = side[k][: min(b, n_ref) - a]
-                sync(dev)
-                res["video_side_s"] = time.perf_counter() - t
+            store, ref, res["video_side_s"] = store_video_sides(form, n, n_ref, dev, g)
             per_video = sum(int(np.prod(x.shape[1:])) * x.element_size() for x in store.values())
             res["bytes_per_video_fp16"] = per_video
             res["stored_shapes"] = {k: list(x.shape[1:]) for k, x in store.items()}
             rd = bench_ms(lambda: [x.sum(dtype=torch.float32) for x in store.values()], dev, reps=10)
             res["read_floor_ms"] = rd["median_ms"]
             res["read_floor_gbs"] = per_video * n / (rd["median_ms"] * 1e-3) / 1e9
-
-            def pair_fn(text_sentence, video):
-                # fp16 storage: matmuls in fp16 with fp32 accumulation, norms / exp in fp32 (autocast)
-                with torch.autocast(dev.type, dtype=torch.float16):
-                    s, _ = form.pair(sentence_features(text_sentence), video, noise)
-                return s.float()
-
-            # one graph per (queries, chunk) shape: 3 batch sizes x (full chunk, last chunk) x 16k/64k
-            # reference slices need more than dynamo's default of 8 recompiles
-            import torch._dynamo
-
-            for knob in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, knob):
-                    setattr(torch._dynamo.config, knob, 64)
-            compiled = torch.compile(pair_fn, dynamic=False) if not args.no_compile else None
-
-            def score_all(fn, q, src, lo=0, hi=None):
-                hi = n if hi is None else hi
-                cv = max(1, pairs_per_chunk // q.shape[0])
-                parts = [fn(q, {k: x[a:min(hi, a + cv)] for k, x in src.items()}) for a in range(lo, hi, cv)]
-                return torch.cat(parts, dim=1)
-
+            variants = score_variants(args, form, noise, dev)
             with torch.inference_mode():
-                # rankings on the first n_ref videos: fp32 reference vs fp16 storage (eager / compiled)
-                qc = queries[:16]
-                s_ref = score_all(lambda q, vv: form.pair(sentence_features(q), vv, noise)[0].float(), qc, ref, 0, n_ref)
-                s_eag = score_all(pair_fn, qc, store, 0, n_ref)
-                top_ref = torch.topk(s_ref, 10, dim=1).indices
-                top_eag = torch.topk(s_eag, 10, dim=1).indices
-
-                def overlap(a, b):
-                    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) / 10 for x, y in zip(a, b)]))
-
-                res["fp16_vs_fp32_top10_overlap"] = overlap(top_ref, top_eag)
-                res["fp16_vs_fp32_top1_same"] = float((top_ref[:, 0] == top_eag[:, 0]).float().mean())
-                res["fp16_vs_fp32_max_abs_err"] = float((s_ref - s_eag).abs().max())
-                del s_ref
-                variants = {"eager": pair_fn}
-                if compiled is not None:
-                    t = time.perf_counter()
-                    s_cmp = score_all(compiled, qc, store, 0, n_ref)
-                    res["compile_s"] = time.perf_counter() - t
-                    res["compiled_vs_eager_max_abs_err"] = float((s_cmp - s_eag).abs().max())
-                    res["compiled_vs_eager_top10_overlap"] = overlap(torch.topk(s_cmp, 10, dim=1).indices, top_eag)
-                    variants["compiled"] = compiled
-                del s_eag
-                for vname, fn in variants.items():
-                    for b in args.batches:
-                        q = queries[:b]
-                        reps = 5 if b <= 16 else 2
-                        r = bench_ms(lambda: torch.topk(score_all(fn, q, store), 10, dim=1), dev, warmup=1, reps=reps)
-                        res[f"{vname}_batch{b}"] = {
-                            "ms_per_batch": r["median_ms"], "ms_per_query": r["median_ms"] / b,
-                            "queries_per_s": b / (r["median_ms"] * 1e-3),
-                            "batch_x_read_floor": r["median_ms"] / rd["median_ms"],
-                            "query_x_read_floor": r["median_ms"] / b / rd["median_ms"]}
-                        say(f"{method} {vname} batch {b}: {res[f'{vname}_batch{b}']}")
-                        if time.perf_counter() - T0 > args.budget_s:
-                            raise TimeoutError("time budget reached")
+                ranking_checks(res, args, form, noise, variants, queries[:16], store, ref, n_ref)
+                time_variants(res, args, method, variants, queries, store, n, dev, rd["median_ms"])
         except Exception as exc:  # noqa: BLE001
             res["error"] = traceback.format_exc(limit=4)
             say(f"{method} failed: {exc}")
@@ -449,6 +362,133 @@ def section_scoring(args, dev) -> dict:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     return out
+
+
+def score_meanp(args, dev, queries, g) -> dict:
+    """meanP: one (N_v, D) fp16 matrix; the floor is reading it once."""
+    import torch
+
+    from search import D
+
+    v = torch.nn.functional.normalize(torch.randn(args.videos, D, device=dev, generator=g), dim=-1).to(torch.float16)
+    mp = {"bytes_per_video": D * 2}
+    rd = bench_ms(lambda: v.sum(dtype=torch.float32), dev, reps=20)
+    mp["read_floor_ms"] = rd["median_ms"]
+    for b in args.batches:
+        q = torch.nn.functional.normalize(queries[:b], dim=-1).to(torch.float16)
+        r = bench_ms(lambda: torch.topk(q @ v.t(), 10, dim=1), dev, reps=20)
+        mp[f"batch{b}"] = {"ms_per_batch": r["median_ms"], "queries_per_s": b / (r["median_ms"] * 1e-3),
+                           "x_read_floor": r["median_ms"] / rd["median_ms"]}
+    say(f"meanp: {mp}")
+    return mp
+
+
+def store_video_sides(form, n: int, n_ref: int, dev, g):
+    """Distinct random videos: frame features -> the form's video side (fp32) -> fp16 storage of
+    all ``n``, and an fp32 copy of the first ``n_ref`` for the ranking checks. Returns (store,
+    ref, seconds)."""
+    import torch
+
+    from search import D, T
+
+    store, ref = {}, {}
+    chunk = 32768 if dev.type == "cuda" else 1024
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            side = form.video_side(torch.randn(b - a, T, D, device=dev, generator=g))
+            for k in form.video_names:
+                if a == 0:
+                    store[k] = torch.empty((n, *side[k].shape[1:]), device=dev, dtype=torch.float16)
+                    ref[k] = torch.empty((n_ref, *side[k].shape[1:]), device=dev, dtype=torch.float32)
+                store[k][a:b] = side[k]
+                if a < n_ref:
+                    ref[k][a:min(b, n_ref)] = side[k][: min(b, n_ref) - a]
+        sync(dev)
+    return store, ref, time.perf_counter() - t
+
+
+def score_variants(args, form, noise, dev) -> dict:
+    """The pair function on fp16 storage, eager and (unless --no-compile) ``torch.compile``d."""
+    import torch
+    import torch._dynamo
+
+    from probret.export.graphs import sentence_features
+
+    def pair_fn(text_sentence, video):
+        # fp16 storage: matmuls in fp16 with fp32 accumulation, norms / exp in fp32 (autocast)
+        with torch.autocast(dev.type, dtype=torch.float16):
+            s, _ = form.pair(sentence_features(text_sentence), video, noise)
+        return s.float()
+
+    # one graph per (queries, chunk) shape: 3 batch sizes x (full chunk, last chunk) x 16k/64k
+    # reference slices need more than dynamo's default of 8 recompiles
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 64)
+    variants = {"eager": pair_fn}
+    if not args.no_compile:
+        variants["compiled"] = torch.compile(pair_fn, dynamic=False)
+    return variants
+
+
+def score_all(fn, q, src: dict, pairs_per_chunk: int, lo: int, hi: int):
+    """Scores of queries ``q`` against videos ``lo:hi`` of ``src``, in chunks of about
+    ``pairs_per_chunk`` pairs (the (videos, queries, D) intermediates must fit)."""
+    import torch
+
+    cv = max(1, pairs_per_chunk // q.shape[0])
+    parts = [fn(q, {k: x[a:min(hi, a + cv)] for k, x in src.items()}) for a in range(lo, hi, cv)]
+    return torch.cat(parts, dim=1)
+
+
+def _top10_overlap(a, b) -> float:
+    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) / 10 for x, y in zip(a, b)]))
+
+
+def ranking_checks(res: dict, args, form, noise, variants: dict, qc, store, ref, n_ref: int) -> None:
+    """Rankings on the first ``n_ref`` videos: fp32 reference vs fp16 storage, and compiled vs
+    eager on the same storage (must be identical up to rounding)."""
+    import torch
+
+    from probret.export.graphs import sentence_features
+
+    chunk = args.pairs_per_chunk
+    s_ref = score_all(lambda q, vv: form.pair(sentence_features(q), vv, noise)[0].float(), qc, ref, chunk, 0, n_ref)
+    s_eag = score_all(variants["eager"], qc, store, chunk, 0, n_ref)
+    top_ref = torch.topk(s_ref, 10, dim=1).indices
+    top_eag = torch.topk(s_eag, 10, dim=1).indices
+    res["fp16_vs_fp32_top10_overlap"] = _top10_overlap(top_ref, top_eag)
+    res["fp16_vs_fp32_top1_same"] = float((top_ref[:, 0] == top_eag[:, 0]).float().mean())
+    res["fp16_vs_fp32_max_abs_err"] = float((s_ref - s_eag).abs().max())
+    del s_ref
+    if "compiled" in variants:
+        t = time.perf_counter()
+        s_cmp = score_all(variants["compiled"], qc, store, chunk, 0, n_ref)
+        res["compile_s"] = time.perf_counter() - t
+        res["compiled_vs_eager_max_abs_err"] = float((s_cmp - s_eag).abs().max())
+        res["compiled_vs_eager_top10_overlap"] = _top10_overlap(torch.topk(s_cmp, 10, dim=1).indices, top_eag)
+
+
+def time_variants(res: dict, args, method: str, variants: dict, queries, store, n: int, dev, floor_ms: float) -> None:
+    """Top-10 over all ``n`` videos per batch size and variant, against the read floor."""
+    import torch
+
+    for vname, fn in variants.items():
+        for b in args.batches:
+            q = queries[:b]
+            reps = 5 if b <= 16 else 2
+            r = bench_ms(lambda: torch.topk(score_all(fn, q, store, args.pairs_per_chunk, 0, n), 10, dim=1), dev,
+                         warmup=1, reps=reps)
+            res[f"{vname}_batch{b}"] = {
+                "ms_per_batch": r["median_ms"], "ms_per_query": r["median_ms"] / b,
+                "queries_per_s": b / (r["median_ms"] * 1e-3),
+                "batch_x_read_floor": r["median_ms"] / floor_ms,
+                "query_x_read_floor": r["median_ms"] / b / floor_ms}
+            say(f"{method} {vname} batch {b}: {res[f'{vname}_batch{b}']}")
+            if time.perf_counter() - T0 > args.budget_s:
+                raise TimeoutError("time budget reached")
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,15 +575,62 @@ def gpu_preprocess(frames_u8, size: int = 224):
     return (x - mean) / std
 
 
+BATCH_VIDEOS = 64  # videos per encoder batch in the indexing section
+
+
 def section_indexing(args, dev) -> dict:
     import multiprocessing as mp
 
     import open_clip
     import torch
 
+    out = {}
+    files = indexing_clips(args, out)
+    workers = args.workers or os.cpu_count() or 1
+    out["workers"] = workers
+    half = torch.float16 if dev.type == "cuda" else torch.float32
+    visual = open_clip.create_model("ViT-B-32", pretrained=None).visual.eval().to(dev, half)
+
+    def encode(batch_pixels):
+        return visual(torch.cat(batch_pixels).to(dev, half, non_blocking=True))
+
+    def encode_raw(frames_list):
+        x = torch.cat([gpu_preprocess(torch.from_numpy(f).to(dev, non_blocking=True)) for f in frames_list])
+        return visual(x.to(half))
+
+    ctx = mp.get_context("forkserver" if dev.type == "cuda" else "fork")
+    out["decoder_threading"] = args.decoder_threading
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(args.decoder_threading,)) as pool, \
+            torch.inference_mode():
+        pixels = decode_rates(pool, files, out)  # the CPU-preprocessed fp16 pixels
+        nvdec_rates(args, pool, files, out)
+        preprocess_difference(pool, files, dev, out)
+        # encoder only, on pre-decoded, pre-processed pixels (host -> device copy included)
+        t = time.perf_counter()
+        for a in range(0, len(pixels), BATCH_VIDEOS):
+            encode(pixels[a:a + BATCH_VIDEOS])
+        sync(dev)
+        wall = time.perf_counter() - t
+        out["encoder_only"] = {"videos_per_s": len(files) / wall, "frames_per_s": 12 * len(files) / wall}
+        say(f"encoder_only: {out['encoder_only']}")
+        del pixels
+        # CPU preprocessing in the workers, then decode in the workers and preprocess on the GPU
+        out["end_to_end_cpu_preprocess"] = end_to_end(pool, files, dev, _decode_cpu_pre,
+                                                      lambda b: encode([torch.from_numpy(x) for x in b]))
+        say(f"e2e cpu pre: {out['end_to_end_cpu_preprocess']}")
+        out["end_to_end_gpu_preprocess"] = end_to_end(pool, files, dev, _decode_only, encode_raw)
+        say(f"e2e gpu pre: {out['end_to_end_gpu_preprocess']}")
+    best = max(out["end_to_end_cpu_preprocess"]["videos_per_s"], out["end_to_end_gpu_preprocess"]["videos_per_s"])
+    out["end_to_end_best_videos_per_s"] = best
+    out["end_to_end_over_encoder_only"] = best / out["encoder_only"]["videos_per_s"]
+    return out
+
+
+def indexing_clips(args, out: dict) -> list[str]:
+    """The real H.264 clips to index (``probret synth`` once per size, kept in the temp dir),
+    each listed ``--repeat`` times."""
     from probret.train.world import generate_world
 
-    out = {}
     nvid, frames = (args.clips, args.clip_seconds * 25) if not args.quick else (4, 50)
     root = Path(tempfile.gettempdir()) / f"probret-gpu-clips-{nvid}x{frames}"
     if not (root / "w" / "world.json").is_file():
@@ -553,98 +640,71 @@ def section_indexing(args, dev) -> dict:
         out["synth_s"] = time.perf_counter() - t
     files = sorted(str(p) for p in (root / "w" / "videos").glob("*.mp4")) * args.repeat
     out.update(videos=len(files), distinct=nvid, seconds_per_clip=frames / 25, resolution="320x240")
-    workers = args.workers or os.cpu_count() or 1
-    out["workers"] = workers
-    half = torch.float16 if dev.type == "cuda" else torch.float32
-    visual = open_clip.create_model("ViT-B-32" if not args.quick else "ViT-B-32", pretrained=None).visual
-    visual = visual.eval().to(dev, half)
-    batch_videos = 64
+    return files
 
-    ctx = mp.get_context("forkserver" if dev.type == "cuda" else "fork")
-    out["decoder_threading"] = args.decoder_threading
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(args.decoder_threading,)) as pool, \
-            torch.inference_mode():
-        # decode + CPU preprocess alone
-        for label, fn in (("decode_only", _decode_only), ("decode_cpu_preprocess", _decode_cpu_pre)):
-            t = time.perf_counter()
-            res = list(pool.imap(fn, files, chunksize=1))
-            wall = time.perf_counter() - t
-            out[label] = {"videos_per_s": len(files) / wall, "wall_s": wall,
-                          "decode_s_per_video": float(np.mean([r[1] for r in res])),
-                          "preprocess_s_per_video": float(np.mean([r[2] for r in res]))}
-            say(f"{label}: {out[label]}")
-        pixels = [torch.from_numpy(r[0]) for r in res]  # the CPU-preprocessed fp16 pixels
 
-        # GPU decode (NVDEC through FFmpeg's h264_cuvid) vs software, one process, then the pool
-        try:
-            if args.no_nvdec:
-                raise RuntimeError("skipped (--no-nvdec)")
-            one = {}
-            for label, fn in (("software_auto", _decode_only), ("software_linear", _decode_linear),
-                              ("nvdec_h264_cuvid", _decode_cuvid)):
-                fn(files[0])
-                ts = [fn(f)[1] for f in files[:8]]
-                one[label] = float(np.median(ts))
-            out["decode_one_process_s_per_video"] = one
-            t = time.perf_counter()
-            n_ok = sum(1 for _ in pool.imap(_decode_cuvid, files, chunksize=1))
-            out["decode_only_nvdec"] = {"videos_per_s": n_ok / (time.perf_counter() - t)}
-        except Exception as exc:  # noqa: BLE001
-            out["nvdec_error"] = f"{type(exc).__name__}: {exc}"
-        say(f"nvdec: {out.get('decode_one_process_s_per_video')} {out.get('decode_only_nvdec')} "
-            f"{out.get('nvdec_error', '')}")
-        raw = [r[0] for r in pool.imap(_decode_only, files[:8], chunksize=1)]
+def decode_rates(pool, files: list[str], out: dict) -> list:
+    """Decode alone, and decode + CPU preprocessing, in the worker pool; returns the latter's pixels."""
+    import torch
 
-        # GPU preprocessing vs Pillow-exact CPU preprocessing, on the same decoded frames
-        from probret.engine.preprocess import preprocess_frames
-
-        cpu_x = torch.from_numpy(preprocess_frames(raw[0], size=224))
-        gpu_x = gpu_preprocess(torch.from_numpy(raw[0]).to(dev)).float().cpu()
-        out["gpu_preprocess_max_abs_diff_normalised"] = float((cpu_x - gpu_x).abs().max())
-        out["gpu_preprocess_max_abs_diff_pixels"] = float(((cpu_x - gpu_x).abs().max() * 0.27 * 255))
-
-        def encode(batch_pixels):
-            x = torch.cat(batch_pixels).to(dev, half, non_blocking=True)
-            return visual(x)
-
-        # encoder only, on pre-decoded, pre-processed pixels (host -> device copy included)
+    for label, fn in (("decode_only", _decode_only), ("decode_cpu_preprocess", _decode_cpu_pre)):
         t = time.perf_counter()
-        for a in range(0, len(pixels), batch_videos):
-            encode(pixels[a:a + batch_videos])
-        sync(dev)
+        res = list(pool.imap(fn, files, chunksize=1))
         wall = time.perf_counter() - t
-        out["encoder_only"] = {"videos_per_s": len(files) / wall, "frames_per_s": 12 * len(files) / wall}
-        say(f"encoder_only: {out['encoder_only']}")
-        del pixels
+        out[label] = {"videos_per_s": len(files) / wall, "wall_s": wall,
+                      "decode_s_per_video": float(np.mean([r[1] for r in res])),
+                      "preprocess_s_per_video": float(np.mean([r[2] for r in res]))}
+        say(f"{label}: {out[label]}")
+    return [torch.from_numpy(r[0]) for r in res]
 
-        def encode_raw(frames_list):
-            x = torch.cat([gpu_preprocess(torch.from_numpy(f).to(dev, non_blocking=True)) for f in frames_list])
-            return visual(x.to(half))
 
-        def end_to_end(worker, encode_batch) -> dict:
-            """Workers decode (and maybe preprocess) in any order; the GPU encodes every full batch."""
-            t = time.perf_counter()
+def nvdec_rates(args, pool, files: list[str], out: dict) -> None:
+    """GPU decode (NVDEC through FFmpeg's h264_cuvid) vs software, one process, then the pool."""
+    try:
+        if args.no_nvdec:
+            raise RuntimeError("skipped (--no-nvdec)")
+        one = {}
+        for label, fn in (("software_auto", _decode_only), ("software_linear", _decode_linear),
+                          ("nvdec_h264_cuvid", _decode_cuvid)):
+            fn(files[0])
+            one[label] = float(np.median([fn(f)[1] for f in files[:8]]))
+        out["decode_one_process_s_per_video"] = one
+        t = time.perf_counter()
+        n_ok = sum(1 for _ in pool.imap(_decode_cuvid, files, chunksize=1))
+        out["decode_only_nvdec"] = {"videos_per_s": n_ok / (time.perf_counter() - t)}
+    except Exception as exc:  # noqa: BLE001
+        out["nvdec_error"] = f"{type(exc).__name__}: {exc}"
+    say(f"nvdec: {out.get('decode_one_process_s_per_video')} {out.get('decode_only_nvdec')} "
+        f"{out.get('nvdec_error', '')}")
+
+
+def preprocess_difference(pool, files: list[str], dev, out: dict) -> None:
+    """GPU preprocessing vs Pillow-exact CPU preprocessing, on the same decoded frames."""
+    import torch
+
+    from probret.engine.preprocess import preprocess_frames
+
+    raw = [r[0] for r in pool.imap(_decode_only, files[:8], chunksize=1)]
+    cpu_x = torch.from_numpy(preprocess_frames(raw[0], size=224))
+    gpu_x = gpu_preprocess(torch.from_numpy(raw[0]).to(dev)).float().cpu()
+    out["gpu_preprocess_max_abs_diff_normalised"] = float((cpu_x - gpu_x).abs().max())
+    out["gpu_preprocess_max_abs_diff_pixels"] = float(((cpu_x - gpu_x).abs().max() * 0.27 * 255))
+
+
+def end_to_end(pool, files: list[str], dev, worker, encode_batch) -> dict:
+    """Workers decode (and maybe preprocess) in any order; the GPU encodes every full batch."""
+    t = time.perf_counter()
+    buf = []
+    for r in pool.imap_unordered(worker, files, chunksize=1):
+        buf.append(r[0])
+        if len(buf) == BATCH_VIDEOS:
+            encode_batch(buf)
             buf = []
-            for r in pool.imap_unordered(worker, files, chunksize=1):
-                buf.append(r[0])
-                if len(buf) == batch_videos:
-                    encode_batch(buf)
-                    buf = []
-            if buf:
-                encode_batch(buf)
-            sync(dev)
-            wall = time.perf_counter() - t
-            return {"videos_per_s": len(files) / wall, "wall_s": wall}
-
-        # CPU preprocessing in the workers, then decode in the workers and preprocess on the GPU
-        out["end_to_end_cpu_preprocess"] = end_to_end(_decode_cpu_pre, lambda b: encode([torch.from_numpy(x) for x in b]))
-        say(f"e2e cpu pre: {out['end_to_end_cpu_preprocess']}")
-        out["end_to_end_gpu_preprocess"] = end_to_end(_decode_only, encode_raw)
-        say(f"e2e gpu pre: {out['end_to_end_gpu_preprocess']}")
-    best = max(out["end_to_end_cpu_preprocess"]["videos_per_s"], out["end_to_end_gpu_preprocess"]["videos_per_s"])
-    out["end_to_end_best_videos_per_s"] = best
-    out["end_to_end_over_encoder_only"] = best / out["encoder_only"]["videos_per_s"]
-    return out
+    if buf:
+        encode_batch(buf)
+    sync(dev)
+    wall = time.perf_counter() - t
+    return {"videos_per_s": len(files) / wall, "wall_s": wall}
 
 
 # --------------------------------------------------------------------------------------------
